@@ -1,0 +1,1 @@
+//! videochat-operator: the VideoChatCluster operator.

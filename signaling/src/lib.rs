@@ -1,0 +1,1 @@
+//! videochat-signaling: WebSocket signaling and REST service.

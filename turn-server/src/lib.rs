@@ -1,0 +1,1 @@
+//! videochat-turn: TURN relay.
