@@ -1,1 +1,3 @@
-//! videochat-turn: TURN relay.
+//! videochat-turn: TURN relay on the webrtc-rs `turn` crate.
+
+pub mod credentials;
