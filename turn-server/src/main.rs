@@ -1,10 +1,76 @@
+use std::process::ExitCode;
+
 use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use videochat_turn::{Relay, RelayConfig};
 
-/// videochat-turn (not yet implemented beyond --help).
+/// TURN relay (UDP and TCP) with TURN REST API credentials.
 #[derive(Parser)]
-#[command(version)]
-struct Cli {}
+#[command(name = "videochat-turn", version)]
+struct Cli {
+    #[command(flatten)]
+    relay: RelayConfig,
 
-fn main() {
-    let _cli = Cli::parse();
+    /// Log format.
+    #[arg(long, env = "VIDEOCHAT_TURN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(
+        long,
+        env = "VIDEOCHAT_TURN_LOG",
+        default_value = "info,turn=off,webrtc_util=off"
+    )]
+    log: String,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match EnvFilter::try_new(&cli.log) {
+        Ok(f) => f,
+        Err(err) => {
+            eprintln!("videochat-turn: --log: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if cli.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+
+    let drain_timeout = cli.relay.drain_timeout;
+    let relay = match Relay::start(cli.relay).await {
+        Ok(r) => r,
+        Err(err) => {
+            eprintln!("videochat-turn: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(err) = wait_for_signal().await {
+        eprintln!("videochat-turn: cannot listen for signals: {err}");
+        return ExitCode::from(1);
+    }
+    relay.begin_drain();
+    let drained = relay.wait_drained(drain_timeout).await;
+    tracing::info!(
+        drained,
+        active_allocations = relay.active_allocations(),
+        "drain finished, stopping"
+    );
+    relay.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "draining"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "draining"),
+    }
+    Ok(())
 }

@@ -1,0 +1,305 @@
+//! Configuration: a clap `Args` struct (every flag also an environment
+//! variable) that code can also build directly, e.g. with [`RelayConfig::local`].
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::error::TurnError;
+use crate::peer_policy::{PeerPolicy, parse_cidr};
+
+pub const DEFAULT_PORT: u16 = 3478;
+pub const DEFAULT_ADMIN_PORT: u16 = 9641;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelayConfig {
+    /// IP address the UDP and TCP listeners bind to.
+    #[arg(long, env = "VIDEOCHAT_TURN_LISTEN_ADDRESS", default_value = "0.0.0.0")]
+    pub listen_address: IpAddr,
+
+    /// UDP (and, unless --tcp-port is given, TCP) listening port; 0 picks a free one.
+    #[arg(long, env = "VIDEOCHAT_TURN_LISTEN_PORT", default_value_t = DEFAULT_PORT)]
+    pub listen_port: u16,
+
+    /// TCP listening port, when it differs from --listen-port.
+    #[arg(long, env = "VIDEOCHAT_TURN_TCP_PORT")]
+    pub tcp_port: Option<u16>,
+
+    /// Do not listen on TCP.
+    #[arg(long, env = "VIDEOCHAT_TURN_NO_TCP")]
+    pub no_tcp: bool,
+
+    /// UDP sockets sharing the listening port (SO_REUSEPORT), each with its own
+    /// receive loop; 0 means one per CPU.
+    #[arg(long, env = "VIDEOCHAT_TURN_UDP_LISTENERS", default_value_t = 0)]
+    pub udp_listeners: usize,
+
+    /// Relay address given to clients (the external IP). Defaults to the
+    /// listen address, or the address of the default route when that is 0.0.0.0.
+    #[arg(long, env = "VIDEOCHAT_TURN_RELAY_ADDRESS")]
+    pub relay_address: Option<IpAddr>,
+
+    /// Local address relay sockets bind to. Defaults to the listen address.
+    #[arg(long, env = "VIDEOCHAT_TURN_RELAY_BIND_ADDRESS")]
+    pub relay_bind_address: Option<IpAddr>,
+
+    /// Lowest relay port.
+    #[arg(long, env = "VIDEOCHAT_TURN_RELAY_MIN_PORT", default_value_t = 49152)]
+    pub relay_min_port: u16,
+
+    /// Highest relay port (inclusive).
+    #[arg(long, env = "VIDEOCHAT_TURN_RELAY_MAX_PORT", default_value_t = 65535)]
+    pub relay_max_port: u16,
+
+    /// Authentication realm.
+    #[arg(long, env = "VIDEOCHAT_TURN_REALM", default_value = "videochat")]
+    pub realm: String,
+
+    /// File of shared secrets (one per line, `#` comments), re-read when it changes.
+    #[arg(long, env = "VIDEOCHAT_TURN_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+
+    /// Shared secrets given directly (comma-separated in the environment
+    /// variable; prefer --secret-file, which is not visible in `ps`).
+    #[arg(
+        long = "secret",
+        env = "VIDEOCHAT_TURN_SECRETS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub secrets: Vec<String>,
+
+    /// How often the secret file is checked for changes.
+    #[arg(long, env = "VIDEOCHAT_TURN_SECRET_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub secret_reload_interval: Duration,
+
+    /// Peer range always allowed (CIDR or address; repeat or comma-separate).
+    #[arg(long = "allow-peer", env = "VIDEOCHAT_TURN_ALLOW_PEERS", value_delimiter = ',', value_parser = parse_cidr)]
+    pub allow_peers: Vec<IpNet>,
+
+    /// Peer range refused (CIDR or address; repeat or comma-separate).
+    #[arg(long = "deny-peer", env = "VIDEOCHAT_TURN_DENY_PEERS", value_delimiter = ',', value_parser = parse_cidr)]
+    pub deny_peers: Vec<IpNet>,
+
+    /// Allow relaying to loopback peers (for tests on one machine only).
+    #[arg(long, env = "VIDEOCHAT_TURN_ALLOW_LOOPBACK_PEERS")]
+    pub allow_loopback_peers: bool,
+
+    /// Most live allocations one user may hold; 0 means no limit.
+    #[arg(
+        long,
+        env = "VIDEOCHAT_TURN_MAX_ALLOCATIONS_PER_USER",
+        default_value_t = 10
+    )]
+    pub max_allocations_per_user: u32,
+
+    /// Most live allocations on this relay; 0 means no limit.
+    #[arg(long, env = "VIDEOCHAT_TURN_MAX_ALLOCATIONS", default_value_t = 10_000)]
+    pub max_allocations: u32,
+
+    /// Most client TCP connections open at once.
+    #[arg(
+        long,
+        env = "VIDEOCHAT_TURN_MAX_TCP_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    pub max_tcp_connections: u32,
+
+    /// Kernel send and receive buffer size for the listening and relay sockets.
+    #[arg(long, env = "VIDEOCHAT_TURN_SOCKET_BUFFER_BYTES", default_value_t = 4 << 20)]
+    pub socket_buffer_bytes: usize,
+
+    /// Admin HTTP address (/healthz, /readyz, /metrics, POST /drain).
+    #[arg(long, env = "VIDEOCHAT_TURN_ADMIN_LISTEN", default_value_t = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_ADMIN_PORT))]
+    pub admin_listen: SocketAddr,
+
+    /// Do not serve the admin HTTP port.
+    #[arg(long, env = "VIDEOCHAT_TURN_NO_ADMIN")]
+    pub no_admin: bool,
+
+    /// File holding a bearer token that POST /drain requires.
+    #[arg(long, env = "VIDEOCHAT_TURN_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// After SIGTERM, how long live allocations may keep relaying before exit.
+    #[arg(long, env = "VIDEOCHAT_TURN_DRAIN_TIMEOUT", default_value = "600s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+impl Default for RelayConfig {
+    /// The same values as the command line's defaults.
+    fn default() -> Self {
+        RelayConfig {
+            listen_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            listen_port: DEFAULT_PORT,
+            tcp_port: None,
+            no_tcp: false,
+            udp_listeners: 0,
+            relay_address: None,
+            relay_bind_address: None,
+            relay_min_port: 49152,
+            relay_max_port: 65535,
+            realm: "videochat".into(),
+            secret_file: None,
+            secrets: Vec::new(),
+            secret_reload_interval: Duration::from_secs(2),
+            allow_peers: Vec::new(),
+            deny_peers: Vec::new(),
+            allow_loopback_peers: false,
+            max_allocations_per_user: 10,
+            max_allocations: 10_000,
+            max_tcp_connections: 10_000,
+            socket_buffer_bytes: 4 << 20,
+            admin_listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_ADMIN_PORT),
+            no_admin: false,
+            admin_token_file: None,
+            drain_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl RelayConfig {
+    /// A relay for one machine: loopback listeners on free ports, loopback
+    /// peers allowed, no admin port, the given in-memory secret.
+    pub fn local(secret: impl Into<String>) -> Self {
+        RelayConfig {
+            listen_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            listen_port: 0,
+            udp_listeners: 1,
+            secrets: vec![secret.into()],
+            allow_loopback_peers: true,
+            no_admin: true,
+            ..Default::default()
+        }
+    }
+
+    /// The admin address, or None when the admin port is off.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        (!self.no_admin).then_some(self.admin_listen)
+    }
+
+    pub fn peer_policy(&self) -> PeerPolicy {
+        PeerPolicy {
+            allow: self.allow_peers.clone(),
+            deny: self.deny_peers.clone(),
+            allow_loopback: self.allow_loopback_peers,
+        }
+    }
+
+    /// Checks what can be checked without touching the network or files.
+    pub fn validate(&self) -> Result<(), TurnError> {
+        if self.relay_min_port == 0 {
+            return Err(TurnError::config("--relay-min-port", "must be 1 or more"));
+        }
+        if self.relay_min_port > self.relay_max_port {
+            return Err(TurnError::config(
+                "--relay-min-port",
+                format!(
+                    "{} is greater than --relay-max-port {} (inverted relay port range)",
+                    self.relay_min_port, self.relay_max_port
+                ),
+            ));
+        }
+        if self.realm.trim().is_empty() {
+            return Err(TurnError::config("--realm", "must not be empty"));
+        }
+        if self.udp_listeners > 64 {
+            return Err(TurnError::config("--udp-listeners", "at most 64"));
+        }
+        if self.secrets.iter().any(|s| s.trim().is_empty()) {
+            return Err(TurnError::config("--secret", "a secret must not be empty"));
+        }
+        if self.secret_file.is_none() && self.secrets.is_empty() {
+            return Err(TurnError::config(
+                "--secret-file",
+                "no secret configured: give --secret-file (or VIDEOCHAT_TURN_SECRETS)",
+            ));
+        }
+        if self.secret_reload_interval < Duration::from_millis(10) {
+            return Err(TurnError::config(
+                "--secret-reload-interval",
+                "must be at least 10ms",
+            ));
+        }
+        if let Some(ip) = self.relay_address
+            && ip.is_unspecified()
+        {
+            return Err(TurnError::config(
+                "--relay-address",
+                "must be an address clients can reach, not 0.0.0.0 or ::",
+            ));
+        }
+        if self.max_tcp_connections == 0 && !self.no_tcp {
+            return Err(TurnError::config(
+                "--max-tcp-connections",
+                "must be 1 or more (or give --no-tcp)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `500ms`, `30s`, `10m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s, 10m or 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn inverted_port_range_names_the_setting() {
+        let c = RelayConfig {
+            relay_min_port: 50000,
+            relay_max_port: 40000,
+            ..RelayConfig::local("s")
+        };
+        let err = c.validate().expect_err("inverted range");
+        assert!(err.to_string().starts_with("--relay-min-port:"), "{err}");
+    }
+
+    #[test]
+    fn missing_secret_names_the_setting() {
+        let c = RelayConfig {
+            secrets: vec![],
+            ..RelayConfig::local("s")
+        };
+        let err = c.validate().expect_err("no secret");
+        assert!(err.to_string().starts_with("--secret-file:"), "{err}");
+    }
+
+    #[test]
+    fn local_config_is_valid() {
+        RelayConfig::local("s").validate().expect("valid");
+    }
+}

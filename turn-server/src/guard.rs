@@ -1,0 +1,515 @@
+//! The listener `Conn` handed to the `turn` crate. It looks at each packet
+//! before the crate does and enforces what the crate has no hook for:
+//! credentials against several secrets, peer policy, quotas, draining, and
+//! form checks on malformed, unknown or oversized packets.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use stun::agent::TransactionId;
+use stun::attributes::{
+    ATTR_MESSAGE_INTEGRITY, ATTR_NONCE, ATTR_REALM, ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
+};
+use stun::error_code::{
+    CODE_BAD_REQUEST, CODE_FORBIDDEN, CODE_INSUFFICIENT_CAPACITY, CODE_UNAUTHORIZED, ErrorCode,
+    ErrorCodeAttribute,
+};
+use stun::integrity::MessageIntegrity;
+use stun::message::{
+    CLASS_ERROR_RESPONSE, CLASS_INDICATION, CLASS_REQUEST, MAGIC_COOKIE, METHOD_ALLOCATE,
+    METHOD_BINDING, METHOD_CHANNEL_BIND, METHOD_CREATE_PERMISSION, METHOD_REFRESH, METHOD_SEND,
+    Message, MessageType, Method, Setter,
+};
+use stun::textattrs::TextAttribute;
+use tokio::net::UdpSocket;
+use webrtc_util::Conn;
+
+use crate::credentials::{CredentialError, check_username, password};
+use crate::metrics::{AuthFailure, BadPacket, QuotaRefusal};
+use crate::state::{Shared, user_key};
+use crate::tcp::{TcpEvent, TcpMux};
+
+const CODE_ALLOC_QUOTA_REACHED: ErrorCode = ErrorCode(486);
+/// The crate reads into a buffer of this size; a datagram that fills it was
+/// probably truncated by the kernel.
+const INBOUND_MTU: usize = 1500;
+
+pub(crate) enum Transport {
+    Udp(UdpSocket),
+    Tcp(TcpMux),
+}
+
+/// What the last authenticated request on a TCP connection carried, so the
+/// allocation can be released when the connection closes (RFC 6062 2.3 spirit:
+/// the allocation's lifetime is tied to its control connection).
+#[derive(Clone)]
+struct TcpSession {
+    username: String,
+    realm: String,
+    nonce: String,
+    key: Vec<u8>,
+}
+
+pub(crate) struct GuardedConn {
+    transport: Transport,
+    shared: Arc<Shared>,
+    local: SocketAddr,
+    tcp_sessions: Mutex<HashMap<SocketAddr, TcpSession>>,
+}
+
+enum Verdict {
+    Pass,
+    Drop,
+    Reply(Vec<u8>),
+}
+
+impl GuardedConn {
+    pub fn new(transport: Transport, shared: Arc<Shared>) -> std::io::Result<Self> {
+        let local = match &transport {
+            Transport::Udp(s) => s.local_addr()?,
+            Transport::Tcp(t) => t.local,
+        };
+        Ok(GuardedConn {
+            transport,
+            shared,
+            local,
+            tcp_sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn is_tcp(&self) -> bool {
+        matches!(self.transport, Transport::Tcp(_))
+    }
+
+    fn bad(&self, why: BadPacket) -> Verdict {
+        self.shared.metrics.bad_packet(why);
+        Verdict::Drop
+    }
+
+    /// Decides what to do with one packet from a client.
+    fn inspect(&self, pkt: &[u8], from: SocketAddr) -> Verdict {
+        let Some(&first) = pkt.first() else {
+            return self.bad(BadPacket::Malformed);
+        };
+        match first >> 6 {
+            // ChannelData: the hot path; only the length is checked here.
+            1 => {
+                if pkt.len() < 4 {
+                    return self.bad(BadPacket::Malformed);
+                }
+                let len = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
+                if 4 + len > pkt.len() {
+                    return self.bad(if pkt.len() >= INBOUND_MTU {
+                        BadPacket::Oversized
+                    } else {
+                        BadPacket::Malformed
+                    });
+                }
+                Verdict::Pass
+            }
+            0 => self.inspect_stun(pkt, from),
+            _ => self.bad(BadPacket::Malformed),
+        }
+    }
+
+    fn inspect_stun(&self, pkt: &[u8], from: SocketAddr) -> Verdict {
+        if pkt.len() < 20 || pkt[4..8] != MAGIC_COOKIE.to_be_bytes() {
+            return self.bad(BadPacket::Malformed);
+        }
+        let len = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
+        if 20 + len > pkt.len() {
+            return self.bad(if pkt.len() >= INBOUND_MTU {
+                BadPacket::Oversized
+            } else {
+                BadPacket::Malformed
+            });
+        }
+        let mut m = Message {
+            raw: pkt.to_vec(),
+            ..Default::default()
+        };
+        if m.decode().is_err() {
+            return self.bad(BadPacket::Malformed);
+        }
+        if m.typ.class == CLASS_INDICATION {
+            if m.typ.method != METHOD_SEND {
+                return self.bad(BadPacket::UnknownMethod);
+            }
+            // A Send indication cannot be answered; a refused peer is dropped.
+            return match self.check_peers(&m) {
+                Ok(()) => Verdict::Pass,
+                Err(PeerCheck::Unparsable) => self.bad(BadPacket::Malformed),
+                Err(PeerCheck::Refused) => Verdict::Drop,
+            };
+        }
+        if m.typ.class != CLASS_REQUEST {
+            // Responses have no business arriving at a server.
+            return self.bad(BadPacket::Malformed);
+        }
+        let method = m.typ.method;
+        if method == METHOD_BINDING {
+            return Verdict::Pass;
+        }
+        if ![
+            METHOD_ALLOCATE,
+            METHOD_REFRESH,
+            METHOD_CREATE_PERMISSION,
+            METHOD_CHANNEL_BIND,
+        ]
+        .contains(&method)
+        {
+            self.shared.metrics.bad_packet(BadPacket::UnknownMethod);
+            return reply(&m, method, CODE_BAD_REQUEST, "unknown method", None);
+        }
+        if !m.contains(ATTR_MESSAGE_INTEGRITY) {
+            // The crate answers 401 with a fresh nonce and the realm.
+            return Verdict::Pass;
+        }
+        let (Ok(username), Ok(realm)) = (
+            TextAttribute::get_from_as(&m, ATTR_USERNAME),
+            TextAttribute::get_from_as(&m, ATTR_REALM),
+        ) else {
+            // The crate answers 400.
+            return Verdict::Pass;
+        };
+        let key = match self.authenticate(&mut m, &username.text, &realm.text) {
+            Ok(key) => key,
+            Err(why) => {
+                self.shared.metrics.auth_failure(why);
+                tracing::debug!(%from, reason = ?why, "credentials refused");
+                return reply(&m, method, CODE_UNAUTHORIZED, auth_reason(why), None);
+            }
+        };
+
+        if method == METHOD_ALLOCATE {
+            if self.shared.is_draining() {
+                self.shared.metrics.drain_refusals.inc();
+                return reply(
+                    &m,
+                    method,
+                    CODE_INSUFFICIENT_CAPACITY,
+                    "draining: try another relay",
+                    Some(&key),
+                );
+            }
+            let user = user_key(&username.text);
+            if let Err(why) = self.shared.reserve_allocation(user, m.transaction_id.0) {
+                self.shared.metrics.quota_refused(why);
+                tracing::debug!(%from, reason = ?why, "allocation quota reached");
+                let text = match why {
+                    QuotaRefusal::PerUser => "allocation quota reached for this user",
+                    QuotaRefusal::Total => "allocation quota reached on this relay",
+                };
+                return reply(&m, method, CODE_ALLOC_QUOTA_REACHED, text, Some(&key));
+            }
+        } else if method == METHOD_CREATE_PERMISSION || method == METHOD_CHANNEL_BIND {
+            match self.check_peers(&m) {
+                Ok(()) => {}
+                Err(PeerCheck::Unparsable) => {
+                    self.shared.metrics.bad_packet(BadPacket::Malformed);
+                    return reply(
+                        &m,
+                        method,
+                        CODE_BAD_REQUEST,
+                        "bad XOR-PEER-ADDRESS",
+                        Some(&key),
+                    );
+                }
+                Err(PeerCheck::Refused) => {
+                    return reply(
+                        &m,
+                        method,
+                        CODE_FORBIDDEN,
+                        "peer address not allowed",
+                        Some(&key),
+                    );
+                }
+            }
+        }
+
+        if self.is_tcp()
+            && let Ok(nonce) = TextAttribute::get_from_as(&m, ATTR_NONCE)
+        {
+            let mut sessions = self.tcp_sessions.lock().unwrap_or_else(|p| p.into_inner());
+            sessions.insert(
+                from,
+                TcpSession {
+                    username: username.text.clone(),
+                    realm: realm.text.clone(),
+                    nonce: nonce.text,
+                    key: key.clone(),
+                },
+            );
+        }
+        self.shared.put_key(from, &username.text, key);
+        Verdict::Pass
+    }
+
+    /// Finds the secret whose key verifies the request's MESSAGE-INTEGRITY.
+    fn authenticate(
+        &self,
+        m: &mut Message,
+        username: &str,
+        realm: &str,
+    ) -> Result<Vec<u8>, AuthFailure> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        check_username(username, now).map_err(|e| match e {
+            CredentialError::Expired => AuthFailure::Expired,
+            CredentialError::Malformed => AuthFailure::MalformedUsername,
+        })?;
+        for secret in self.shared.secrets.current().iter() {
+            let pass = password(secret, username);
+            let key = turn::auth::generate_auth_key(username, realm, &pass);
+            if MessageIntegrity(key.clone()).check(m).is_ok() {
+                return Ok(key);
+            }
+        }
+        Err(AuthFailure::BadPassword)
+    }
+
+    /// Checks every XOR-PEER-ADDRESS against the peer policy.
+    fn check_peers(&self, m: &Message) -> Result<(), PeerCheck> {
+        let mut seen = false;
+        for attr in m
+            .attributes
+            .0
+            .iter()
+            .filter(|a| a.typ == ATTR_XOR_PEER_ADDRESS)
+        {
+            seen = true;
+            let ip = xor_peer_ip(&attr.value, &m.transaction_id).ok_or(PeerCheck::Unparsable)?;
+            if let Err(why) = self.shared.policy.check(ip) {
+                self.shared.metrics.permission_refused(why);
+                tracing::debug!(peer = %ip, reason = why.label(), "peer refused by policy");
+                return Err(PeerCheck::Refused);
+            }
+        }
+        if seen {
+            Ok(())
+        } else {
+            Err(PeerCheck::Unparsable)
+        }
+    }
+
+    /// Watches our own answers to Allocate requests to settle quota reservations.
+    fn outbound(&self, pkt: &[u8]) {
+        if pkt.len() < 20 || pkt[0] >> 6 != 0 {
+            return;
+        }
+        let typ = u16::from_be_bytes([pkt[0], pkt[1]]);
+        let success = match typ {
+            0x0103 => true,
+            0x0113 => false,
+            _ => return,
+        };
+        let mut txid = [0u8; 12];
+        txid.copy_from_slice(&pkt[8..20]);
+        self.shared.allocate_answered(&txid, success);
+    }
+
+    /// A Refresh with lifetime 0 on behalf of a TCP client that went away,
+    /// so its allocation ends now rather than at its lifetime.
+    fn release_request(&self, from: SocketAddr, buf: &mut [u8]) -> Option<usize> {
+        let session = self
+            .tcp_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&from)?;
+        let mut msg = Message::new();
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_REFRESH, CLASS_REQUEST)),
+            Box::new(turn::proto::lifetime::Lifetime(std::time::Duration::ZERO)),
+            Box::new(TextAttribute::new(ATTR_USERNAME, session.username.clone())),
+            Box::new(TextAttribute::new(ATTR_REALM, session.realm)),
+            Box::new(TextAttribute::new(ATTR_NONCE, session.nonce)),
+            Box::new(MessageIntegrity(session.key.clone())),
+        ];
+        msg.build(&setters).ok()?;
+        if msg.raw.len() > buf.len() {
+            return None;
+        }
+        buf[..msg.raw.len()].copy_from_slice(&msg.raw);
+        self.shared.put_key(from, &session.username, session.key);
+        Some(msg.raw.len())
+    }
+
+    async fn send_raw(&self, pkt: &[u8], to: SocketAddr) -> std::io::Result<usize> {
+        match &self.transport {
+            Transport::Udp(s) => s.send_to(pkt, to).await,
+            // A gone or stalled TCP client loses the frame, as UDP would.
+            Transport::Tcp(t) => {
+                t.send(pkt, to);
+                Ok(pkt.len())
+            }
+        }
+    }
+}
+
+enum PeerCheck {
+    Unparsable,
+    Refused,
+}
+
+fn auth_reason(why: AuthFailure) -> &'static str {
+    match why {
+        AuthFailure::Expired => "credentials expired",
+        AuthFailure::MalformedUsername => "username is not <expiry>[:<user>]",
+        AuthFailure::BadPassword => "bad credentials",
+    }
+}
+
+/// Decodes the IP of an XOR-PEER-ADDRESS value (RFC 5389 15.2).
+fn xor_peer_ip(v: &[u8], txid: &TransactionId) -> Option<IpAddr> {
+    if v.len() < 4 {
+        return None;
+    }
+    let cookie = MAGIC_COOKIE.to_be_bytes();
+    match v[1] {
+        0x01 if v.len() == 8 => {
+            let mut o = [0u8; 4];
+            for i in 0..4 {
+                o[i] = v[4 + i] ^ cookie[i];
+            }
+            Some(IpAddr::V4(Ipv4Addr::from(o)))
+        }
+        0x02 if v.len() == 20 => {
+            let mut mask = [0u8; 16];
+            mask[..4].copy_from_slice(&cookie);
+            mask[4..].copy_from_slice(&txid.0);
+            let mut o = [0u8; 16];
+            for i in 0..16 {
+                o[i] = v[4 + i] ^ mask[i];
+            }
+            Some(IpAddr::V6(Ipv6Addr::from(o)))
+        }
+        _ => None,
+    }
+}
+
+/// Builds an error response, with MESSAGE-INTEGRITY when the request was authenticated.
+fn reply(
+    m: &Message,
+    method: Method,
+    code: ErrorCode,
+    reason: &str,
+    key: Option<&[u8]>,
+) -> Verdict {
+    let mut setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(Message {
+            transaction_id: m.transaction_id,
+            ..Default::default()
+        }),
+        Box::new(MessageType::new(method, CLASS_ERROR_RESPONSE)),
+        Box::new(ErrorCodeAttribute {
+            code,
+            reason: reason.as_bytes().to_vec(),
+        }),
+    ];
+    if let Some(key) = key {
+        setters.push(Box::new(MessageIntegrity(key.to_vec())));
+    }
+    let mut out = Message::new();
+    match out.build(&setters) {
+        Ok(()) => Verdict::Reply(out.raw),
+        Err(_) => Verdict::Drop,
+    }
+}
+
+fn io_err(msg: &str) -> webrtc_util::Error {
+    std::io::Error::other(msg.to_owned()).into()
+}
+
+#[async_trait]
+impl Conn for GuardedConn {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Err(io_err("a listener does not connect"))
+    }
+    async fn recv(&self, _buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Err(io_err("use recv_from"))
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, from) = match &self.transport {
+                Transport::Udp(s) => match s.recv_from(buf).await {
+                    Ok(v) => v,
+                    Err(err) => {
+                        // Transient (e.g. ICMP-reported) errors must not end the
+                        // crate's receive loop, which would stop the listener.
+                        tracing::debug!(error = %err, "udp receive error");
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                },
+                Transport::Tcp(t) => match t.next_event().await {
+                    Some(TcpEvent::Frame(from, frame)) => {
+                        let n = frame.len().min(buf.len());
+                        buf[..n].copy_from_slice(&frame[..n]);
+                        (n, from)
+                    }
+                    Some(TcpEvent::Closed(from)) => match self.release_request(from, buf) {
+                        Some(n) => return Ok((n, from)),
+                        None => continue,
+                    },
+                    None => return Err(io_err("tcp listener closed")),
+                },
+            };
+            match self.inspect(&buf[..n], from) {
+                Verdict::Pass => return Ok((n, from)),
+                Verdict::Drop => {}
+                Verdict::Reply(msg) => {
+                    if let Err(err) = self.send_raw(&msg, from).await {
+                        tracing::debug!(error = %err, %from, "sending error response failed");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send(&self, _buf: &[u8]) -> webrtc_util::Result<usize> {
+        Err(io_err("use send_to"))
+    }
+
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        self.outbound(buf);
+        Ok(self.send_raw(buf, target).await?)
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.local)
+    }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+    /// The crate closes the listener's Conn whenever an allocation ends; the
+    /// listener must outlive allocations, so this does nothing.
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
+/// The crate's auth hook: returns the key the guard found for this request.
+pub(crate) struct VerifiedKeys(pub Arc<Shared>);
+
+impl turn::auth::AuthHandler for VerifiedKeys {
+    fn auth_handle(
+        &self,
+        username: &str,
+        _realm: &str,
+        src_addr: SocketAddr,
+    ) -> Result<Vec<u8>, turn::Error> {
+        self.0
+            .take_key(src_addr, username)
+            .ok_or(turn::Error::ErrNoSuchUser)
+    }
+}

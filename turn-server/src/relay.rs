@@ -1,0 +1,397 @@
+//! The running relay: listeners, the `turn` crate's server, the admin port
+//! and the housekeeping tasks, started and stopped together.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use turn::allocation::AllocationInfo;
+use turn::server::Server;
+use turn::server::config::{ConnConfig, ServerConfig};
+
+use crate::admin::{AdminState, app};
+use crate::config::RelayConfig;
+use crate::error::TurnError;
+use crate::guard::{GuardedConn, Transport, VerifiedKeys};
+use crate::metrics::Metrics;
+use crate::relay_ports::{RelayPorts, udp_socket};
+use crate::secrets::{SecretStore, watch_secret_file};
+use crate::state::Shared;
+use crate::tcp::TcpMux;
+
+/// A running TURN relay.
+pub struct Relay {
+    shared: Arc<Shared>,
+    server: Server,
+    udp_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    relay_ip: IpAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// A cheap, cloneable handle for drain and metrics from other tasks.
+#[derive(Clone)]
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+}
+
+impl RelayHandle {
+    pub fn begin_drain(&self) {
+        self.shared.begin_drain();
+    }
+    pub fn is_draining(&self) -> bool {
+        self.shared.is_draining()
+    }
+    pub fn active_allocations(&self) -> u64 {
+        self.shared.metrics.allocations_active.get().max(0) as u64
+    }
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+    /// Waits until no allocation is live or `timeout` passes; true when empty.
+    pub async fn wait_drained(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.active_allocations() == 0 {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Relay {
+    /// Validates `config`, binds every listener and starts relaying.
+    pub async fn start(config: RelayConfig) -> Result<Relay, TurnError> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::default());
+        let secrets = Arc::new(SecretStore::load(
+            config
+                .secrets
+                .iter()
+                .map(|s| s.trim().as_bytes().to_vec())
+                .collect(),
+            config.secret_file.clone(),
+        )?);
+        metrics.secrets_loaded.set(secrets.current().len() as i64);
+        let drain_token = match &config.admin_token_file {
+            Some(path) => Some(read_token(path)?),
+            None => None,
+        };
+        let relay_ip = advertised_ip(&config)?;
+        let relay_bind_ip = config.relay_bind_address.unwrap_or(config.listen_address);
+        if relay_bind_ip.is_ipv4() != relay_ip.is_ipv4() {
+            return Err(TurnError::config(
+                "--relay-address",
+                format!(
+                    "{relay_ip} is not of the same family as the relay bind address {relay_bind_ip}"
+                ),
+            ));
+        }
+
+        let shared = Arc::new(Shared::new(
+            Arc::clone(&metrics),
+            Arc::clone(&secrets),
+            config.peer_policy(),
+            config.max_allocations_per_user,
+            config.max_allocations,
+        ));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+
+        // UDP: several sockets on one port so the kernel spreads client flows
+        // over several receive loops (a flow always hashes to the same one,
+        // which keeps its allocation on the same allocation manager).
+        let udp_sockets = bind_udp(&config)?;
+        let udp_addr = udp_sockets[0].local_addr()?;
+
+        let tcp = if config.no_tcp {
+            None
+        } else {
+            let port = config.tcp_port.unwrap_or(if config.listen_port == 0 {
+                udp_addr.port()
+            } else {
+                config.listen_port
+            });
+            let addr = SocketAddr::new(config.listen_address, port);
+            let listener = match TcpListener::bind(addr).await {
+                Ok(l) => l,
+                // Port 0 asked for any free port; the UDP port may be taken on TCP.
+                Err(_) if config.listen_port == 0 && config.tcp_port.is_none() => {
+                    TcpListener::bind(SocketAddr::new(config.listen_address, 0))
+                        .await
+                        .map_err(|source| TurnError::Bind {
+                            setting: "--tcp-port",
+                            addr,
+                            source,
+                        })?
+                }
+                Err(source) => {
+                    return Err(TurnError::Bind {
+                        setting: if config.tcp_port.is_some() {
+                            "--tcp-port"
+                        } else {
+                            "--listen-port"
+                        },
+                        addr,
+                        source,
+                    });
+                }
+            };
+            Some(listener)
+        };
+
+        let admin_listener = match config.admin_addr() {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| TurnError::Bind {
+                            setting: "--admin-listen",
+                            addr,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+
+        let ports = |metrics: &Arc<Metrics>| RelayPorts {
+            bind_ip: relay_bind_ip,
+            advertised_ip: relay_ip,
+            min_port: config.relay_min_port,
+            max_port: config.relay_max_port,
+            buffer_bytes: config.socket_buffer_bytes,
+            metrics: Arc::clone(metrics),
+        };
+        let mut conn_configs = Vec::new();
+        for sock in udp_sockets {
+            conn_configs.push(ConnConfig {
+                conn: Arc::new(GuardedConn::new(Transport::Udp(sock), Arc::clone(&shared))?),
+                relay_addr_generator: Box::new(ports(&metrics)),
+            });
+        }
+        let mut tcp_addr = None;
+        if let Some(listener) = tcp {
+            tcp_addr = Some(listener.local_addr()?);
+            let (mux, task) = TcpMux::start(
+                listener,
+                Arc::clone(&metrics),
+                config.max_tcp_connections,
+                shutdown_rx.clone(),
+            )?;
+            tasks.push(task);
+            conn_configs.push(ConnConfig {
+                conn: Arc::new(GuardedConn::new(Transport::Tcp(mux), Arc::clone(&shared))?),
+                relay_addr_generator: Box::new(ports(&metrics)),
+            });
+        }
+
+        let (closed_tx, closed_rx) = mpsc::channel::<AllocationInfo>(4096);
+        tasks.push(tokio::spawn(count_closed_allocations(
+            closed_rx,
+            Arc::clone(&shared),
+        )));
+
+        let server = Server::new(ServerConfig {
+            conn_configs,
+            realm: config.realm.clone(),
+            auth_handler: Arc::new(VerifiedKeys(Arc::clone(&shared))),
+            channel_bind_timeout: Duration::from_secs(0),
+            alloc_close_notify: Some(closed_tx),
+        })
+        .await?;
+
+        tasks.push(tokio::spawn(watch_secret_file(
+            Arc::clone(&secrets),
+            Arc::clone(&metrics),
+            config.secret_reload_interval,
+        )));
+        tasks.push(tokio::spawn(housekeeping(Arc::clone(&shared))));
+
+        let mut admin_addr = None;
+        if let Some(listener) = admin_listener {
+            admin_addr = Some(listener.local_addr()?);
+            let router = app(AdminState {
+                shared: Arc::clone(&shared),
+                drain_token: drain_token.map(Arc::from),
+            });
+            let mut stop = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+                if let Err(err) = served {
+                    tracing::error!(error = %err, "admin server failed");
+                }
+            }));
+        }
+
+        tracing::info!(
+            udp = %udp_addr,
+            tcp = ?tcp_addr,
+            admin = ?admin_addr,
+            relay_address = %relay_ip,
+            relay_ports = %format!("{}-{}", config.relay_min_port, config.relay_max_port),
+            realm = %config.realm,
+            secrets = secrets.current().len(),
+            "TURN relay listening"
+        );
+
+        Ok(Relay {
+            shared,
+            server,
+            udp_addr,
+            tcp_addr,
+            admin_addr,
+            relay_ip,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp_addr
+    }
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+    /// The relay address given to clients in allocations.
+    pub fn relay_ip(&self) -> IpAddr {
+        self.relay_ip
+    }
+    pub fn handle(&self) -> RelayHandle {
+        RelayHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+    /// Readiness off and new allocations refused (508); live ones keep relaying.
+    pub fn begin_drain(&self) {
+        self.shared.begin_drain();
+    }
+    pub fn is_draining(&self) -> bool {
+        self.shared.is_draining()
+    }
+    pub fn active_allocations(&self) -> u64 {
+        self.handle().active_allocations()
+    }
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+    pub async fn wait_drained(&self, timeout: Duration) -> bool {
+        self.handle().wait_drained(timeout).await
+    }
+
+    /// Stops everything: allocations end, listeners close.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(err) = self.server.close().await {
+            tracing::debug!(error = %err, "closing TURN server");
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn count_closed_allocations(mut rx: mpsc::Receiver<AllocationInfo>, shared: Arc<Shared>) {
+    while let Some(info) = rx.recv().await {
+        shared.allocation_closed(&info.username);
+    }
+}
+
+async fn housekeeping(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        shared.sweep_pending();
+    }
+}
+
+fn read_token(path: &std::path::Path) -> Result<String, TurnError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TurnError::config("--admin-token-file", format!("{}: {e}", path.display())))?;
+    let token = text.trim().to_owned();
+    if token.is_empty() {
+        return Err(TurnError::config(
+            "--admin-token-file",
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(token)
+}
+
+/// The relay address clients are told: configured, else the listen address,
+/// else (listening on 0.0.0.0) the source address of the default route.
+fn advertised_ip(config: &RelayConfig) -> Result<IpAddr, TurnError> {
+    if let Some(ip) = config.relay_address {
+        return Ok(ip);
+    }
+    let listen = config.listen_address;
+    if !listen.is_unspecified() {
+        return Ok(listen);
+    }
+    // Connecting a UDP socket sends nothing; it only selects a route.
+    let probe = if listen.is_ipv4() {
+        StdUdpSocket::bind("0.0.0.0:0").and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
+    } else {
+        StdUdpSocket::bind("[::]:0").and_then(|s| s.connect("[2001:db8::1]:9").map(|_| s))
+    };
+    match probe.and_then(|s| s.local_addr()) {
+        Ok(addr) if !addr.ip().is_unspecified() => Ok(addr.ip()),
+        _ => Err(TurnError::config(
+            "--relay-address",
+            "not given and no default route to guess it from; set the external IP clients reach",
+        )),
+    }
+}
+
+/// Binds the UDP listening sockets, refusing a port another process holds.
+fn bind_udp(config: &RelayConfig) -> Result<Vec<tokio::net::UdpSocket>, TurnError> {
+    let count = if config.udp_listeners == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        config.udp_listeners
+    };
+    let mut addr = SocketAddr::new(config.listen_address, config.listen_port);
+    let bind_err = |addr, source| TurnError::Bind {
+        setting: "--listen-port",
+        addr,
+        source,
+    };
+    if config.listen_port != 0 {
+        // SO_REUSEPORT would let us share a port with another process of the
+        // same user; probe with a plain bind first so "port in use" is an error.
+        let probe = StdUdpSocket::bind(addr).map_err(|e| bind_err(addr, e))?;
+        drop(probe);
+    }
+    let reuse = count > 1;
+    let first =
+        udp_socket(addr, config.socket_buffer_bytes, reuse).map_err(|e| bind_err(addr, e))?;
+    addr = first.local_addr()?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(
+            udp_socket(addr, config.socket_buffer_bytes, true).map_err(|e| bind_err(addr, e))?,
+        );
+    }
+    Ok(sockets)
+}

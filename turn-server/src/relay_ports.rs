@@ -1,0 +1,131 @@
+//! Relay sockets: one UDP socket per allocation, bound in the configured port
+//! range with large kernel buffers, counting what it relays.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use turn::relay::RelayAddressGenerator;
+use webrtc_util::Conn;
+
+use crate::metrics::Metrics;
+
+/// Ports tried before an Allocate is refused with 508 Insufficient Capacity.
+const MAX_TRIES: u32 = 128;
+
+pub(crate) struct RelayPorts {
+    pub bind_ip: IpAddr,
+    pub advertised_ip: IpAddr,
+    pub min_port: u16,
+    pub max_port: u16,
+    pub buffer_bytes: usize,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Binds a UDP socket with SO_REUSEPORT optional and the given buffer sizes.
+pub(crate) fn udp_socket(
+    addr: SocketAddr,
+    buffer_bytes: usize,
+    reuse_port: bool,
+) -> std::io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if buffer_bytes > 0 {
+        // The kernel caps these at net.core.{r,w}mem_max; best effort.
+        let _ = socket.set_recv_buffer_size(buffer_bytes);
+        let _ = socket.set_send_buffer_size(buffer_bytes);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+#[async_trait]
+impl RelayAddressGenerator for RelayPorts {
+    fn validate(&self) -> Result<(), turn::Error> {
+        if self.min_port == 0 || self.min_port > self.max_port {
+            return Err(turn::Error::ErrMaxPortLessThanMinPort);
+        }
+        Ok(())
+    }
+
+    async fn allocate_conn(
+        &self,
+        use_ipv4: bool,
+        requested_port: u16,
+    ) -> Result<(Arc<dyn Conn + Send + Sync>, SocketAddr), turn::Error> {
+        if use_ipv4 != self.bind_ip.is_ipv4() {
+            return Err(turn::Error::Other(
+                "requested address family is not served".into(),
+            ));
+        }
+        let span = u32::from(self.max_port - self.min_port) + 1;
+        let candidates: Vec<u16> = if requested_port != 0 {
+            vec![requested_port]
+        } else {
+            let start = rand::random::<u32>() % span;
+            (0..span.min(MAX_TRIES))
+                .map(|i| self.min_port + ((start + i) % span) as u16)
+                .collect()
+        };
+        for port in candidates {
+            let addr = SocketAddr::new(self.bind_ip, port);
+            let Ok(sock) = udp_socket(addr, self.buffer_bytes, false) else {
+                continue;
+            };
+            let conn = RelaySocket {
+                sock,
+                metrics: Arc::clone(&self.metrics),
+            };
+            return Ok((Arc::new(conn), SocketAddr::new(self.advertised_ip, port)));
+        }
+        Err(turn::Error::ErrMaxRetriesExceeded)
+    }
+}
+
+/// An allocation's relay socket; counts datagrams both ways.
+struct RelaySocket {
+    sock: UdpSocket,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl Conn for RelaySocket {
+    async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
+        Ok(self.sock.connect(addr).await?)
+    }
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        Ok(self.sock.recv(buf).await?)
+    }
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        let (n, from) = self.sock.recv_from(buf).await?;
+        self.metrics.relayed_packets_from_peer.inc();
+        self.metrics.relayed_bytes_from_peer.add(n as u64);
+        Ok((n, from))
+    }
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        Ok(self.sock.send(buf).await?)
+    }
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        let n = self.sock.send_to(buf, target).await?;
+        self.metrics.relayed_packets_to_peer.inc();
+        self.metrics.relayed_bytes_to_peer.add(n as u64);
+        Ok(n)
+    }
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.sock.local_addr()?)
+    }
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
