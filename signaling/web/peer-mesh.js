@@ -1,0 +1,226 @@
+// One RTCPeerConnection per remote peer in the room (a full mesh), negotiated
+// with the "perfect negotiation" pattern so that both sides may offer at the
+// same time: the polite peer (the larger peer id) rolls back on a collision,
+// the impolite one ignores the colliding offer.
+
+const DISCONNECTED_GRACE_MS = 5000;
+
+export class PeerLink {
+  constructor(mesh, peerId, name) {
+    this.mesh = mesh;
+    this.peerId = peerId;
+    this.name = name || peerId;
+    this.polite = mesh.selfId > peerId;
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.settingRemoteAnswer = false;
+    this.remoteStream = new MediaStream();
+    this.signalChain = Promise.resolve();
+    this.disconnectedTimer = null;
+    this.closed = false;
+    this.pc = new RTCPeerConnection(mesh.rtcConfiguration());
+    this.wire();
+    for (const track of mesh.localStream.getTracks()) {
+      this.pc.addTrack(track, mesh.localStream);
+    }
+  }
+
+  wire() {
+    const pc = this.pc;
+    pc.onnegotiationneeded = async () => {
+      try {
+        this.makingOffer = true;
+        await pc.setLocalDescription();
+        this.send({ description: pc.localDescription.toJSON() });
+      } catch (err) {
+        console.error("peer", this.peerId, "offer failed:", err);
+      } finally {
+        this.makingOffer = false;
+      }
+    };
+    pc.onicecandidate = ({ candidate }) => {
+      if (candidate) this.send({ candidate: candidate.toJSON() });
+    };
+    pc.ontrack = (event) => {
+      const stream = event.streams && event.streams[0];
+      if (stream && stream !== this.remoteStream) {
+        this.remoteStream = stream;
+      } else if (!stream) {
+        this.remoteStream.addTrack(event.track);
+      }
+      this.mesh.emit("track", { peer: this.peerId, stream: this.remoteStream });
+    };
+    pc.onconnectionstatechange = () => this.onConnectionState();
+    pc.onsignalingstatechange = () => {
+      if (pc.signalingState === "stable") this.applyAdapt();
+    };
+  }
+
+  send(data) {
+    this.mesh.sendSignal(this.peerId, data);
+  }
+
+  onConnectionState() {
+    const state = this.pc.connectionState;
+    console.info("peer", this.peerId, "connection", state);
+    clearTimeout(this.disconnectedTimer);
+    if (state === "connected") {
+      this.applyAdapt();
+    } else if (state === "failed") {
+      this.pc.restartIce();
+    } else if (state === "disconnected") {
+      this.disconnectedTimer = setTimeout(() => {
+        if (!this.closed && this.pc.connectionState === "disconnected") this.pc.restartIce();
+      }, DISCONNECTED_GRACE_MS);
+    }
+    this.mesh.emit("state", { peer: this.peerId, connectionState: state });
+  }
+
+  // Signals are handled one at a time, in arrival order.
+  onSignal(data) {
+    this.signalChain = this.signalChain
+      .then(() => this.handleSignal(data))
+      .catch((err) => console.error("peer", this.peerId, "signal failed:", err));
+    return this.signalChain;
+  }
+
+  async handleSignal(data) {
+    if (this.closed || !data || typeof data !== "object") return;
+    const pc = this.pc;
+    if (data.description) {
+      const description = data.description;
+      const readyForOffer =
+        !this.makingOffer && (pc.signalingState === "stable" || this.settingRemoteAnswer);
+      const offerCollision = description.type === "offer" && !readyForOffer;
+      this.ignoreOffer = !this.polite && offerCollision;
+      if (this.ignoreOffer) {
+        console.info("peer", this.peerId, "ignoring a colliding offer (impolite side)");
+        return;
+      }
+      this.settingRemoteAnswer = description.type === "answer";
+      await pc.setRemoteDescription(description);
+      this.settingRemoteAnswer = false;
+      if (description.type === "offer") {
+        await pc.setLocalDescription();
+        this.send({ description: pc.localDescription.toJSON() });
+      }
+    } else if (data.candidate) {
+      try {
+        await pc.addIceCandidate(data.candidate);
+      } catch (err) {
+        if (!this.ignoreOffer) throw err;
+      }
+    }
+  }
+
+  // Applies the server's advice to the video senders: a bitrate cap, and no
+  // video at all when the network cannot carry it (audio keeps flowing).
+  async applyAdapt() {
+    const adapt = this.mesh.adapt;
+    if (this.closed || this.pc.signalingState !== "stable") return;
+    for (const sender of this.pc.getSenders()) {
+      if (!sender.track || sender.track.kind !== "video") continue;
+      const params = sender.getParameters();
+      if (!params.encodings || params.encodings.length === 0) continue;
+      let changed = false;
+      for (const encoding of params.encodings) {
+        const active = !adapt.audioOnly;
+        if (encoding.active !== active) {
+          encoding.active = active;
+          changed = true;
+        }
+        const cap = adapt.maxBitrateKbps > 0 ? Math.round(adapt.maxBitrateKbps * 1000) : undefined;
+        if (encoding.maxBitrate !== cap) {
+          if (cap === undefined) delete encoding.maxBitrate;
+          else encoding.maxBitrate = cap;
+          changed = true;
+        }
+      }
+      if (!changed) continue;
+      try {
+        await sender.setParameters(params);
+      } catch (err) {
+        console.warn("peer", this.peerId, "could not apply bitrate settings:", err);
+      }
+    }
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.disconnectedTimer);
+    this.pc.close();
+  }
+}
+
+export class PeerMesh extends EventTarget {
+  constructor({ sendSignal, localStream, relayOnly }) {
+    super();
+    this.sendSignal = sendSignal;
+    this.localStream = localStream;
+    this.relayOnly = relayOnly;
+    this.selfId = "";
+    this.iceServers = [];
+    this.links = new Map();
+    this.adapt = { audioOnly: false, maxBitrateKbps: 0 };
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  rtcConfiguration() {
+    return {
+      iceServers: this.iceServers,
+      iceTransportPolicy: this.relayOnly ? "relay" : "all",
+      bundlePolicy: "max-bundle",
+    };
+  }
+
+  // A new session (new peer id) or new credentials. Links keep their
+  // configuration until they are rebuilt; credentials are refreshed on ICE
+  // restarts via setConfiguration.
+  configure(selfId, iceServers) {
+    this.selfId = selfId;
+    this.iceServers = iceServers;
+    for (const link of this.links.values()) {
+      try {
+        link.pc.setConfiguration(this.rtcConfiguration());
+      } catch (err) {
+        console.warn("peer", link.peerId, "keeps its previous ICE configuration:", err);
+      }
+    }
+  }
+
+  ensurePeer(peerId, name) {
+    let link = this.links.get(peerId);
+    if (link) {
+      if (name) link.name = name;
+      return link;
+    }
+    link = new PeerLink(this, peerId, name);
+    this.links.set(peerId, link);
+    this.emit("peer-added", { peer: peerId, name: link.name, link });
+    return link;
+  }
+
+  removePeer(peerId) {
+    const link = this.links.get(peerId);
+    if (!link) return;
+    link.close();
+    this.links.delete(peerId);
+    this.emit("peer-removed", { peer: peerId });
+  }
+
+  closeAll() {
+    for (const peerId of [...this.links.keys()]) this.removePeer(peerId);
+  }
+
+  onSignal(from, data) {
+    return this.ensurePeer(from).onSignal(data);
+  }
+
+  setAdapt(adapt) {
+    this.adapt = adapt;
+    for (const link of this.links.values()) link.applyAdapt();
+  }
+}
