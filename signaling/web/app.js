@@ -149,6 +149,7 @@ class Call {
       // without it): our peer id changed, so every peer connection restarts.
       console.info("session not resumed; rejoining as", welcome.peer);
       this.mesh.closeAll();
+      for (const peer of [...this.tiles.keys()]) this.onPeerRemoved({ peer });
     }
     this.mesh.configure(welcome.peer, welcome.ice_servers);
     this.client.send({ type: "join", room: this.room, name: this.name, last_seq: this.chat.lastSeq(this.room) });
@@ -159,7 +160,8 @@ class Call {
       case "joined":
         if (m.room !== this.room) return;
         for (const p of Array.isArray(m.peers) ? m.peers : []) {
-          if (p.peer !== this.client.peer) this.addPeer(p.peer, p.name);
+          // We are the newcomer: we offer to everyone already there.
+          if (p.peer !== this.client.peer) this.addPeer(p.peer, p.name, { offer: true });
         }
         this.chat.onJoined(m.room, m.last_seq);
         if (this.hadSession) this.chat.onReconnected([this.room], { fetchMissed: false });
@@ -168,10 +170,14 @@ class Call {
         setChatEnabled(true);
         return;
       case "peer-joined":
-        if (m.room === this.room && m.peer !== this.client.peer) this.addPeer(m.peer, m.name);
+        // The newcomer offers; its offer creates the connection here.
+        if (m.room === this.room && m.peer !== this.client.peer) this.addPeer(m.peer, m.name, { offer: false });
         return;
       case "peer-left":
-        if (m.room === this.room) this.mesh.removePeer(m.peer);
+        if (m.room === this.room) {
+          this.mesh.removePeer(m.peer);
+          this.onPeerRemoved({ peer: m.peer });
+        }
         return;
       case "signal":
         if (m.room === this.room && typeof m.from === "string") this.mesh.onSignal(m.from, m.data);
@@ -236,18 +242,28 @@ class Call {
     }
   }
 
-  addPeer(peerId, name) {
+  addPeer(peerId, name, { offer }) {
     this.peerNames.set(peerId, name || peerId);
-    this.mesh.ensurePeer(peerId, name);
+    this.ensureTile(peerId);
+    if (offer) this.mesh.ensurePeer(peerId, name, { offer: true });
   }
 
-  onPeerAdded({ peer, name }) {
-    const tile = new Tile({ id: peer, name: this.peerNames.get(peer) || name || peer, local: false });
-    tile.setState("new");
-    tile.setVideoShown(false);
-    this.tiles.set(peer, tile);
+  ensureTile(peer) {
+    let tile = this.tiles.get(peer);
+    if (!tile) {
+      tile = new Tile({ id: peer, name: this.peerNames.get(peer) || peer, local: false });
+      tile.setState("new");
+      tile.setVideoShown(false);
+      this.tiles.set(peer, tile);
+    }
+    return tile;
   }
 
+  onPeerAdded({ peer }) {
+    this.ensureTile(peer);
+  }
+
+  // A peer that left, or whose connection was closed.
   onPeerRemoved({ peer }) {
     const tile = this.tiles.get(peer);
     if (tile) tile.remove();
@@ -271,7 +287,10 @@ class Call {
   }
 
   stop() {
+    // `bye` ends the session at once, so others see us leave now rather than
+    // after the resume window.
     if (this.joined) this.client.send({ type: "leave", room: this.room });
+    this.client.send({ type: "bye" });
     this.quality.stop();
     this.mesh.closeAll();
     this.client.stop();

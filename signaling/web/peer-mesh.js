@@ -2,11 +2,19 @@
 // with the "perfect negotiation" pattern so that both sides may offer at the
 // same time: the polite peer (the larger peer id) rolls back on a collision,
 // the impolite one ignores the colliding offer.
+//
+// Collisions are still avoided in the common case: the peer that joins
+// offers to the peers already there, and those add their tracks only when
+// the offer arrives (a rollback while a TURN allocation is under way can
+// leave ICE gathering stuck in Chromium).
 
 const DISCONNECTED_GRACE_MS = 5000;
+// A connection that makes no progress for this long gets an ICE restart.
+const STALL_MS = 10000;
+const WATCHDOG_MS = 2500;
 
 export class PeerLink {
-  constructor(mesh, peerId, name) {
+  constructor(mesh, peerId, name, { offer }) {
     this.mesh = mesh;
     this.peerId = peerId;
     this.name = name || peerId;
@@ -18,11 +26,40 @@ export class PeerLink {
     this.signalChain = Promise.resolve();
     this.disconnectedTimer = null;
     this.closed = false;
+    this.tracksAdded = false;
+    this.lastProgress = Date.now();
     this.pc = new RTCPeerConnection(mesh.rtcConfiguration());
     this.wire();
-    for (const track of mesh.localStream.getTracks()) {
-      this.pc.addTrack(track, mesh.localStream);
+    if (offer) this.addTracks({ offering: true });
+    this.watchdog = setInterval(() => this.checkProgress(), WATCHDOG_MS);
+  }
+
+  // Adding tracks makes the connection negotiate (onnegotiationneeded).
+  // Without a camera or microphone, the offering side still asks to receive.
+  addTracks({ offering = false } = {}) {
+    if (this.tracksAdded) return;
+    this.tracksAdded = true;
+    const tracks = this.mesh.localStream.getTracks();
+    for (const track of tracks) {
+      this.pc.addTrack(track, this.mesh.localStream);
     }
+    if (offering) {
+      for (const kind of ["audio", "video"]) {
+        if (!tracks.some((t) => t.kind === kind)) this.pc.addTransceiver(kind, { direction: "recvonly" });
+      }
+    }
+  }
+
+  checkProgress() {
+    const pc = this.pc;
+    if (this.closed || pc.connectionState === "connected") {
+      this.lastProgress = Date.now();
+      return;
+    }
+    if (Date.now() - this.lastProgress < STALL_MS || pc.signalingState !== "stable" || !pc.remoteDescription) return;
+    console.warn("peer", this.peerId, "no progress for", STALL_MS, "ms in state", pc.connectionState, "- restarting ICE");
+    this.lastProgress = Date.now();
+    pc.restartIce();
   }
 
   wire() {
@@ -31,6 +68,7 @@ export class PeerLink {
       try {
         this.makingOffer = true;
         await pc.setLocalDescription();
+        console.info("peer", this.peerId, "sending", pc.localDescription.type);
         this.send({ description: pc.localDescription.toJSON() });
       } catch (err) {
         console.error("peer", this.peerId, "offer failed:", err);
@@ -40,6 +78,13 @@ export class PeerLink {
     };
     pc.onicecandidate = ({ candidate }) => {
       if (candidate) this.send({ candidate: candidate.toJSON() });
+    };
+    pc.onicegatheringstatechange = () => {
+      console.info("peer", this.peerId, "ICE gathering", pc.iceGatheringState);
+    };
+    pc.onicecandidateerror = (event) => {
+      // Typically the TURN server refused or could not be reached.
+      console.warn("peer", this.peerId, "ICE candidate error", event.errorCode, event.errorText, "from", event.url);
     };
     pc.ontrack = (event) => {
       const stream = event.streams && event.streams[0];
@@ -62,6 +107,7 @@ export class PeerLink {
 
   onConnectionState() {
     const state = this.pc.connectionState;
+    this.lastProgress = Date.now();
     console.info("peer", this.peerId, "connection", state);
     clearTimeout(this.disconnectedTimer);
     if (state === "connected") {
@@ -97,11 +143,15 @@ export class PeerLink {
         console.info("peer", this.peerId, "ignoring a colliding offer (impolite side)");
         return;
       }
+      console.info("peer", this.peerId, "received", description.type, "in state", pc.signalingState);
       this.settingRemoteAnswer = description.type === "answer";
       await pc.setRemoteDescription(description);
       this.settingRemoteAnswer = false;
       if (description.type === "offer") {
+        // Our tracks reuse the transceivers of the offer: one round trip.
+        this.addTracks();
         await pc.setLocalDescription();
+        console.info("peer", this.peerId, "sending", pc.localDescription.type);
         this.send({ description: pc.localDescription.toJSON() });
       }
     } else if (data.candidate) {
@@ -147,6 +197,7 @@ export class PeerLink {
 
   close() {
     this.closed = true;
+    clearInterval(this.watchdog);
     clearTimeout(this.disconnectedTimer);
     this.pc.close();
   }
@@ -191,13 +242,16 @@ export class PeerMesh extends EventTarget {
     }
   }
 
-  ensurePeer(peerId, name) {
+  // Connects to a peer; with `offer` we make the first offer, otherwise we
+  // wait for the peer's.
+  ensurePeer(peerId, name, { offer = false } = {}) {
     let link = this.links.get(peerId);
     if (link) {
       if (name) link.name = name;
+      if (offer) link.addTracks({ offering: true });
       return link;
     }
-    link = new PeerLink(this, peerId, name);
+    link = new PeerLink(this, peerId, name, { offer });
     this.links.set(peerId, link);
     this.emit("peer-added", { peer: peerId, name: link.name, link });
     return link;
