@@ -1,1 +1,29 @@
 //! videochat-signaling: WebSocket signaling and REST service.
+//!
+//! Rooms, presence, SDP/ICE relay between peers and durable chat, with the
+//! backends (bus, store, sessions, presence, retry queue) behind traits so the
+//! single-machine defaults and the cluster backends are interchangeable.
+
+pub mod api;
+pub mod auth;
+pub mod bench;
+pub mod bus;
+pub mod config;
+pub mod connection;
+pub mod dead_letters;
+pub mod error;
+pub mod ice;
+pub mod metrics;
+pub mod presence;
+pub mod protocol;
+pub mod rate_limit;
+pub mod server;
+pub mod sessions;
+pub mod state;
+pub mod store;
+pub mod time;
+pub mod web;
+
+pub use config::Config;
+pub use error::SignalingError;
+pub use server::{RunningServer, start};

@@ -1,0 +1,536 @@
+//! The HTTP surface: `fn app(state) -> Router` with REST, `/ws`, probes,
+//! metrics, admin calls and the embedded demo page.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::auth::{self, Claims};
+use crate::connection::{self, random_id};
+use crate::error::SignalingError;
+use crate::protocol::{MAX_NAME_LEN, check_name};
+use crate::sessions::constant_time_eq;
+use crate::state::AppState;
+use crate::store::{NewChat, RoomRecord};
+use crate::time::{now_rfc3339, unix_now};
+use crate::web;
+
+/// A REST error: `{"error":{"code","message"}}` with its status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+}
+
+impl From<SignalingError> for ApiError {
+    fn from(e: SignalingError) -> Self {
+        match e {
+            SignalingError::RoomExists(id) => Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("room `{id}` already exists"),
+            ),
+            SignalingError::StoreUnavailable(_) | SignalingError::BusUnavailable(_) => {
+                tracing::warn!(error = %e, "backend unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "storage is unavailable; retry",
+                )
+            }
+            other => {
+                tracing::error!(error = %other, "internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// A JSON body whose rejections are our JSON errors (400, 413).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e: BytesRejection| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        "request body is over the size limit",
+                    )
+                } else {
+                    ApiError::bad_request(e.body_text())
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// The peer's IP (unspecified when served without connect info, as in `oneshot` tests).
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        ))
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// With `--auth-secret-file`, REST writes need a room token.
+fn require_token(state: &AppState, headers: &HeaderMap) -> Result<Option<Claims>, ApiError> {
+    let Some(secret) = &state.auth_secret else {
+        return Ok(None);
+    };
+    let token = bearer(headers).unwrap_or_default();
+    auth::verify(secret, token, unix_now())
+        .map(Some)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))
+}
+
+fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = &state.admin_token else {
+        return Err(ApiError::unauthorized(
+            "admin calls are disabled: no --admin-token-file",
+        ));
+    };
+    match bearer(headers) {
+        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
+        _ => Err(ApiError::unauthorized(
+            "admin bearer token missing or wrong",
+        )),
+    }
+}
+
+/// Same-origin, allow-listed, or no Origin at all (not a browser).
+fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    let allowed = &state.config.allowed_origins;
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, h)| h);
+    matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
+}
+
+pub fn app(state: AppState) -> Router {
+    let cors = cors_layer(&state.config.allowed_origins);
+    let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
+    let api = Router::new()
+        .route("/api/rooms", post(create_room))
+        .route("/api/rooms/{id}", get(get_room))
+        .route("/api/messages", post(post_message).get(list_messages))
+        .route("/api/ice-servers", get(ice_servers))
+        .layer(cors);
+    Router::new()
+        .merge(api)
+        .route("/ws", get(ws_upgrade))
+        .route("/api/admin/dead-letters", get(list_dead_letters))
+        .route(
+            "/api/admin/dead-letters/{id}/retry",
+            post(retry_dead_letter),
+        )
+        .route("/api/admin/drain", post(drain))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(get(web::serve))
+        .layer(body_limit)
+        .with_state(state)
+}
+
+fn cors_layer(allowed: &[String]) -> CorsLayer {
+    let origin = if allowed.iter().any(|a| a == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(allowed.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION])
+        .max_age(Duration::from_secs(600))
+}
+
+#[derive(Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+}
+
+async fn ws_upgrade(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Query(q): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&state, &headers) {
+        let origin = headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .unwrap_or("");
+        tracing::info!(%ip, origin, "websocket refused: origin not allowed");
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "origin not allowed")
+            .into_response();
+    }
+    if state.is_draining() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "draining; connect to another instance",
+        )
+        .into_response();
+    }
+    let Some(guard) = state.try_open_connection() else {
+        tracing::warn!(%ip, "websocket refused: connection limit");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "connection limit reached",
+        )
+        .into_response();
+    };
+    // tungstenite's own cap sits above ours so that we can answer `too_large` ourselves.
+    let cap = state
+        .config
+        .max_frame_bytes
+        .saturating_mul(2)
+        .saturating_add(1024);
+    ws.max_message_size(cap)
+        .max_frame_size(cap)
+        .on_upgrade(move |socket| connection::serve(state, socket, guard, ip, q.token))
+}
+
+#[derive(Deserialize)]
+struct CreateRoom {
+    name: String,
+    max_peers: Option<u32>,
+}
+
+async fn create_room(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<CreateRoom>,
+) -> Result<Response, ApiError> {
+    require_token(&state, &headers)?;
+    check_name("name", &body.name).map_err(ApiError::bad_request)?;
+    let max_peers = body.max_peers.unwrap_or(state.config.max_peers_per_room);
+    if max_peers == 0 || max_peers > state.config.max_peers_per_room {
+        return Err(ApiError::bad_request(format!(
+            "max_peers must be between 1 and {}",
+            state.config.max_peers_per_room
+        )));
+    }
+    let room = state
+        .store
+        .create_room(RoomRecord {
+            id: random_id("r-", 9),
+            name: body.name,
+            max_peers,
+            created_at: now_rfc3339(),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(room)).into_response())
+}
+
+async fn get_room(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_name("id", &id).map_err(ApiError::bad_request)?;
+    let Some(room) = state.store.get_room(&id).await? else {
+        return Err(ApiError::not_found(format!("no room `{id}`")));
+    };
+    let peers = state.presence.members(&id).await?;
+    let last_seq = state.store.last_seq(&id).await?;
+    Ok(Json(json!({
+        "id": room.id,
+        "name": room.name,
+        "max_peers": room.max_peers,
+        "created_at": room.created_at,
+        "peers": peers,
+        "last_seq": last_seq,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+struct PostMessage {
+    room: String,
+    body: String,
+    id: Option<String>,
+    name: Option<String>,
+}
+
+async fn post_message(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(msg): JsonBody<PostMessage>,
+) -> Result<Response, ApiError> {
+    let claims = require_token(&state, &headers)?;
+    check_name("room", &msg.room).map_err(ApiError::bad_request)?;
+    if let Some(c) = &claims
+        && !c.allows_room(&msg.room)
+    {
+        return Err(ApiError::unauthorized(
+            "the token does not admit to this room",
+        ));
+    }
+    if msg.body.len() > state.config.max_chat_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body is over {} bytes", state.config.max_chat_bytes),
+        ));
+    }
+    if let Some(id) = &msg.id {
+        check_name("id", id).map_err(ApiError::bad_request)?;
+    }
+    if let Some(name) = &msg.name {
+        check_name("name", name).map_err(ApiError::bad_request)?;
+    }
+    let name = claims
+        .and_then(|c| c.name)
+        .or(msg.name)
+        .unwrap_or_else(|| "api".to_owned());
+    state
+        .store
+        .ensure_room(RoomRecord {
+            id: msg.room.clone(),
+            name: msg.room.clone(),
+            max_peers: state.config.max_peers_per_room,
+            created_at: now_rfc3339(),
+        })
+        .await?;
+    let appended = state
+        .store
+        .append_chat(NewChat {
+            room: msg.room.clone(),
+            peer: "api".to_owned(),
+            client_id: msg.id.unwrap_or_else(|| random_id("m-", 12)),
+            name,
+            body: msg.body,
+            ts: now_rfc3339(),
+        })
+        .await?;
+    if !appended.duplicate {
+        let delivery = crate::bus::Delivery::Chat {
+            room: std::sync::Arc::from(msg.room.as_str()),
+            seq: appended.message.seq,
+            frame: crate::protocol::ServerMessage::Chat(&appended.message)
+                .to_json()
+                .into(),
+        };
+        if let Err(e) = state.bus.publish(&msg.room, delivery, None).await {
+            tracing::warn!(error = %e, "publish failed");
+        }
+    }
+    Ok((StatusCode::CREATED, Json(appended.message)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListMessages {
+    room: String,
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+async fn list_messages(
+    State(state): State<AppState>,
+    query: Result<Query<ListMessages>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    check_name("room", &q.room).map_err(ApiError::bad_request)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let messages = state.store.history(&q.room, q.after, limit).await?;
+    Ok(Json(json!({ "messages": messages })).into_response())
+}
+
+#[derive(Deserialize)]
+struct IceQuery {
+    ttl: Option<u64>,
+}
+
+async fn ice_servers(
+    State(state): State<AppState>,
+    query: Result<Query<IceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let ttl = q.ttl.unwrap_or(3600).clamp(60, 86_400);
+    let user = random_id("api-", 6);
+    let list = state.ice.ice_servers(Some(&user), Duration::from_secs(ttl));
+    Ok(Json(json!({ "ice_servers": list, "ttl": ttl })).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeadLetterQuery {
+    limit: Option<usize>,
+}
+
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<DeadLetterQuery>,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let entries = state
+        .dead_letters
+        .list(q.limit.unwrap_or(100).clamp(1, 1000))
+        .await?;
+    Ok(Json(json!({ "dead_letters": entries })).into_response())
+}
+
+async fn retry_dead_letter(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    if id.len() > MAX_NAME_LEN {
+        return Err(ApiError::bad_request("id is too long"));
+    }
+    if state.dead_letters.retry(&id).await? {
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": id, "retrying": true })),
+        )
+            .into_response())
+    } else {
+        Err(ApiError::not_found(format!("no dead letter `{id}`")))
+    }
+}
+
+async fn drain(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    state.begin_drain();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "draining": true, "connections": state.connection_count() })),
+    )
+        .into_response())
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let store = state.store.healthy().await;
+    let bus = state.bus.healthy().await;
+    state.metrics.store_up.set(i64::from(store));
+    state.metrics.bus_up.set(i64::from(bus));
+    let draining = state.is_draining();
+    let ready = store && bus && !draining;
+    let body = json!({
+        "ready": ready,
+        "draining": draining,
+        "store": { "kind": state.store.kind(), "up": store },
+        "bus": { "kind": state.bus.kind(), "up": bus },
+        "connections": state.connection_count(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .store_up
+        .set(i64::from(state.store.healthy().await));
+    if let Ok(n) = state.sessions.count().await {
+        state.metrics.sessions.set(n as i64);
+    }
+    if let Ok(n) = state.presence.room_count().await {
+        state.metrics.rooms.set(n as i64);
+    }
+    if let Ok(n) = state.dead_letters.count().await {
+        state.metrics.dead_letters.set(n as i64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,225 @@
+//! The message bus: room events to every member's connection and signals
+//! addressed to one peer, wherever that peer's connection lives.
+//!
+//! [`InProcessBus`] serves one instance; a Redis backend implements the same
+//! trait across instances. A peer whose socket dropped stays attached to its
+//! rooms for the resume window: signals for it wait in its queue and are
+//! delivered when it resumes.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Result;
+
+/// What travels to a connection's writer: encoded frames plus the markers the
+/// writer needs to keep each room's chat in `seq` order.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A room chat message with its `seq` (ordered and de-duplicated by the writer).
+    Chat {
+        room: Arc<str>,
+        seq: u64,
+        frame: Utf8Bytes,
+    },
+    /// Any other frame, sent as is. `kind` is the message type, for metrics.
+    Frame {
+        kind: &'static str,
+        frame: Utf8Bytes,
+    },
+    /// The connection is about to subscribe to `room`: hold its chat until `Joined`.
+    Joining { room: Arc<str> },
+    /// The `joined` frame, the replayed chat, and the highest `seq` the client now has.
+    Joined {
+        room: Arc<str>,
+        frame: Utf8Bytes,
+        replay: Vec<(u64, Utf8Bytes)>,
+        cursor: u64,
+    },
+    /// Stop delivering `room`'s chat.
+    Left { room: Arc<str> },
+    /// Send a close frame and end the connection.
+    Close { code: u16, reason: &'static str },
+}
+
+/// A connection's inbox as the bus sees it.
+#[derive(Clone)]
+pub struct Inbox {
+    pub connection: u64,
+    pub sender: mpsc::Sender<Delivery>,
+    /// Cancelled when the inbox overflows: the connection closes and the
+    /// client resumes, receiving what it missed from the store.
+    pub overflow: CancellationToken,
+}
+
+impl Inbox {
+    fn deliver(&self, d: Delivery) -> bool {
+        match self.sender.try_send(d) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflow.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Routes the peer's deliveries to `inbox` and first hands it the signals
+    /// queued while the peer was away.
+    async fn attach(&self, peer: &str, inbox: Inbox) -> Result<()>;
+    /// The connection `connection` of `peer` ended; queue its signals from now on.
+    async fn detach(&self, peer: &str, connection: u64) -> Result<()>;
+    /// The session is over: drop its queue and its room subscriptions.
+    async fn forget(&self, peer: &str) -> Result<()>;
+    async fn subscribe(&self, room: &str, peer: &str) -> Result<()>;
+    async fn unsubscribe(&self, room: &str, peer: &str) -> Result<()>;
+    /// Delivers to every attached member of `room` except `except`.
+    async fn publish(&self, room: &str, delivery: Delivery, except: Option<&str>) -> Result<()>;
+    /// Delivers to one peer, or queues it while the peer is detached.
+    async fn send_to_peer(&self, peer: &str, delivery: Delivery) -> Result<()>;
+    async fn healthy(&self) -> bool;
+    fn kind(&self) -> &'static str;
+}
+
+/// Signals queued for one detached peer, at most.
+const MAX_QUEUED: usize = 256;
+
+#[derive(Default)]
+struct PeerSlot {
+    inbox: Option<Inbox>,
+    queued: VecDeque<Delivery>,
+}
+
+#[derive(Default)]
+struct Inner {
+    peers: HashMap<String, PeerSlot>,
+    rooms: HashMap<String, HashSet<String>>,
+}
+
+/// The bus of one instance.
+#[derive(Default)]
+pub struct InProcessBus {
+    inner: Mutex<Inner>,
+}
+
+impl InProcessBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves plain maps behind; keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Bus for InProcessBus {
+    async fn attach(&self, peer: &str, inbox: Inbox) -> Result<()> {
+        let mut inner = self.lock();
+        let slot = inner.peers.entry(peer.to_owned()).or_default();
+        for d in slot.queued.drain(..) {
+            inbox.deliver(d);
+        }
+        // A resumed session replaces a connection whose socket is not yet known dead.
+        if let Some(old) = slot.inbox.replace(inbox)
+            && Some(old.connection) != slot.inbox.as_ref().map(|i| i.connection)
+        {
+            old.overflow.cancel();
+        }
+        Ok(())
+    }
+
+    async fn detach(&self, peer: &str, connection: u64) -> Result<()> {
+        let mut inner = self.lock();
+        if let Some(slot) = inner.peers.get_mut(peer)
+            && slot.inbox.as_ref().map(|i| i.connection) == Some(connection)
+        {
+            slot.inbox = None;
+        }
+        Ok(())
+    }
+
+    async fn forget(&self, peer: &str) -> Result<()> {
+        let mut inner = self.lock();
+        inner.peers.remove(peer);
+        inner.rooms.retain(|_, members| {
+            members.remove(peer);
+            !members.is_empty()
+        });
+        Ok(())
+    }
+
+    async fn subscribe(&self, room: &str, peer: &str) -> Result<()> {
+        let mut inner = self.lock();
+        inner
+            .rooms
+            .entry(room.to_owned())
+            .or_default()
+            .insert(peer.to_owned());
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, room: &str, peer: &str) -> Result<()> {
+        let mut inner = self.lock();
+        if let Some(members) = inner.rooms.get_mut(room) {
+            members.remove(peer);
+            if members.is_empty() {
+                inner.rooms.remove(room);
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, room: &str, delivery: Delivery, except: Option<&str>) -> Result<()> {
+        let inner = self.lock();
+        let Some(members) = inner.rooms.get(room) else {
+            return Ok(());
+        };
+        for peer in members {
+            if Some(peer.as_str()) == except {
+                continue;
+            }
+            // Detached members get room chat by replay when they resume.
+            if let Some(inbox) = inner.peers.get(peer).and_then(|s| s.inbox.as_ref()) {
+                inbox.deliver(delivery.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_to_peer(&self, peer: &str, delivery: Delivery) -> Result<()> {
+        let mut inner = self.lock();
+        // Peers that never attached or whose session ended get nothing.
+        let Some(slot) = inner.peers.get_mut(peer) else {
+            return Ok(());
+        };
+        match &slot.inbox {
+            Some(inbox) => {
+                inbox.deliver(delivery);
+            }
+            None => {
+                if slot.queued.len() >= MAX_QUEUED {
+                    slot.queued.pop_front();
+                }
+                slot.queued.push_back(delivery);
+            }
+        }
+        Ok(())
+    }
+
+    async fn healthy(&self) -> bool {
+        true
+    }
+
+    fn kind(&self) -> &'static str {
+        "in-process"
+    }
+}

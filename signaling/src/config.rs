@@ -1,0 +1,332 @@
+//! Command-line and environment configuration. Every flag has a `VIDEOCHAT_`
+//! environment variable; secrets can come from files.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::error::{Result, SignalingError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 500ms, 30s, 5m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{s}`: unit must be ms, s, m or h")),
+    };
+    if !secs.is_finite() || !(0.0..=30.0 * 86_400.0).contains(&secs) {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// The signaling server's settings.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address for HTTP and WebSocket; port 0 picks a free port (printed at start).
+    #[arg(long, env = "VIDEOCHAT_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory of the embedded store (single-machine mode).
+    #[arg(long, env = "VIDEOCHAT_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// Redis URL for the cross-instance bus, presence and sessions.
+    #[arg(long, env = "VIDEOCHAT_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// File holding the Redis URL (preferred over --redis-url: not visible in `ps`).
+    #[arg(long, env = "VIDEOCHAT_REDIS_URL_FILE")]
+    pub redis_url_file: Option<PathBuf>,
+
+    /// MongoDB connection string for rooms and chat history.
+    #[arg(long, env = "VIDEOCHAT_MONGODB_URI", hide_env_values = true)]
+    pub mongodb_uri: Option<String>,
+
+    /// File holding the MongoDB connection string.
+    #[arg(long, env = "VIDEOCHAT_MONGODB_URI_FILE")]
+    pub mongodb_uri_file: Option<PathBuf>,
+
+    /// Do not run the in-process TURN relay (single-machine mode runs one by default).
+    #[arg(long, env = "VIDEOCHAT_NO_EMBEDDED_TURN")]
+    pub no_embedded_turn: bool,
+
+    /// Address of the in-process TURN relay, UDP and TCP; port 0 picks a free one.
+    #[arg(long, env = "VIDEOCHAT_TURN_LISTEN", default_value = "127.0.0.1:3478")]
+    pub turn_listen: SocketAddr,
+
+    /// Relay port range of the in-process TURN relay.
+    #[arg(long, env = "VIDEOCHAT_TURN_RELAY_PORTS", default_value = "49160-49359", value_parser = parse_port_range)]
+    pub turn_relay_ports: (u16, u16),
+
+    /// External TURN server URIs to hand to clients (comma-separated), e.g.
+    /// `turn:turn.example.com:3478?transport=udp`. Needs --turn-secret-file.
+    #[arg(long = "turn-uri", env = "VIDEOCHAT_TURN_URIS", value_delimiter = ',')]
+    pub turn_uris: Vec<String>,
+
+    /// File of TURN shared secrets, one per line, newest last: credentials are
+    /// made with the newest; the file is re-read when it changes.
+    #[arg(long, env = "VIDEOCHAT_TURN_SECRET_FILE")]
+    pub turn_secret_file: Option<PathBuf>,
+
+    /// Lifetime of the TURN credentials handed to clients.
+    #[arg(long, env = "VIDEOCHAT_TURN_CREDENTIAL_TTL", default_value = "12h", value_parser = parse_duration)]
+    pub turn_credential_ttl: Duration,
+
+    /// Let the in-process relay relay to loopback peers (two browsers on one
+    /// machine). Default: on in single-machine mode with a loopback TURN address.
+    #[arg(long, env = "VIDEOCHAT_ALLOW_LOOPBACK_PEERS")]
+    pub allow_loopback_peers: Option<bool>,
+
+    /// File holding the HS256 secret of room tokens; when set, /ws and REST
+    /// writes need a valid token.
+    #[arg(long, env = "VIDEOCHAT_AUTH_SECRET_FILE")]
+    pub auth_secret_file: Option<PathBuf>,
+
+    /// File holding the bearer token of /api/admin/*; admin calls are refused without it.
+    #[arg(long, env = "VIDEOCHAT_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Origins allowed for CORS and on /ws (comma-separated, `*` for any).
+    /// Same-origin pages and clients that send no Origin are always allowed.
+    #[arg(long, env = "VIDEOCHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Largest WebSocket frame, in bytes; larger ones get `too_large` and close 1009.
+    #[arg(long, env = "VIDEOCHAT_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Largest REST request body, in bytes (413 above).
+    #[arg(long, env = "VIDEOCHAT_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest chat body, in bytes.
+    #[arg(long, env = "VIDEOCHAT_MAX_CHAT_BYTES", default_value_t = 8 * 1024)]
+    pub max_chat_bytes: usize,
+
+    /// Messages per second per connection (burst: twice as many).
+    #[arg(long, env = "VIDEOCHAT_RATE_PER_CONNECTION", default_value_t = 50.0)]
+    pub rate_per_connection: f64,
+
+    /// Messages per second per client IP over all its connections (burst: twice as many).
+    #[arg(long, env = "VIDEOCHAT_RATE_PER_IP", default_value_t = 2000.0)]
+    pub rate_per_ip: f64,
+
+    /// Rate-limited messages in a row after which the connection is closed (1008).
+    #[arg(long, env = "VIDEOCHAT_ABUSE_LIMIT", default_value_t = 100)]
+    pub abuse_limit: u32,
+
+    /// Peers per room, unless the room was created with its own max_peers.
+    #[arg(long, env = "VIDEOCHAT_MAX_PEERS_PER_ROOM", default_value_t = 16)]
+    pub max_peers_per_room: u32,
+
+    /// Rooms one connection may be in at once.
+    #[arg(long, env = "VIDEOCHAT_MAX_ROOMS_PER_CONNECTION", default_value_t = 8)]
+    pub max_rooms_per_connection: usize,
+
+    /// WebSocket connections this instance accepts at once.
+    #[arg(long, env = "VIDEOCHAT_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub max_connections: usize,
+
+    /// How long a dropped session can be resumed (and keeps its place in its rooms).
+    #[arg(long, env = "VIDEOCHAT_RESUME_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    pub resume_window: Duration,
+
+    /// Interval of WebSocket pings; a client silent for three intervals is dropped.
+    #[arg(long, env = "VIDEOCHAT_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+
+    /// After SIGTERM or POST /api/admin/drain, how long clients get to move before exit.
+    #[arg(long, env = "VIDEOCHAT_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Delay suggested to draining clients before they reconnect.
+    #[arg(long, env = "VIDEOCHAT_RECONNECT_AFTER", default_value = "500ms", value_parser = parse_duration)]
+    pub reconnect_after: Duration,
+
+    /// Chat messages replayed after `joined` at most; older ones via `history`.
+    #[arg(long, env = "VIDEOCHAT_MAX_REPLAY", default_value_t = 1000)]
+    pub max_replay: usize,
+
+    /// Log format.
+    #[arg(long, env = "VIDEOCHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "VIDEOCHAT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+fn parse_port_range(s: &str) -> std::result::Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}` is not a port range like 49160-49359"))?;
+    let a: u16 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{a}` is not a port"))?;
+    let b: u16 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{b}` is not a port"))?;
+    if a == 0 || a > b {
+        return Err(format!("`{s}`: need 1 <= low <= high"));
+    }
+    Ok((a, b))
+}
+
+impl Default for Config {
+    /// The command line's defaults (for embedding and tests).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        // Parse an empty command line, without the environment's VIDEOCHAT_ variables.
+        let cmd = <Wrapper as clap::CommandFactory>::command();
+        let cmd = cmd.mut_args(|a| a.env(None::<&str>));
+        let matches = cmd.get_matches_from(["videochat-signaling"]);
+        <Wrapper as clap::FromArgMatches>::from_arg_matches(&matches)
+            .map(|w| w.config)
+            .unwrap_or_else(|e| panic!("defaults must parse: {e}"))
+    }
+}
+
+/// Reads a one-line secret file (trailing newline removed), refusing empty files.
+pub fn read_secret(setting: &'static str, path: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        SignalingError::config(setting, format!("cannot read {}: {e}", path.display()))
+    })?;
+    let value = text.trim().to_owned();
+    if value.is_empty() {
+        return Err(SignalingError::config(
+            setting,
+            format!("{} is empty", path.display()),
+        ));
+    }
+    Ok(value)
+}
+
+impl Config {
+    /// Checks what clap cannot: combinations and ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.redis_url.is_some() || self.redis_url_file.is_some() {
+            return Err(SignalingError::config(
+                "--redis-url",
+                "the Redis backend is not part of this build yet; omit it for single-machine mode",
+            ));
+        }
+        if self.mongodb_uri.is_some() || self.mongodb_uri_file.is_some() {
+            return Err(SignalingError::config(
+                "--mongodb-uri",
+                "the MongoDB backend is not part of this build yet; omit it for single-machine mode",
+            ));
+        }
+        if !self.turn_uris.is_empty() && self.turn_secret_file.is_none() {
+            return Err(SignalingError::config(
+                "--turn-uri",
+                "external TURN URIs need --turn-secret-file to make credentials",
+            ));
+        }
+        for uri in &self.turn_uris {
+            if !(uri.starts_with("turn:") || uri.starts_with("turns:") || uri.starts_with("stun:"))
+            {
+                return Err(SignalingError::config(
+                    "--turn-uri",
+                    format!("`{uri}` must start with turn:, turns: or stun:"),
+                ));
+            }
+        }
+        let checks: [(&'static str, bool); 9] = [
+            ("--max-frame-bytes", self.max_frame_bytes >= 256),
+            ("--max-body-bytes", self.max_body_bytes >= 256),
+            ("--max-chat-bytes", self.max_chat_bytes >= 1),
+            ("--rate-per-connection", self.rate_per_connection > 0.0),
+            ("--rate-per-ip", self.rate_per_ip > 0.0),
+            ("--max-peers-per-room", self.max_peers_per_room >= 1),
+            (
+                "--max-rooms-per-connection",
+                self.max_rooms_per_connection >= 1,
+            ),
+            ("--max-connections", self.max_connections >= 1),
+            ("--heartbeat", self.heartbeat >= Duration::from_millis(100)),
+        ];
+        for (setting, ok) in checks {
+            if !ok {
+                return Err(SignalingError::config(setting, "value is out of range"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the in-process TURN relay runs.
+    pub fn embedded_turn(&self) -> bool {
+        !self.no_embedded_turn && self.turn_uris.is_empty()
+    }
+
+    /// Loopback peers are allowed by default only for a loopback in-process relay.
+    pub fn loopback_peers_allowed(&self) -> bool {
+        self.allow_loopback_peers
+            .unwrap_or_else(|| self.embedded_turn() && is_loopback(self.turn_listen.ip()))
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn defaults_are_single_machine() {
+        let c = Config::default();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.turn_listen.port(), 3478);
+        assert!(c.embedded_turn());
+        assert!(c.loopback_peers_allowed());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_combinations_name_the_setting() {
+        let mut c = Config {
+            turn_uris: vec!["turn:x:3478".into()],
+            ..Default::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--turn-uri"), "{e}");
+        c.turn_secret_file = Some("/x".into());
+        c.turn_uris = vec!["http://x".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("--turn-uri"));
+    }
+}

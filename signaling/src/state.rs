@@ -1,0 +1,149 @@
+//! What every request and connection shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::dead_letters::DeadLetters;
+use crate::ice::IceConfig;
+use crate::metrics::Metrics;
+use crate::presence::Presence;
+use crate::rate_limit::IpRateLimiter;
+use crate::sessions::Sessions;
+use crate::store::Store;
+
+/// The backends, chosen by configuration.
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub presence: Arc<dyn Presence>,
+    pub sessions: Arc<dyn Sessions>,
+    pub dead_letters: Arc<dyn DeadLetters>,
+}
+
+pub struct Shared {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub presence: Arc<dyn Presence>,
+    pub sessions: Arc<dyn Sessions>,
+    pub dead_letters: Arc<dyn DeadLetters>,
+    pub metrics: Metrics,
+    pub ice: IceConfig,
+    pub auth_secret: Option<Vec<u8>>,
+    pub admin_token: Option<String>,
+    pub ip_limiter: IpRateLimiter,
+    draining: watch::Sender<bool>,
+    connections: AtomicUsize,
+    next_connection: AtomicU64,
+}
+
+/// Cheap to clone; axum's state.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        backends: Backends,
+        ice: IceConfig,
+        auth_secret: Option<Vec<u8>>,
+        admin_token: Option<String>,
+    ) -> Self {
+        let ip_limiter = IpRateLimiter::new(config.rate_per_ip, config.rate_per_ip * 2.0);
+        let (draining, _) = watch::channel(false);
+        let metrics = Metrics::new();
+        metrics.store_up.set(1);
+        metrics.bus_up.set(1);
+        Self(Arc::new(Shared {
+            config,
+            store: backends.store,
+            bus: backends.bus,
+            presence: backends.presence,
+            sessions: backends.sessions,
+            dead_letters: backends.dead_letters,
+            metrics,
+            ice,
+            auth_secret,
+            admin_token,
+            ip_limiter,
+            draining,
+            connections: AtomicUsize::new(0),
+            // Random start: connection ids also name session owners across instances.
+            next_connection: AtomicU64::new(rand::random::<u64>() >> 1),
+        }))
+    }
+
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Starts draining: readiness fails, new sessions are refused, clients are told.
+    pub fn begin_drain(&self) {
+        if !self.draining.send_replace(true) {
+            self.metrics.draining.set(1);
+            tracing::info!(connections = self.connection_count(), "draining");
+        }
+    }
+
+    pub fn drain_watch(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Takes a connection slot unless the instance is full.
+    pub fn try_open_connection(&self) -> Option<ConnectionGuard> {
+        let max = self.config.max_connections;
+        let mut current = self.connections.load(Ordering::Relaxed);
+        loop {
+            if current >= max {
+                return None;
+            }
+            match self.connections.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(actual) => current = actual,
+            }
+        }
+        self.metrics.connections.inc();
+        Some(ConnectionGuard {
+            state: self.clone(),
+            id: self.next_connection.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    pub fn resume_window(&self) -> Duration {
+        self.config.resume_window
+    }
+}
+
+/// Holds a connection slot; released on drop.
+pub struct ConnectionGuard {
+    state: AppState,
+    pub id: u64,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.state.connections.fetch_sub(1, Ordering::AcqRel);
+        self.state.metrics.connections.dec();
+    }
+}

@@ -1,0 +1,418 @@
+//! Embedded on-disk store on redb for single-machine mode.
+//!
+//! Writes go through one writer thread that commits in groups: every request
+//! waiting when a commit starts shares its fsync, so durability costs one
+//! fsync per group rather than per message.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_trait::async_trait;
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Appended, NewChat, RoomRecord, Store};
+use crate::error::{Result, SignalingError};
+use crate::protocol::ChatMessage;
+
+const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
+const ROOM_SEQ: TableDefinition<&str, u64> = TableDefinition::new("room_seq");
+const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+/// (room, peer, client id) → seq, for idempotent resends.
+const CLIENT_IDS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("client_ids");
+
+/// Most requests committed together.
+const MAX_GROUP: usize = 1024;
+
+enum WriteOp {
+    Append(NewChat, oneshot::Sender<Result<Appended>>),
+    CreateRoom(RoomRecord, bool, oneshot::Sender<Result<RoomRecord>>),
+}
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    writes: mpsc::Sender<WriteOp>,
+    healthy: Arc<AtomicBool>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> SignalingError {
+    SignalingError::StoreUnavailable(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> SignalingError {
+    SignalingError::StoreCorrupt(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `signaling.redb` under `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            SignalingError::config(
+                "--data-dir",
+                format!("cannot create {}: {e}", dir.display()),
+            )
+        })?;
+        let path = dir.join("signaling.redb");
+        let db = Database::create(&path).map_err(|e| {
+            SignalingError::config(
+                "--data-dir",
+                format!("cannot open store {}: {e}", path.display()),
+            )
+        })?;
+        {
+            let txn = db.begin_write().map_err(unavailable)?;
+            txn.open_table(ROOMS).map_err(unavailable)?;
+            txn.open_table(ROOM_SEQ).map_err(unavailable)?;
+            txn.open_table(MESSAGES).map_err(unavailable)?;
+            txn.open_table(CLIENT_IDS).map_err(unavailable)?;
+            txn.commit().map_err(unavailable)?;
+        }
+        let db = Arc::new(db);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let (tx, rx) = mpsc::channel(MAX_GROUP * 4);
+        let writer_db = db.clone();
+        let writer_health = healthy.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(&writer_db, rx, &writer_health))?;
+        Ok(Self {
+            db,
+            writes: tx,
+            healthy,
+        })
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(unavailable)?
+    }
+}
+
+fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteOp>, healthy: &AtomicBool) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        match commit_group(db, &mut group) {
+            Ok(results) => {
+                healthy.store(true, Ordering::Relaxed);
+                for (op, result) in group.drain(..).zip(results) {
+                    reply(op, result);
+                }
+            }
+            Err(e) => {
+                healthy.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, group = group.len(), "store commit failed");
+                for op in group.drain(..) {
+                    reply(op, Err(unavailable(&e)));
+                }
+            }
+        }
+    }
+}
+
+enum OpResult {
+    Appended(Appended),
+    Room(RoomRecord),
+    Failed(SignalingError),
+}
+
+fn reply(op: WriteOp, result: Result<OpResult>) {
+    // A dropped receiver means the client went away; the write stands anyway.
+    match op {
+        WriteOp::Append(_, tx) => {
+            let _ = tx.send(result.and_then(|r| match r {
+                OpResult::Appended(a) => Ok(a),
+                OpResult::Failed(e) => Err(e),
+                OpResult::Room(_) => Err(unavailable("unexpected result")),
+            }));
+        }
+        WriteOp::CreateRoom(_, _, tx) => {
+            let _ = tx.send(result.and_then(|r| match r {
+                OpResult::Room(room) => Ok(room),
+                OpResult::Failed(e) => Err(e),
+                OpResult::Appended(_) => Err(unavailable("unexpected result")),
+            }));
+        }
+    }
+}
+
+fn commit_group(db: &Database, group: &mut [WriteOp]) -> Result<Vec<Result<OpResult>>> {
+    let mut txn = db.begin_write().map_err(unavailable)?;
+    txn.set_durability(Durability::Immediate);
+    let mut results = Vec::with_capacity(group.len());
+    {
+        let mut rooms = txn.open_table(ROOMS).map_err(unavailable)?;
+        let mut seqs = txn.open_table(ROOM_SEQ).map_err(unavailable)?;
+        let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+        let mut ids = txn.open_table(CLIENT_IDS).map_err(unavailable)?;
+        for op in group.iter() {
+            let result = match op {
+                WriteOp::Append(chat, _) => {
+                    append_one(chat, &mut seqs, &mut messages, &mut ids).map(OpResult::Appended)
+                }
+                WriteOp::CreateRoom(room, must_be_new, _) => {
+                    create_one(room, *must_be_new, &mut rooms).map(OpResult::Room)
+                }
+            };
+            // Per-request failures (a taken room id) do not fail the group.
+            results.push(Ok(result.unwrap_or_else(OpResult::Failed)));
+        }
+    }
+    txn.commit().map_err(unavailable)?;
+    Ok(results)
+}
+
+fn append_one(
+    chat: &NewChat,
+    seqs: &mut redb::Table<&str, u64>,
+    messages: &mut redb::Table<(&str, u64), &[u8]>,
+    ids: &mut redb::Table<(&str, &str, &str), u64>,
+) -> Result<Appended> {
+    let key = (
+        chat.room.as_str(),
+        chat.peer.as_str(),
+        chat.client_id.as_str(),
+    );
+    if let Some(seq) = ids.get(key).map_err(unavailable)? {
+        let seq = seq.value();
+        let bytes = messages
+            .get((chat.room.as_str(), seq))
+            .map_err(unavailable)?
+            .ok_or_else(|| corrupt(format!("message {seq} of an idempotency key is missing")))?;
+        let message: ChatMessage = serde_json::from_slice(bytes.value()).map_err(corrupt)?;
+        return Ok(Appended {
+            message,
+            duplicate: true,
+        });
+    }
+    let last = seqs
+        .get(chat.room.as_str())
+        .map_err(unavailable)?
+        .map(|v| v.value())
+        .unwrap_or(0);
+    let seq = last + 1;
+    let message = ChatMessage {
+        room: chat.room.clone(),
+        seq,
+        id: chat.client_id.clone(),
+        from: chat.peer.clone(),
+        name: chat.name.clone(),
+        body: chat.body.clone(),
+        ts: chat.ts.clone(),
+    };
+    let bytes = serde_json::to_vec(&message).map_err(corrupt)?;
+    messages
+        .insert((chat.room.as_str(), seq), bytes.as_slice())
+        .map_err(unavailable)?;
+    seqs.insert(chat.room.as_str(), seq).map_err(unavailable)?;
+    ids.insert(key, seq).map_err(unavailable)?;
+    Ok(Appended {
+        message,
+        duplicate: false,
+    })
+}
+
+fn create_one(
+    room: &RoomRecord,
+    must_be_new: bool,
+    rooms: &mut redb::Table<&str, &[u8]>,
+) -> Result<RoomRecord> {
+    if let Some(existing) = rooms.get(room.id.as_str()).map_err(unavailable)? {
+        if must_be_new {
+            return Err(SignalingError::RoomExists(room.id.clone()));
+        }
+        return serde_json::from_slice(existing.value()).map_err(corrupt);
+    }
+    let bytes = serde_json::to_vec(room).map_err(corrupt)?;
+    rooms
+        .insert(room.id.as_str(), bytes.as_slice())
+        .map_err(unavailable)?;
+    Ok(room.clone())
+}
+
+impl EmbeddedStore {
+    async fn write_room(&self, room: RoomRecord, must_be_new: bool) -> Result<RoomRecord> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(WriteOp::CreateRoom(room, must_be_new, tx))
+            .await
+            .map_err(|_| unavailable("store writer stopped"))?;
+        rx.await.map_err(|_| unavailable("store writer stopped"))?
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn create_room(&self, room: RoomRecord) -> Result<RoomRecord> {
+        self.write_room(room, true).await
+    }
+
+    async fn ensure_room(&self, default: RoomRecord) -> Result<RoomRecord> {
+        if let Some(room) = self.get_room(&default.id).await? {
+            return Ok(room);
+        }
+        self.write_room(default, false).await
+    }
+
+    async fn get_room(&self, id: &str) -> Result<Option<RoomRecord>> {
+        let id = id.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let rooms = txn.open_table(ROOMS).map_err(unavailable)?;
+            match rooms.get(id.as_str()).map_err(unavailable)? {
+                Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(corrupt)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn append_chat(&self, chat: NewChat) -> Result<Appended> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(WriteOp::Append(chat, tx))
+            .await
+            .map_err(|_| unavailable("store writer stopped"))?;
+        rx.await.map_err(|_| unavailable("store writer stopped"))?
+    }
+
+    async fn history(&self, room: &str, after: u64, limit: usize) -> Result<Vec<ChatMessage>> {
+        let room = room.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let start = after.saturating_add(1);
+            let mut out = Vec::new();
+            for entry in messages
+                .range((room.as_str(), start)..=(room.as_str(), u64::MAX))
+                .map_err(unavailable)?
+                .take(limit)
+            {
+                let (_, v) = entry.map_err(unavailable)?;
+                out.push(serde_json::from_slice(v.value()).map_err(corrupt)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn last_seq(&self, room: &str) -> Result<u64> {
+        let room = room.to_owned();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let seqs = txn.open_table(ROOM_SEQ).map_err(unavailable)?;
+            Ok(seqs
+                .get(room.as_str())
+                .map_err(unavailable)?
+                .map(|v| v.value())
+                .unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.writes.is_closed()
+    }
+
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(room: &str, peer: &str, id: &str) -> NewChat {
+        NewChat {
+            room: room.into(),
+            peer: peer.into(),
+            client_id: id.into(),
+            name: "n".into(),
+            body: format!("body {id}"),
+            ts: "t".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn seq_is_gap_free_per_room_and_resends_are_idempotent() {
+        let dir = tempdir();
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let a = store.append_chat(chat("r1", "p1", "c1")).await.unwrap();
+        let b = store.append_chat(chat("r1", "p2", "c1")).await.unwrap();
+        let c = store.append_chat(chat("r2", "p1", "c1")).await.unwrap();
+        let again = store.append_chat(chat("r1", "p1", "c1")).await.unwrap();
+        assert_eq!((a.message.seq, b.message.seq, c.message.seq), (1, 2, 1));
+        assert!(!a.duplicate && !b.duplicate);
+        assert!(again.duplicate);
+        assert_eq!(again.message, a.message);
+        assert_eq!(store.last_seq("r1").await.unwrap(), 2);
+        let h = store.history("r1", 1, 10).await.unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].seq, 2);
+        // concurrent appends share commits and still get distinct, contiguous seqs
+        let store = Arc::new(store);
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                s.append_chat(chat("r3", "p", &format!("m{i}")))
+                    .await
+                    .unwrap()
+                    .message
+                    .seq
+            }));
+        }
+        let mut seqs = Vec::new();
+        for t in tasks {
+            seqs.push(t.await.unwrap());
+        }
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn rooms_are_created_once() {
+        let dir = tempdir();
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let room = RoomRecord {
+            id: "r".into(),
+            name: "Room".into(),
+            max_peers: 4,
+            created_at: "t".into(),
+        };
+        store.create_room(room.clone()).await.unwrap();
+        assert!(matches!(
+            store.create_room(room.clone()).await,
+            Err(SignalingError::RoomExists(_))
+        ));
+        let mut other = room.clone();
+        other.max_peers = 9;
+        assert_eq!(store.ensure_room(other).await.unwrap(), room);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempdir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "videochat-store-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
