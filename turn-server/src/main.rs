@@ -26,7 +26,18 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(),
+        Err(err) => {
+            // One line naming the setting and the reason, like every other
+            // configuration error; clap's own output spans several lines.
+            let text = err.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("videochat-turn: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     let filter = match EnvFilter::try_new(&cli.log) {
         Ok(f) => f,
         Err(err) => {
@@ -34,7 +45,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if cli.log_format == "json" {
         builder.json().init();
     } else {
