@@ -68,3 +68,92 @@ async fn drain(State(s): State<AdminState>, headers: HeaderMap) -> Response {
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::peer_policy::PeerPolicy;
+    use crate::secrets::SecretStore;
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn state(token: Option<&str>) -> AdminState {
+        let secrets = SecretStore::load(vec![b"s".to_vec()], None).expect("secrets");
+        AdminState {
+            shared: Arc::new(Shared::new(
+                Arc::new(Metrics::default()),
+                Arc::new(secrets),
+                PeerPolicy::default(),
+                0,
+                0,
+            )),
+            drain_token: token.map(Arc::from),
+        }
+    }
+
+    async fn call(
+        s: &AdminState,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let resp = app(s.clone())
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("response");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn drain_needs_the_bearer_token_when_configured() {
+        let s = state(Some("t0ken"));
+        assert_eq!(
+            call(&s, "POST", "/drain", None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&s, "POST", "/drain", Some("Bearer nope")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(call(&s, "GET", "/readyz", None).await.0, StatusCode::OK);
+        assert_eq!(
+            call(&s, "POST", "/drain", Some("Bearer t0ken")).await.0,
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(
+            call(&s, "GET", "/readyz", None).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert!(s.shared.is_draining());
+    }
+
+    #[tokio::test]
+    async fn drain_is_open_without_a_token_and_metrics_show_it() {
+        let s = state(None);
+        assert_eq!(call(&s, "GET", "/healthz", None).await.0, StatusCode::OK);
+        assert_eq!(
+            call(&s, "POST", "/drain", None).await.0,
+            StatusCode::ACCEPTED
+        );
+        let (status, body) = call(&s, "GET", "/metrics", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("\nvideochat_turn_draining 1\n"), "{body}");
+        assert!(
+            body.contains("\nvideochat_turn_allocations_active 0\n"),
+            "{body}"
+        );
+        assert_eq!(
+            call(&s, "GET", "/drain", None).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+}
