@@ -751,13 +751,13 @@ impl Conn {
     /// Rooms of a resumed session: re-subscribe, then `joined` plus the chat
     /// the client missed while away.
     async fn restore_rooms(&mut self) {
-        let rooms: Vec<(String, u64)> = self
+        let rooms: Vec<(String, u64, String)> = self
             .session
             .rooms
             .iter()
-            .map(|(r, m)| (r.clone(), m.delivered_seq))
+            .map(|(r, m)| (r.clone(), m.delivered_seq, m.name.clone()))
             .collect();
-        for (room, delivered) in rooms {
+        for (room, delivered, name) in rooms {
             let room_arc: Arc<str> = Arc::from(room.as_str());
             let _ = self
                 .tx
@@ -766,9 +766,32 @@ impl Conn {
                 })
                 .await;
             let result = async {
+                let peer = &self.session.peer;
+                // The place is kept; after a restart (or expired presence) it is taken again.
+                let outcome = self
+                    .state
+                    .presence
+                    .join(&room, peer, &name, u32::MAX)
+                    .await
+                    .map_err(|e| internal(&e, "resume"))?;
+                if matches!(
+                    outcome,
+                    crate::presence::JoinOutcome::Joined { new: true, .. }
+                ) {
+                    let msg = ServerMessage::PeerJoined {
+                        room: &room,
+                        peer,
+                        name: &name,
+                    };
+                    self.state
+                        .bus
+                        .publish(&room, frame(&msg), Some(peer))
+                        .await
+                        .map_err(|e| internal(&e, "resume"))?;
+                }
                 self.state
                     .bus
-                    .subscribe(&room, &self.session.peer)
+                    .subscribe(&room, peer)
                     .await
                     .map_err(|e| internal(&e, "resume"))?;
                 let others = self.others(&room).await?;

@@ -26,4 +26,4 @@ pub mod web;
 
 pub use config::Config;
 pub use error::SignalingError;
-pub use server::{RunningServer, start};
+pub use server::{RunningServer, embedded_backends, start, start_with_backends};

@@ -487,3 +487,61 @@ mod tests {
         assert!(!audio_only);
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON-ish text: objects with known and unknown types, wrong field types, junk.
+    fn jsonish() -> impl Strategy<Value = String> {
+        let scalar = prop_oneof![
+            Just("null".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| format!("{f:?}")),
+            ".{0,80}".prop_map(|s| serde_json::to_string(&s).unwrap_or_default()),
+            Just("{}".to_owned()),
+            Just("[]".to_owned()),
+        ];
+        let kind = prop_oneof![
+            prop::sample::select(CLIENT_TYPES.to_vec()).prop_map(|s| format!("{s:?}")),
+            ".{0,20}".prop_map(|s| format!("{s:?}")),
+            scalar.clone(),
+        ];
+        let field = prop::sample::select(vec![
+            "room", "to", "id", "body", "name", "last_seq", "after", "limit", "data", "token",
+            "resume", "session",
+        ]);
+        (kind, prop::collection::vec((field, scalar), 0..6)).prop_map(|(k, fields)| {
+            let mut s = format!("{{\"type\":{k}");
+            for (f, v) in fields {
+                s.push_str(&format!(",\"{f}\":{v}"));
+            }
+            s.push('}');
+            s
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn decoder_never_panics_on_any_text(text in ".{0,300}") {
+            let _ = decode(&text);
+        }
+
+        #[test]
+        fn decoder_answers_every_jsonish_message_with_a_message_or_an_error(text in jsonish()) {
+            match decode(&text) {
+                Ok(_) => {}
+                Err(e) => {
+                    prop_assert!(!e.message.is_empty());
+                    // the reply is valid JSON carrying the code
+                    let v: Value = serde_json::from_str(&error_json(&e)).unwrap();
+                    prop_assert_eq!(v["type"].as_str(), Some("error"));
+                    prop_assert_eq!(v["code"].as_str(), Some(e.code.as_str()));
+                }
+            }
+        }
+    }
+}

@@ -18,7 +18,7 @@ use crate::dead_letters::NoDeadLetters;
 use crate::error::{Result, SignalingError};
 use crate::ice::{IceConfig, turn_uris};
 use crate::presence::InProcessPresence;
-use crate::sessions::InProcessSessions;
+use crate::sessions::EmbeddedSessions;
 use crate::state::{AppState, Backends};
 use crate::store::EmbeddedStore;
 
@@ -80,12 +80,15 @@ impl RunningServer {
     }
 }
 
-fn embedded_backends(config: &Config) -> Result<Backends> {
+/// The single-machine backends: embedded store under `--data-dir`, in-process the rest.
+pub fn embedded_backends(config: &Config) -> Result<Backends> {
+    let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
+    let sessions = EmbeddedSessions::open(store.clone(), config.resume_window)?;
     Ok(Backends {
-        store: Arc::new(EmbeddedStore::open(&config.data_dir)?),
+        store,
         bus: Arc::new(InProcessBus::new()),
         presence: Arc::new(InProcessPresence::new()),
-        sessions: Arc::new(InProcessSessions::new()),
+        sessions: Arc::new(sessions),
         dead_letters: Arc::new(NoDeadLetters),
     })
 }
@@ -138,6 +141,13 @@ async fn start_relay(config: &Config) -> Result<(Relay, IceConfig)> {
 /// Validates `config`, opens the backends, starts the relay and the listener.
 pub async fn start(config: Config) -> Result<RunningServer> {
     config.validate()?;
+    let backends = embedded_backends(&config)?;
+    start_with_backends(config, backends).await
+}
+
+/// As [`start`], with backends chosen by the caller (other deployments, fault tests).
+pub async fn start_with_backends(config: Config, backends: Backends) -> Result<RunningServer> {
+    config.validate()?;
     let auth_secret = config
         .auth_secret_file
         .as_deref()
@@ -148,7 +158,6 @@ pub async fn start(config: Config) -> Result<RunningServer> {
         .as_deref()
         .map(|p| read_secret("--admin-token-file", p))
         .transpose()?;
-    let backends = embedded_backends(&config)?;
     let (relay, ice) = if config.embedded_turn() {
         let (relay, ice) = start_relay(&config).await?;
         (Some(relay), ice)

@@ -5,21 +5,23 @@
 //! session resume on any instance.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::store::EmbeddedStore;
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RoomMembership {
     pub name: String,
     /// Highest chat `seq` delivered to the client in this room.
     pub delivered_seq: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionState {
     pub session: String,
     pub peer: String,
@@ -72,6 +74,22 @@ pub struct InProcessSessions {
 impl InProcessSessions {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Adds sessions as detached, resumable for `window` from now (after a restart).
+    pub fn restore(&self, states: Vec<SessionState>, window: Duration) {
+        let expires = Some(Instant::now() + window);
+        let mut sessions = self.lock();
+        for state in states {
+            sessions.insert(
+                state.session.clone(),
+                Entry {
+                    state,
+                    owner: 0,
+                    expires,
+                },
+            );
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -154,5 +172,81 @@ impl Sessions for InProcessSessions {
 
     async fn count(&self) -> Result<usize> {
         Ok(self.lock().len())
+    }
+}
+
+/// Sessions kept in memory and written through to the embedded store, so that
+/// after a restart clients resume with the same peer id and resends stay
+/// idempotent. Session writes share the store's group commits.
+pub struct EmbeddedSessions {
+    memory: InProcessSessions,
+    store: Arc<EmbeddedStore>,
+}
+
+impl EmbeddedSessions {
+    /// Loads the stored sessions as detached, each resumable for `window`.
+    pub fn open(store: Arc<EmbeddedStore>, window: Duration) -> Result<Self> {
+        let memory = InProcessSessions::new();
+        let mut states = Vec::new();
+        for record in store.load_sessions()? {
+            match serde_json::from_slice::<SessionState>(&record) {
+                Ok(s) => states.push(s),
+                Err(e) => tracing::warn!(error = %e, "unreadable session record skipped"),
+            }
+        }
+        if !states.is_empty() {
+            tracing::info!(
+                sessions = states.len(),
+                "sessions restored; resumable for the resume window"
+            );
+        }
+        memory.restore(states, window);
+        Ok(Self { memory, store })
+    }
+
+    async fn persist(&self, state: &SessionState) -> Result<()> {
+        let bytes = serde_json::to_vec(state)
+            .map_err(|e| crate::error::SignalingError::StoreCorrupt(e.to_string()))?;
+        self.store.write_session(&state.session, Some(bytes)).await
+    }
+}
+
+#[async_trait]
+impl Sessions for EmbeddedSessions {
+    async fn create(&self, state: SessionState, owner: u64) -> Result<()> {
+        self.persist(&state).await?;
+        self.memory.create(state, owner).await
+    }
+
+    async fn save(&self, state: &SessionState) -> Result<()> {
+        self.memory.save(state).await?;
+        self.persist(state).await
+    }
+
+    async fn resume(&self, session: &str, token: &str, owner: u64) -> Result<ResumeOutcome> {
+        self.memory.resume(session, token, owner).await
+    }
+
+    async fn detach(&self, state: &SessionState, owner: u64, window: Duration) -> Result<()> {
+        self.memory.detach(state, owner, window).await?;
+        self.persist(state).await
+    }
+
+    async fn remove(&self, session: &str) -> Result<Option<SessionState>> {
+        let removed = self.memory.remove(session).await?;
+        self.store.write_session(session, None).await?;
+        Ok(removed)
+    }
+
+    async fn take_expired(&self) -> Result<Vec<SessionState>> {
+        let expired = self.memory.take_expired().await?;
+        for s in &expired {
+            self.store.write_session(&s.session, None).await?;
+        }
+        Ok(expired)
+    }
+
+    async fn count(&self) -> Result<usize> {
+        self.memory.count().await
     }
 }

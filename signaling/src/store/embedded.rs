@@ -21,6 +21,9 @@ const ROOM_SEQ: TableDefinition<&str, u64> = TableDefinition::new("room_seq");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 /// (room, peer, client id) → seq, for idempotent resends.
 const CLIENT_IDS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("client_ids");
+/// session id → encoded session state, so sessions (and with them the
+/// idempotency of resends) survive a restart.
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 
 /// Most requests committed together.
 const MAX_GROUP: usize = 1024;
@@ -28,6 +31,8 @@ const MAX_GROUP: usize = 1024;
 enum WriteOp {
     Append(NewChat, oneshot::Sender<Result<Appended>>),
     CreateRoom(RoomRecord, bool, oneshot::Sender<Result<RoomRecord>>),
+    /// Stores (Some) or deletes (None) a session record.
+    Session(String, Option<Vec<u8>>, oneshot::Sender<Result<()>>),
 }
 
 pub struct EmbeddedStore {
@@ -66,6 +71,7 @@ impl EmbeddedStore {
             txn.open_table(ROOM_SEQ).map_err(unavailable)?;
             txn.open_table(MESSAGES).map_err(unavailable)?;
             txn.open_table(CLIENT_IDS).map_err(unavailable)?;
+            txn.open_table(SESSIONS).map_err(unavailable)?;
             txn.commit().map_err(unavailable)?;
         }
         let db = Arc::new(db);
@@ -125,6 +131,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteOp>, healthy: &AtomicB
 enum OpResult {
     Appended(Appended),
     Room(RoomRecord),
+    Done,
     Failed(SignalingError),
 }
 
@@ -135,14 +142,21 @@ fn reply(op: WriteOp, result: Result<OpResult>) {
             let _ = tx.send(result.and_then(|r| match r {
                 OpResult::Appended(a) => Ok(a),
                 OpResult::Failed(e) => Err(e),
-                OpResult::Room(_) => Err(unavailable("unexpected result")),
+                _ => Err(unavailable("unexpected result")),
+            }));
+        }
+        WriteOp::Session(_, _, tx) => {
+            let _ = tx.send(result.and_then(|r| match r {
+                OpResult::Done => Ok(()),
+                OpResult::Failed(e) => Err(e),
+                _ => Err(unavailable("unexpected result")),
             }));
         }
         WriteOp::CreateRoom(_, _, tx) => {
             let _ = tx.send(result.and_then(|r| match r {
                 OpResult::Room(room) => Ok(room),
                 OpResult::Failed(e) => Err(e),
-                OpResult::Appended(_) => Err(unavailable("unexpected result")),
+                _ => Err(unavailable("unexpected result")),
             }));
         }
     }
@@ -157,6 +171,7 @@ fn commit_group(db: &Database, group: &mut [WriteOp]) -> Result<Vec<Result<OpRes
         let mut seqs = txn.open_table(ROOM_SEQ).map_err(unavailable)?;
         let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
         let mut ids = txn.open_table(CLIENT_IDS).map_err(unavailable)?;
+        let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
         for op in group.iter() {
             let result = match op {
                 WriteOp::Append(chat, _) => {
@@ -165,6 +180,14 @@ fn commit_group(db: &Database, group: &mut [WriteOp]) -> Result<Vec<Result<OpRes
                 WriteOp::CreateRoom(room, must_be_new, _) => {
                     create_one(room, *must_be_new, &mut rooms).map(OpResult::Room)
                 }
+                WriteOp::Session(id, Some(bytes), _) => sessions
+                    .insert(id.as_str(), bytes.as_slice())
+                    .map(|_| OpResult::Done)
+                    .map_err(unavailable),
+                WriteOp::Session(id, None, _) => sessions
+                    .remove(id.as_str())
+                    .map(|_| OpResult::Done)
+                    .map_err(unavailable),
             };
             // Per-request failures (a taken room id) do not fail the group.
             results.push(Ok(result.unwrap_or_else(OpResult::Failed)));
@@ -243,6 +266,28 @@ fn create_one(
 }
 
 impl EmbeddedStore {
+    /// Durably stores (`Some`) or deletes (`None`) a session record.
+    pub async fn write_session(&self, id: &str, record: Option<Vec<u8>>) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .send(WriteOp::Session(id.to_owned(), record, tx))
+            .await
+            .map_err(|_| unavailable("store writer stopped"))?;
+        rx.await.map_err(|_| unavailable("store writer stopped"))?
+    }
+
+    /// Every stored session record.
+    pub fn load_sessions(&self) -> Result<Vec<Vec<u8>>> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(SESSIONS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(unavailable)? {
+            let (_, v) = entry.map_err(unavailable)?;
+            out.push(v.value().to_vec());
+        }
+        Ok(out)
+    }
+
     async fn write_room(&self, room: RoomRecord, must_be_new: bool) -> Result<RoomRecord> {
         let (tx, rx) = oneshot::channel();
         self.writes
