@@ -495,7 +495,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
     state.metrics.store_up.set(i64::from(store));
     state.metrics.bus_up.set(i64::from(bus));
     let draining = state.is_draining();
-    let ready = store && bus && !draining;
+    // Without Redis an instance still serves its local rooms; whether it
+    // stays in the Service then is a policy (--ready-without-redis).
+    let bus_ok = bus || state.config.cluster.ready_without_redis;
+    let ready = store && bus_ok && !draining;
     let body = json!({
         "ready": ready,
         "draining": draining,

@@ -173,6 +173,10 @@ pub struct Config {
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "VIDEOCHAT_LOG", default_value = "info")]
     pub log: String,
+
+    /// Cluster mode (with --redis-url / --mongodb-uri).
+    #[command(flatten)]
+    pub cluster: crate::redis::ClusterArgs,
 }
 
 fn parse_port_range(s: &str) -> std::result::Result<(u16, u16), String> {
@@ -229,18 +233,8 @@ pub fn read_secret(setting: &'static str, path: &Path) -> Result<String> {
 impl Config {
     /// Checks what clap cannot: combinations and ranges.
     pub fn validate(&self) -> Result<()> {
-        if self.redis_url.is_some() || self.redis_url_file.is_some() {
-            return Err(SignalingError::config(
-                "--redis-url",
-                "the Redis backend is not part of this build yet; omit it for single-machine mode",
-            ));
-        }
-        if self.mongodb_uri.is_some() || self.mongodb_uri_file.is_some() {
-            return Err(SignalingError::config(
-                "--mongodb-uri",
-                "the MongoDB backend is not part of this build yet; omit it for single-machine mode",
-            ));
-        }
+        // Connection strings (value or file, not both) and their combinations.
+        crate::redis::cluster::cluster_urls(self)?;
         if !self.turn_uris.is_empty() && self.turn_secret_file.is_none() {
             return Err(SignalingError::config(
                 "--turn-uri",

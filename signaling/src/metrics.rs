@@ -56,6 +56,8 @@ impl Metrics {
         let bus_up = Gauge::default();
         let dead_letters = Gauge::default();
         let p = "videochat_signaling_";
+        // Queue depth, retries and dead letters of the Redis Streams queue.
+        crate::redis::QueueMetrics::global().register(&mut registry);
         registry.register(
             format!("{p}connections"),
             "Open WebSocket connections",

@@ -141,7 +141,12 @@ async fn start_relay(config: &Config) -> Result<(Relay, IceConfig)> {
 /// Validates `config`, opens the backends, starts the relay and the listener.
 pub async fn start(config: Config) -> Result<RunningServer> {
     config.validate()?;
-    let backends = embedded_backends(&config)?;
+    let backends = if crate::redis::is_cluster_mode(&config) {
+        // Background tasks of the backends live as long as the process.
+        crate::redis::cluster_backends(&config, CancellationToken::new()).await?
+    } else {
+        embedded_backends(&config)?
+    };
     start_with_backends(config, backends).await
 }
 

@@ -94,22 +94,28 @@ impl RedisConnection {
                 reason: format!("{redacted_url} is not a redis:// or rediss:// URL"),
             });
         }
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| BackendError::Config {
-            setting: "VIDEOCHAT_REDIS_URL",
-            // The parser's message never contains the password, but the
-            // URL we echo is the redacted one.
-            reason: format!("{redacted_url}: {}", e.category()),
-        })?;
-        let manager = ConnectionManager::new_lazy_with_config(client.clone(), manager_config(&config))
-            .map_err(|e| BackendError::Config {
+        let client =
+            redis::Client::open(config.url.as_str()).map_err(|e| BackendError::Config {
                 setting: "VIDEOCHAT_REDIS_URL",
-                reason: format!("{redacted_url}: {e}"),
+                // The parser's message never contains the password, but the
+                // URL we echo is the redacted one.
+                reason: format!("{redacted_url}: {}", e.category()),
             })?;
+        let manager =
+            ConnectionManager::new_lazy_with_config(client.clone(), manager_config(&config))
+                .map_err(|e| BackendError::Config {
+                    setting: "VIDEOCHAT_REDIS_URL",
+                    reason: format!("{redacted_url}: {e}"),
+                })?;
         Ok(RedisConnection {
             inner: Arc::new(Inner {
                 client,
                 manager,
-                breaker: CircuitBreaker::new("redis", config.breaker_failures, config.breaker_open_for),
+                breaker: CircuitBreaker::new(
+                    "redis",
+                    config.breaker_failures,
+                    config.breaker_open_for,
+                ),
                 healthy: AtomicBool::new(false),
                 redacted_url,
                 key_prefix: config.key_prefix.clone(),
@@ -248,7 +254,8 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("VIDEOCHAT_REDIS_URL"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
-        let err = RedisConnection::connect(RedisConfig::new("redis://u:hunter2@h:notaport")).unwrap_err();
+        let err =
+            RedisConnection::connect(RedisConfig::new("redis://u:hunter2@h:notaport")).unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

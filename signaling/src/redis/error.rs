@@ -6,7 +6,10 @@
 pub enum BackendError {
     /// A connection string or setting is malformed; names the setting.
     #[error("invalid {setting}: {reason}")]
-    Config { setting: &'static str, reason: String },
+    Config {
+        setting: &'static str,
+        reason: String,
+    },
     /// The dependency is down, slow, or its circuit breaker is open.
     #[error("{backend} unavailable: {reason}")]
     Unavailable {

@@ -160,18 +160,55 @@ pub struct QueueMetrics {
 }
 
 impl QueueMetrics {
-    /// Registers under `videochat_signaling_queue_*` (the registry adds the
-    /// `videochat_signaling` prefix when it was created with it; pass a
-    /// sub-registry otherwise).
+    /// The process's queue metrics, registered by [`crate::metrics::Metrics`].
+    pub fn global() -> &'static QueueMetrics {
+        static GLOBAL: std::sync::OnceLock<QueueMetrics> = std::sync::OnceLock::new();
+        GLOBAL.get_or_init(QueueMetrics::default)
+    }
+
+    /// Registers as `videochat_signaling_queue_*`.
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("queue_enqueued", "Entries added to the reliable queue", self.enqueued.clone());
-        registry.register("queue_processed", "Entries handled successfully", self.processed.clone());
-        registry.register("queue_retries", "Failed attempts scheduled for a retry", self.retries.clone());
-        registry.register("queue_dead_lettered", "Entries moved to the dead-letter stream", self.dead_lettered.clone());
-        registry.register("queue_redriven", "Dead letters re-driven into the queue", self.redriven.clone());
-        registry.register("queue_claimed", "Pending entries claimed from a dead consumer", self.claimed.clone());
-        registry.register("queue_depth", "Entries ready, in flight or waiting for a retry", self.depth.clone());
-        registry.register("queue_dead_letters", "Entries in the dead-letter stream", self.dead_letters.clone());
+        let p = "videochat_signaling_queue_";
+        registry.register(
+            format!("{p}enqueued"),
+            "Entries added to the reliable queue",
+            self.enqueued.clone(),
+        );
+        registry.register(
+            format!("{p}processed"),
+            "Entries handled successfully",
+            self.processed.clone(),
+        );
+        registry.register(
+            format!("{p}retries"),
+            "Failed attempts scheduled for a retry",
+            self.retries.clone(),
+        );
+        registry.register(
+            format!("{p}dead_lettered"),
+            "Entries moved to the dead-letter stream",
+            self.dead_lettered.clone(),
+        );
+        registry.register(
+            format!("{p}redriven"),
+            "Dead letters re-driven into the queue",
+            self.redriven.clone(),
+        );
+        registry.register(
+            format!("{p}claimed"),
+            "Pending entries claimed from a dead consumer",
+            self.claimed.clone(),
+        );
+        registry.register(
+            format!("{p}depth"),
+            "Entries ready, in flight or waiting for a retry",
+            self.depth.clone(),
+        );
+        registry.register(
+            format!("{p}dead_letters"),
+            "Entries in the dead-letter stream",
+            self.dead_letters.clone(),
+        );
     }
 }
 
@@ -474,7 +511,7 @@ impl ReliableQueue {
         // A connection of its own: XREADGROUP BLOCK would hold up every
         // other command on the shared multiplexed connection.
         let mut config = self.conn.config().clone();
-        config.response_timeout = config.response_timeout + self.config.block;
+        config.response_timeout += self.config.block;
         let mut reader = match ConnectionManager::new_lazy_with_config(
             self.conn.client().clone(),
             manager_config(&config),
@@ -535,7 +572,11 @@ impl ReliableQueue {
         self.ensure_group().await?;
         self.promote_due().await?;
         let mut n = self.claim_stale(handler).await?;
-        let mut reader = self.conn.client().get_multiplexed_async_connection().await?;
+        let mut reader = self
+            .conn
+            .client()
+            .get_multiplexed_async_connection()
+            .await?;
         n += self.read_new_on(&mut reader, handler, false).await?;
         Ok(n)
     }
@@ -767,11 +808,20 @@ mod tests {
         c.max_backoff = Duration::from_millis(1000);
         for _ in 0..50 {
             let d2 = c.backoff_before(2);
-            assert!(d2 >= Duration::from_millis(50) && d2 <= Duration::from_millis(100), "{d2:?}");
+            assert!(
+                d2 >= Duration::from_millis(50) && d2 <= Duration::from_millis(100),
+                "{d2:?}"
+            );
             let d3 = c.backoff_before(3);
-            assert!(d3 >= Duration::from_millis(100) && d3 <= Duration::from_millis(200), "{d3:?}");
+            assert!(
+                d3 >= Duration::from_millis(100) && d3 <= Duration::from_millis(200),
+                "{d3:?}"
+            );
             let d20 = c.backoff_before(20);
-            assert!(d20 >= Duration::from_millis(500) && d20 <= Duration::from_millis(1000), "{d20:?}");
+            assert!(
+                d20 >= Duration::from_millis(500) && d20 <= Duration::from_millis(1000),
+                "{d20:?}"
+            );
         }
     }
 

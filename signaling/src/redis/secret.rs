@@ -95,16 +95,38 @@ mod tests {
         let file = dir.join("url");
         std::fs::write(&file, "redis://h:1/\n").unwrap();
         assert_eq!(
-            read_secret("VIDEOCHAT_REDIS_URL", "VIDEOCHAT_REDIS_URL_FILE", None, Some(&file)).unwrap(),
+            read_secret(
+                "VIDEOCHAT_REDIS_URL",
+                "VIDEOCHAT_REDIS_URL_FILE",
+                None,
+                Some(&file)
+            )
+            .unwrap(),
             Some("redis://h:1/".to_string())
         );
         assert_eq!(
-            read_secret("VIDEOCHAT_REDIS_URL", "VIDEOCHAT_REDIS_URL_FILE", Some("redis://x/"), None).unwrap(),
+            read_secret(
+                "VIDEOCHAT_REDIS_URL",
+                "VIDEOCHAT_REDIS_URL_FILE",
+                Some("redis://x/"),
+                None
+            )
+            .unwrap(),
             Some("redis://x/".to_string())
         );
-        let both = read_secret("VIDEOCHAT_REDIS_URL", "VIDEOCHAT_REDIS_URL_FILE", Some("redis://x/"), Some(&file));
+        let both = read_secret(
+            "VIDEOCHAT_REDIS_URL",
+            "VIDEOCHAT_REDIS_URL_FILE",
+            Some("redis://x/"),
+            Some(&file),
+        );
         assert!(both.unwrap_err().to_string().contains("not both"));
-        let missing = read_secret("VIDEOCHAT_REDIS_URL", "VIDEOCHAT_REDIS_URL_FILE", None, Some(&dir.join("nope")));
+        let missing = read_secret(
+            "VIDEOCHAT_REDIS_URL",
+            "VIDEOCHAT_REDIS_URL_FILE",
+            None,
+            Some(&dir.join("nope")),
+        );
         assert!(
             missing
                 .unwrap_err()

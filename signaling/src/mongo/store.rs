@@ -1,0 +1,508 @@
+//! [`MongoStore`]: the `Store` trait on MongoDB.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{Document, doc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReadConcern, WriteConcern,
+};
+use mongodb::{Client, Collection, IndexModel};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Result, SignalingError};
+use crate::protocol::ChatMessage;
+use crate::redis::{CircuitBreaker, redact_url};
+use crate::store::{Appended, NewChat, RoomRecord, Store};
+
+const DUPLICATE_KEY: i32 = 11000;
+/// Attempts to win a `seq` against other instances before answering
+/// `unavailable` (the client resends).
+const MAX_SEQ_RACES: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct MongoConfig {
+    /// `mongodb://[user:password@]host[:port][,…]/[database][?options]`.
+    pub uri: String,
+    /// Used when the URI names no database.
+    pub default_database: String,
+    /// Upper bound of one store call, server selection included, so a dead
+    /// server answers `unavailable` quickly instead of after 30 s.
+    pub op_timeout: Duration,
+    pub breaker_failures: u32,
+    pub breaker_open_for: Duration,
+}
+
+impl MongoConfig {
+    pub fn new(uri: impl Into<String>) -> Self {
+        MongoConfig {
+            uri: uri.into(),
+            default_database: "videochat".to_string(),
+            op_timeout: Duration::from_secs(2),
+            breaker_failures: 3,
+            breaker_open_for: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct MongoStore {
+    rooms: Collection<Document>,
+    messages: Collection<Document>,
+    client: Client,
+    config: MongoConfig,
+    redacted_uri: String,
+    breaker: CircuitBreaker,
+    healthy: AtomicBool,
+    indexes_ready: AtomicBool,
+    /// Serializes appends per room within this instance (fewer races with
+    /// ourselves) and caches the last `seq` we saw as a first guess.
+    room_tails: Mutex<HashMap<String, Arc<tokio::sync::Mutex<u64>>>>,
+}
+
+fn unavailable(reason: impl std::fmt::Display) -> SignalingError {
+    SignalingError::StoreUnavailable(reason.to_string())
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    matches!(e.kind.as_ref(), ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == DUPLICATE_KEY)
+}
+
+/// Errors that mean "the server cannot be used right now" (and so count
+/// towards the breaker) rather than "it answered no".
+fn is_outage(e: &mongodb::error::Error) -> bool {
+    !matches!(
+        e.kind.as_ref(),
+        ErrorKind::Write(WriteFailure::WriteError(_))
+            | ErrorKind::BsonDeserialization(_)
+            | ErrorKind::BsonSerialization(_)
+            | ErrorKind::InvalidArgument { .. }
+    )
+}
+
+fn get_u64(doc: &Document, key: &str) -> Result<u64> {
+    match doc.get(key) {
+        Some(mongodb::bson::Bson::Int64(v)) if *v >= 0 => Ok(*v as u64),
+        Some(mongodb::bson::Bson::Int32(v)) if *v >= 0 => Ok(*v as u64),
+        other => Err(SignalingError::StoreCorrupt(format!(
+            "field {key} is {other:?}, not a non-negative integer"
+        ))),
+    }
+}
+
+fn get_str(doc: &Document, key: &str) -> Result<String> {
+    doc.get_str(key)
+        .map(str::to_owned)
+        .map_err(|e| SignalingError::StoreCorrupt(format!("field {key}: {e}")))
+}
+
+fn message_from(doc: &Document) -> Result<ChatMessage> {
+    Ok(ChatMessage {
+        room: get_str(doc, "room")?,
+        seq: get_u64(doc, "seq")?,
+        id: get_str(doc, "client_id")?,
+        from: get_str(doc, "peer")?,
+        name: get_str(doc, "name")?,
+        body: get_str(doc, "body")?,
+        ts: get_str(doc, "ts")?,
+    })
+}
+
+fn room_from(doc: &Document) -> Result<RoomRecord> {
+    Ok(RoomRecord {
+        id: get_str(doc, "_id")?,
+        name: get_str(doc, "name")?,
+        max_peers: u32::try_from(get_u64(doc, "max_peers")?)
+            .map_err(|e| SignalingError::StoreCorrupt(format!("max_peers: {e}")))?,
+        created_at: get_str(doc, "created_at")?,
+    })
+}
+
+fn room_doc(room: &RoomRecord) -> Document {
+    doc! {
+        "_id": &room.id,
+        "name": &room.name,
+        "max_peers": i64::from(room.max_peers),
+        "created_at": &room.created_at,
+    }
+}
+
+impl MongoStore {
+    /// Parses and checks the URI (a bad one is a configuration error that
+    /// names `VIDEOCHAT_MONGODB_URI`) and creates the client without waiting
+    /// for the server: an unreachable MongoDB at start makes the store
+    /// report unhealthy and answer `unavailable` until it is reachable.
+    pub async fn connect(config: MongoConfig) -> Result<Self> {
+        let redacted_uri = redact_url(&config.uri);
+        let mut options = ClientOptions::parse(&config.uri).await.map_err(|e| {
+            SignalingError::config(
+                "VIDEOCHAT_MONGODB_URI",
+                format!(
+                    "{redacted_uri} is not a valid MongoDB connection string: {}",
+                    match e.kind.as_ref() {
+                        ErrorKind::InvalidArgument { message, .. } => message.clone(),
+                        _ => "cannot be parsed".to_string(),
+                    }
+                ),
+            )
+        })?;
+        if options.server_selection_timeout.is_none() {
+            options.server_selection_timeout = Some(config.op_timeout);
+        }
+        if options.connect_timeout.is_none() {
+            options.connect_timeout = Some(config.op_timeout);
+        }
+        options
+            .app_name
+            .get_or_insert_with(|| "videochat-signaling".to_string());
+        let database = options
+            .default_database
+            .clone()
+            .unwrap_or_else(|| config.default_database.clone());
+        let client = Client::with_options(options).map_err(|e| {
+            SignalingError::config("VIDEOCHAT_MONGODB_URI", format!("{redacted_uri}: {e}"))
+        })?;
+        let db = client.database(&database);
+        // An ack means durable: majority of the replica set, on its journal.
+        let durable = CollectionOptions::builder()
+            .write_concern(
+                WriteConcern::builder()
+                    .w(Acknowledgment::Majority)
+                    .journal(true)
+                    .build(),
+            )
+            .read_concern(ReadConcern::majority())
+            .build();
+        Ok(MongoStore {
+            rooms: db.collection_with_options("rooms", durable.clone()),
+            messages: db.collection_with_options("messages", durable),
+            client,
+            breaker: CircuitBreaker::new(
+                "mongodb",
+                config.breaker_failures,
+                config.breaker_open_for,
+            ),
+            config,
+            redacted_uri,
+            healthy: AtomicBool::new(false),
+            indexes_ready: AtomicBool::new(false),
+            room_tails: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn redacted_uri(&self) -> &str {
+        &self.redacted_uri
+    }
+
+    /// Runs one driver call behind the breaker and the operation timeout.
+    async fn call<T, Fut>(&self, what: &'static str, fut: Fut) -> Result<T, mongodb::error::Error>
+    where
+        Fut: std::future::IntoFuture<Output = Result<T, mongodb::error::Error>>,
+    {
+        if !self.breaker.allow() {
+            return Err(mongodb::error::Error::custom(CallRefused(
+                "circuit breaker open",
+            )));
+        }
+        let result = match tokio::time::timeout(self.config.op_timeout, fut.into_future()).await {
+            Ok(r) => r,
+            Err(_) => Err(mongodb::error::Error::custom(CallRefused("timed out"))),
+        };
+        match &result {
+            Err(e) if is_outage(e) => {
+                self.breaker.record_failure();
+                if self.healthy.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(uri = %self.redacted_uri, op = what, error = %e, "mongodb unavailable; chat answers unavailable until it is back");
+                }
+            }
+            _ => self.breaker.record_success(),
+        }
+        result
+    }
+
+    /// The two unique indexes; nothing is appended before they exist.
+    async fn ensure_indexes(&self) -> Result<()> {
+        if self.indexes_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let seq = IndexModel::builder()
+            .keys(doc! {"room": 1, "seq": 1})
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .name("room_seq".to_string())
+                    .build(),
+            )
+            .build();
+        let idempotency = IndexModel::builder()
+            .keys(doc! {"room": 1, "peer": 1, "client_id": 1})
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .name("room_peer_client_id".to_string())
+                    .build(),
+            )
+            .build();
+        self.call(
+            "create_indexes",
+            self.messages.create_indexes([seq, idempotency]),
+        )
+        .await
+        .map_err(|e| unavailable(format!("cannot create indexes: {e}")))?;
+        self.indexes_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// One `ping`, bypassing the breaker (this is what closes it), creating
+    /// the indexes once the server is reachable.
+    pub async fn probe(&self) -> bool {
+        let ping = tokio::time::timeout(
+            self.config.op_timeout,
+            self.client.database("admin").run_command(doc! {"ping": 1}),
+        )
+        .await;
+        let ok = matches!(ping, Ok(Ok(_)));
+        if ok {
+            self.breaker.record_success();
+            if !self.indexes_ready.load(Ordering::Acquire)
+                && let Err(e) = self.ensure_indexes().await
+            {
+                tracing::warn!(uri = %self.redacted_uri, error = %e, "mongodb reachable but indexes not ready");
+                return false;
+            }
+            if !self.healthy.swap(true, Ordering::Relaxed) {
+                tracing::info!(uri = %self.redacted_uri, "mongodb reachable");
+            }
+        } else {
+            self.breaker.record_failure();
+            if self.healthy.swap(false, Ordering::Relaxed) {
+                tracing::warn!(uri = %self.redacted_uri, "mongodb unreachable; degraded");
+            }
+        }
+        ok
+    }
+
+    /// Probes every `interval` while healthy and with exponential backoff
+    /// (capped at `max_backoff`) while not.
+    pub fn spawn_health_probe(
+        self: &Arc<Self>,
+        interval: Duration,
+        max_backoff: Duration,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = interval;
+            let mut warned = false;
+            loop {
+                let wait = if this.probe().await {
+                    warned = false;
+                    backoff = interval;
+                    interval
+                } else {
+                    if !warned {
+                        tracing::warn!(uri = %this.redacted_uri, "mongodb not reachable; retrying with backoff");
+                        warned = true;
+                    }
+                    let w = backoff;
+                    backoff = (backoff * 2).min(max_backoff);
+                    w
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        })
+    }
+
+    fn room_tail(&self, room: &str) -> Arc<tokio::sync::Mutex<u64>> {
+        let mut tails = self.room_tails.lock().unwrap_or_else(|p| p.into_inner());
+        if tails.len() > 100_000 {
+            // Bounded: forgetting a hint only costs one read.
+            tails.clear();
+        }
+        tails.entry(room.to_owned()).or_default().clone()
+    }
+
+    async fn find_by_client_id(&self, chat: &NewChat) -> Result<Option<ChatMessage>> {
+        let found = self
+            .call(
+                "find_by_client_id",
+                self.messages.find_one(doc! {
+                    "room": &chat.room, "peer": &chat.peer, "client_id": &chat.client_id,
+                }),
+            )
+            .await
+            .map_err(unavailable)?;
+        found.as_ref().map(message_from).transpose()
+    }
+
+    async fn read_last_seq(&self, room: &str) -> Result<u64> {
+        let last = self
+            .call(
+                "last_seq",
+                self.messages
+                    .find_one(doc! {"room": room})
+                    .sort(doc! {"seq": -1})
+                    .projection(doc! {"seq": 1, "_id": 0}),
+            )
+            .await
+            .map_err(unavailable)?;
+        last.map(|d| get_u64(&d, "seq"))
+            .transpose()
+            .map(|s| s.unwrap_or(0))
+    }
+}
+
+#[derive(Debug)]
+struct CallRefused(&'static str);
+
+impl std::fmt::Display for CallRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for CallRefused {}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn create_room(&self, room: RoomRecord) -> Result<RoomRecord> {
+        match self
+            .call("create_room", self.rooms.insert_one(room_doc(&room)))
+            .await
+        {
+            Ok(_) => Ok(room),
+            Err(e) if is_duplicate_key(&e) => Err(SignalingError::RoomExists(room.id)),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn ensure_room(&self, default: RoomRecord) -> Result<RoomRecord> {
+        if let Some(room) = self.get_room(&default.id).await? {
+            return Ok(room);
+        }
+        match self.create_room(default.clone()).await {
+            Ok(room) => Ok(room),
+            // Created by someone else meanwhile.
+            Err(SignalingError::RoomExists(_)) => self
+                .get_room(&default.id)
+                .await?
+                .ok_or_else(|| unavailable("room vanished while being created")),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn get_room(&self, id: &str) -> Result<Option<RoomRecord>> {
+        let found = self
+            .call("get_room", self.rooms.find_one(doc! {"_id": id}))
+            .await
+            .map_err(unavailable)?;
+        found.as_ref().map(room_from).transpose()
+    }
+
+    async fn append_chat(&self, chat: NewChat) -> Result<Appended> {
+        self.ensure_indexes().await?;
+        let tail = self.room_tail(&chat.room);
+        let mut last = tail.lock().await;
+        // A resend (possibly of an attempt whose outcome we never learned).
+        if let Some(message) = self.find_by_client_id(&chat).await? {
+            return Ok(Appended {
+                message,
+                duplicate: true,
+            });
+        }
+        if *last == 0 {
+            *last = self.read_last_seq(&chat.room).await?;
+        }
+        for _ in 0..MAX_SEQ_RACES {
+            let seq = *last + 1;
+            let document = doc! {
+                "room": &chat.room,
+                "seq": seq as i64,
+                "peer": &chat.peer,
+                "client_id": &chat.client_id,
+                "name": &chat.name,
+                "body": &chat.body,
+                "ts": &chat.ts,
+            };
+            match self
+                .call("append_chat", self.messages.insert_one(document))
+                .await
+            {
+                Ok(_) => {
+                    *last = seq;
+                    return Ok(Appended {
+                        message: ChatMessage {
+                            room: chat.room,
+                            seq,
+                            id: chat.client_id,
+                            from: chat.peer,
+                            name: chat.name,
+                            body: chat.body,
+                            ts: chat.ts,
+                        },
+                        duplicate: false,
+                    });
+                }
+                Err(e) if is_duplicate_key(&e) => {
+                    // Either our own resend raced us, or another instance
+                    // took this seq: tell them apart by the idempotency key.
+                    if let Some(message) = self.find_by_client_id(&chat).await? {
+                        *last = (*last).max(message.seq);
+                        return Ok(Appended {
+                            message,
+                            duplicate: true,
+                        });
+                    }
+                    *last = self.read_last_seq(&chat.room).await?.max(seq);
+                }
+                Err(e) => {
+                    // Outcome unknown: forget the hint; the client's resend
+                    // finds the message if it landed.
+                    *last = 0;
+                    return Err(unavailable(e));
+                }
+            }
+        }
+        Err(unavailable(format!(
+            "room {} is too contended to allocate a seq; retry",
+            chat.room
+        )))
+    }
+
+    async fn history(&self, room: &str, after: u64, limit: usize) -> Result<Vec<ChatMessage>> {
+        let limit = i64::try_from(limit.min(10_000)).unwrap_or(10_000);
+        let docs: Vec<Document> = self
+            .call("history", async {
+                self.messages
+                    .find(doc! {"room": room, "seq": {"$gt": after as i64}})
+                    .sort(doc! {"seq": 1})
+                    .limit(limit)
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await
+            .map_err(unavailable)?;
+        docs.iter().map(message_from).collect()
+    }
+
+    async fn last_seq(&self, room: &str) -> Result<u64> {
+        self.read_last_seq(room).await
+    }
+
+    async fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.breaker.is_tripped()
+    }
+
+    fn kind(&self) -> &'static str {
+        "mongodb"
+    }
+}
