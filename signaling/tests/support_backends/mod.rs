@@ -8,6 +8,8 @@
 //! on PATH and `.venv/bin/secantusd-py` in the repository.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,207 @@
+//! Three signaling processes on loopback sharing a real Redis and a real
+//! MongoDB wire server: peers on different instances join one room,
+//! exchange signals and chat in one order, and a client resumes on another
+//! instance and gets every message it missed exactly once, in order, plus
+//! the signal that waited for it.
+
+mod support_backends;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support_backends::cluster::{Instance, WsClient, http};
+use support_backends::{MongoServer, RedisServer, TempDir};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_on_different_instances_share_rooms_signals_chat_and_resume() {
+    let redis = RedisServer::start();
+    let mongo = MongoServer::start();
+    let dir = TempDir::new("cluster");
+    let a = Instance::start("a", &redis.url(), &mongo.uri(), &dir, &[]);
+    let b = Instance::start("b", &redis.url(), &mongo.uri(), &dir, &[]);
+    let c = Instance::start("c", &redis.url(), &mongo.uri(), &dir, &[]);
+    for i in [&a, &b, &c] {
+        // Ready once Redis and MongoDB answered.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = http(&i.addr, "GET", "/readyz", None, None).await;
+            if status == 200 && body["bus"]["up"] == true {
+                assert_eq!(body["store"]["kind"], "mongodb");
+                assert_eq!(body["bus"]["kind"], "redis");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} not ready: {body}\n{}",
+                i.id,
+                i.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let mut alice = WsClient::connect(&a.ws_url(), None).await.unwrap();
+    let mut bob = WsClient::connect(&b.ws_url(), None).await.unwrap();
+    let joined = alice.join("r", "Alice").await.unwrap();
+    assert_eq!(joined["peers"], json!([]));
+    let joined = bob.join("r", "Bob").await.unwrap();
+    assert_eq!(
+        joined["peers"],
+        json!([{"peer": alice.peer, "name": "Alice"}]),
+        "presence is shared"
+    );
+    let seen = alice.recv_type("peer-joined", WAIT).await.unwrap();
+    assert_eq!(
+        (seen["peer"].as_str(), seen["name"].as_str()),
+        (Some(bob.peer.as_str()), Some("Bob"))
+    );
+
+    // A signal from instance A to a peer on instance B, and back.
+    alice
+        .send(&json!({"type":"signal","room":"r","to":bob.peer,"data":{"sdp":"offer-1"}}))
+        .await
+        .unwrap();
+    let s = bob.recv_type("signal", WAIT).await.unwrap();
+    assert_eq!(
+        (s["from"].as_str(), &s["data"]),
+        (Some(alice.peer.as_str()), &json!({"sdp":"offer-1"}))
+    );
+    bob.send(&json!({"type":"signal","room":"r","to":alice.peer,"data":{"sdp":"answer-1"}}))
+        .await
+        .unwrap();
+    let s = alice.recv_type("signal", WAIT).await.unwrap();
+    assert_eq!(s["data"], json!({"sdp":"answer-1"}));
+
+    // Chat from both instances at once: one seq order, seen by both.
+    let (mut alice_acks, mut bob_acks) = (Vec::new(), Vec::new());
+    for n in 0..10 {
+        let (ida, idb) = (format!("a{n}"), format!("b{n}"));
+        let (ba, bb) = (format!("from alice {n}"), format!("from bob {n}"));
+        let (ra, rb) = tokio::join!(
+            alice.chat("r", &ida, &ba, WAIT),
+            bob.chat("r", &idb, &bb, WAIT),
+        );
+        alice_acks.push(ra.unwrap().unwrap());
+        bob_acks.push(rb.unwrap().unwrap());
+    }
+    let mut all: Vec<u64> = alice_acks.iter().chain(&bob_acks).copied().collect();
+    all.sort();
+    assert_eq!(
+        all,
+        (1..=20).collect::<Vec<u64>>(),
+        "acks name a gap-free seq"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        alice.seqs("r"),
+        (1..=20).collect::<Vec<u64>>(),
+        "alice: every message once, in order"
+    );
+    assert_eq!(
+        bob.seqs("r"),
+        (1..=20).collect::<Vec<u64>>(),
+        "bob: every message once, in order"
+    );
+
+    // Bob's socket drops; meanwhile chat goes on and Alice signals him.
+    let old_peer = bob.peer.clone();
+    let bob_info = bob.drop_hard();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 10..15 {
+        assert_eq!(
+            alice
+                .chat("r", &format!("a{n}"), "while bob is away", WAIT)
+                .await
+                .unwrap(),
+            Ok(11 + n)
+        );
+    }
+    alice
+        .send(&json!({"type":"signal","room":"r","to":old_peer,"data":{"ice":"candidate-2"}}))
+        .await
+        .unwrap();
+    assert!(
+        alice
+            .recv_type("peer-left", Duration::from_millis(500))
+            .await
+            .is_err(),
+        "within the resume window others see no peer-left"
+    );
+
+    // Bob resumes on instance C: same peer, his rooms, the missed chat once
+    // and in order, and the signal that waited for him on instance B.
+    let mut bob2 = WsClient::connect(&c.ws_url(), Some(&bob_info))
+        .await
+        .unwrap();
+    assert!(bob2.resumed, "resumed on another instance");
+    assert_eq!(bob2.peer, old_peer);
+    let s = bob2.recv_type("signal", WAIT).await.unwrap();
+    assert_eq!(s["data"], json!({"ice":"candidate-2"}));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        bob2.seqs("r"),
+        (1..=25).collect::<Vec<u64>>(),
+        "missed chat replayed once, in order"
+    );
+
+    // And he is live on C: chat both ways.
+    assert_eq!(
+        bob2.chat("r", "b-after", "back", WAIT).await.unwrap(),
+        Ok(26)
+    );
+    assert_eq!(
+        alice
+            .chat("r", "a-after", "welcome back", WAIT)
+            .await
+            .unwrap(),
+        Ok(27)
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(alice.seqs("r"), (1..=27).collect::<Vec<u64>>());
+    assert_eq!(bob2.seqs("r"), (1..=27).collect::<Vec<u64>>());
+
+    // History is the same from every instance.
+    for i in [&a, &b, &c] {
+        let (status, body) = http(
+            &i.addr,
+            "GET",
+            "/api/messages?room=r&after=0&limit=100",
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let seqs: Vec<u64> = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seqs, (1..=27).collect::<Vec<u64>>(), "history on {}", i.id);
+    }
+    let (status, body) = http(&b.addr, "GET", "/api/rooms/r", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["last_seq"], 27);
+    assert_eq!(body["peers"].as_array().map(Vec::len), Some(2));
+    // The autoscaler's load signal is per instance.
+    let metrics = reqwest_text(&c.addr, "/metrics").await;
+    assert!(
+        metrics.contains("videochat_signaling_connections 1"),
+        "{metrics}"
+    );
+}
+
+async fn reqwest_text(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
