@@ -281,11 +281,26 @@ struct CreateRoom {
     max_peers: Option<u32>,
 }
 
+/// REST writes share the client IP's message budget with its WebSockets.
+fn rate_limit(state: &AppState, ip: IpAddr) -> Result<(), ApiError> {
+    if state.ip_limiter.try_take(ip) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; slow down",
+        ))
+    }
+}
+
 async fn create_room(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     JsonBody(body): JsonBody<CreateRoom>,
 ) -> Result<Response, ApiError> {
+    rate_limit(&state, ip)?;
     require_token(&state, &headers)?;
     check_name("name", &body.name).map_err(ApiError::bad_request)?;
     let max_peers = body.max_peers.unwrap_or(state.config.max_peers_per_room);
@@ -338,9 +353,11 @@ struct PostMessage {
 
 async fn post_message(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     JsonBody(msg): JsonBody<PostMessage>,
 ) -> Result<Response, ApiError> {
+    rate_limit(&state, ip)?;
     let claims = require_token(&state, &headers)?;
     check_name("room", &msg.room).map_err(ApiError::bad_request)?;
     if let Some(c) = &claims

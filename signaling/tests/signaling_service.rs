@@ -445,8 +445,22 @@ async fn rate_limits_per_connection_then_close_on_abuse() {
             }
         }
     }
-    // Two hellos took 2 of the 6 tokens... hellos are not rate limited; 6 of 8 pass.
+    // Hellos are not rate limited: 6 of the 8 pings pass (burst of twice the rate).
     assert_eq!(errors, 2);
+    // REST writes from the same address share the budget: 429.
+    let (status, _, body) = http(
+        &server,
+        "POST",
+        "/api/messages",
+        &[],
+        Some(r#"{"room":"r","body":"x"}"#),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        "rate_limited"
+    );
     server.shutdown().await;
 }
 
