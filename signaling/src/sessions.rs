@@ -240,8 +240,10 @@ impl Sessions for EmbeddedSessions {
 
     async fn take_expired(&self) -> Result<Vec<SessionState>> {
         let expired = self.memory.take_expired().await?;
-        for s in &expired {
-            self.store.write_session(&s.session, None).await?;
+        // Concurrent deletes share group commits.
+        let deletes = expired.iter().map(|s| self.store.write_session(&s.session, None));
+        for result in futures::future::join_all(deletes).await {
+            result?;
         }
         Ok(expired)
     }

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs videochat-bench against videochat-signaling (embedded store, fsync per
+# commit group) and the Node.js reference server, same machine, same load.
+# Prints one JSON line per run. Usage: signaling/bench/compare.sh [out.jsonl]
+#   BENCH_RATES="5000 15000 30000"  BENCH_CLIENTS=400  BENCH_ROOM=4
+#   BENCH_IDLE=5000  BENCH_DURATION=10s  NODE_BASELINE=<dir of server.js>
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:-/dev/stdout}
+RATES=${BENCH_RATES:-"5000 15000 30000"}
+CLIENTS=${BENCH_CLIENTS:-400}
+ROOM=${BENCH_ROOM:-4}
+IDLE=${BENCH_IDLE:-5000}
+DURATION=${BENCH_DURATION:-10s}
+NODE_SRC=${NODE_BASELINE:-../shared/bench/node-ws-baseline}
+ulimit -n 65536
+
+cargo build --release --locked -p videochat-signaling --bins >&2
+BIN=target/release
+WORK=$(mktemp -d /tmp/videochat-bench.XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+# The reference server, installed outside the repository.
+cp -r "$NODE_SRC" "$WORK/node"
+(cd "$WORK/node" && npm install --silent --no-audit --no-fund >&2)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_ours() {
+  PORT=$(free_port)
+  rm -rf "$WORK/data"
+  "$BIN/videochat-signaling" --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" \
+    --no-embedded-turn --rate-per-connection 100000 --rate-per-ip 10000000 \
+    --max-connections 100000 --log warn >/dev/null 2>&1 &
+  PID=$!
+  sleep 1
+}
+
+start_node() {
+  PORT=$(free_port)
+  node "$WORK/node/server.js" "$PORT" >/dev/null 2>&1 &
+  PID=$!
+  sleep 1
+}
+
+run() { # label, extra args...
+  local label=$1; shift
+  "$BIN/videochat-bench" --url "ws://127.0.0.1:$PORT/ws" --server-pid "$PID" --label "$label" "$@" | tee -a "$OUT"
+}
+
+for server in ours node; do
+  "start_$server"
+  run "$server idle" --clients "$IDLE" --room-size "$ROOM" --idle --connect-parallelism 128
+  kill "$PID"; wait "$PID" 2>/dev/null || true
+  for rate in $RATES; do
+    "start_$server"
+    run "$server $rate/s" --clients "$CLIENTS" --room-size "$ROOM" --rate "$rate" --duration "$DURATION"
+    kill "$PID"; wait "$PID" 2>/dev/null || true
+  done
+done
