@@ -103,11 +103,12 @@ class Call {
       const hasVideo = link && link.remoteStream.getVideoTracks().length > 0;
       tile.setVideoShown(hasVideo && e.detail.sample.videoFlowing);
     });
-    this.quality.addEventListener("summary", (e) => setQuality(e.detail));
+    this.quality.addEventListener("summary", (e) => setQuality(e.detail, { inCall: true }));
   }
 
   start() {
     showCall(this.room);
+    setQuality(null, { inCall: true });
     this.client.start();
     this.quality.start();
   }
@@ -232,7 +233,7 @@ class Call {
     const changed = audioOnly !== this.adapt.audioOnly;
     this.adapt = { audioOnly, maxBitrateKbps };
     this.mesh.setAdapt(this.adapt);
-    if (changed) {
+    if (changed && hasTrack(this.stream, "video")) {
       setBanner(
         "adapt",
         audioOnly ? "The network is too weak for video; your camera is paused and audio continues." : null,

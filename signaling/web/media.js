@@ -17,7 +17,7 @@ function explain(err, what) {
       return new MediaError("denied", `Access to the ${what} was denied. Allow it in the browser's site settings and reload.`);
     case "NotFoundError":
     case "OverconstrainedError":
-      return new MediaError("missing", `No ${what} was found.`);
+      return new MediaError("missing", `No ${what.replace(" and ", " or ")} was found.`);
     case "NotReadableError":
     case "AbortError":
       return new MediaError("busy", `The ${what} is in use by another application or could not be started.`);

@@ -8,9 +8,12 @@
 // the offer arrives (a rollback while a TURN allocation is under way can
 // leave ICE gathering stuck in Chromium).
 
-const DISCONNECTED_GRACE_MS = 5000;
+// ICE restarts come from the impolite side, so that both sides do not offer
+// at once; the polite side waits longer and restarts only if nothing came.
+const DISCONNECTED_GRACE_MS = { impolite: 3000, polite: 12000 };
+const FAILED_GRACE_MS = { impolite: 0, polite: 10000 };
 // A connection that makes no progress for this long gets an ICE restart.
-const STALL_MS = 10000;
+const STALL_MS = { impolite: 10000, polite: 20000 };
 const WATCHDOG_MS = 2500;
 
 export class PeerLink {
@@ -19,6 +22,7 @@ export class PeerLink {
     this.peerId = peerId;
     this.name = name || peerId;
     this.polite = mesh.selfId > peerId;
+    this.role = this.polite ? "polite" : "impolite";
     this.makingOffer = false;
     this.ignoreOffer = false;
     this.settingRemoteAnswer = false;
@@ -56,10 +60,23 @@ export class PeerLink {
       this.lastProgress = Date.now();
       return;
     }
-    if (Date.now() - this.lastProgress < STALL_MS || pc.signalingState !== "stable" || !pc.remoteDescription) return;
-    console.warn("peer", this.peerId, "no progress for", STALL_MS, "ms in state", pc.connectionState, "- restarting ICE");
+    const stall = STALL_MS[this.role];
+    if (Date.now() - this.lastProgress < stall || pc.signalingState !== "stable" || !pc.remoteDescription) return;
+    this.restartIce(`no progress for ${stall} ms in state ${pc.connectionState}`);
+  }
+
+  restartIce(reason) {
+    if (this.closed) return;
+    console.warn("peer", this.peerId, "restarting ICE:", reason);
     this.lastProgress = Date.now();
-    pc.restartIce();
+    this.pc.restartIce();
+  }
+
+  restartIceLater(delay, state, reason) {
+    clearTimeout(this.disconnectedTimer);
+    this.disconnectedTimer = setTimeout(() => {
+      if (this.pc.connectionState === state) this.restartIce(reason);
+    }, delay);
   }
 
   wire() {
@@ -113,11 +130,9 @@ export class PeerLink {
     if (state === "connected") {
       this.applyAdapt();
     } else if (state === "failed") {
-      this.pc.restartIce();
+      this.restartIceLater(FAILED_GRACE_MS[this.role], "failed", "connection failed");
     } else if (state === "disconnected") {
-      this.disconnectedTimer = setTimeout(() => {
-        if (!this.closed && this.pc.connectionState === "disconnected") this.pc.restartIce();
-      }, DISCONNECTED_GRACE_MS);
+      this.restartIceLater(DISCONNECTED_GRACE_MS[this.role], "disconnected", "connection lost");
     }
     this.mesh.emit("state", { peer: this.peerId, connectionState: state });
   }
@@ -231,6 +246,8 @@ export class PeerMesh extends EventTarget {
   // configuration until they are rebuilt; credentials are refreshed on ICE
   // restarts via setConfiguration.
   configure(selfId, iceServers) {
+    const urls = (servers) => JSON.stringify(servers.map((s) => s.urls));
+    const moved = this.iceServers.length > 0 && urls(this.iceServers) !== urls(iceServers);
     this.selfId = selfId;
     this.iceServers = iceServers;
     for (const link of this.links.values()) {
@@ -238,7 +255,11 @@ export class PeerMesh extends EventTarget {
         link.pc.setConfiguration(this.rtcConfiguration());
       } catch (err) {
         console.warn("peer", link.peerId, "keeps its previous ICE configuration:", err);
+        continue;
       }
+      // Another relay now (e.g. the server restarted with its in-process
+      // relay elsewhere): the old relayed path is gone, move at once.
+      if (moved && !link.polite) link.restartIce("the TURN servers changed");
     }
   }
 

@@ -51,10 +51,10 @@ export function setStatus(state, text) {
   elements.status.textContent = text;
 }
 
-export function setQuality(summary) {
+export function setQuality(summary, { inCall = false } = {}) {
   if (!summary) {
     elements.quality.dataset.level = "unknown";
-    elements.qualityText.textContent = "No call";
+    elements.qualityText.textContent = inCall ? "No peer connected" : "No call";
     return;
   }
   elements.quality.dataset.level = summary.level;
@@ -110,7 +110,6 @@ export class Tile {
     this.root = document.createElement("figure");
     this.root.className = "tile" + (local ? " local" : "");
     this.root.dataset.peer = id;
-    this.root.style.margin = "0";
     this.video = document.createElement("video");
     this.video.autoplay = true;
     this.video.playsInline = true;

@@ -1,0 +1,737 @@
+//! Two real browsers call each other through our TURN relay.
+//!
+//! Starts `videochat-signaling` in single-machine mode (signaling plus the
+//! in-process TURN relay on loopback) and drives two separate headless
+//! Chromium sessions through chromedriver (W3C WebDriver). Both open the demo
+//! page with `?relay=1&autojoin=1`, so ICE may only use relay candidates:
+//! media can flow only through the relay. Asserts that each side reaches
+//! `connectionState == "connected"` on a relay candidate pair, decodes video
+//! frames, and sees the chat messages of both sides with the same `seq`.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (scripts/setup.d/browser.sh
+//! installs them and exports VIDEOCHAT_CHROMIUM / VIDEOCHAT_CHROMEDRIVER).
+//! Without them the test fails; it never skips.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Value, json};
+
+/// Bound on each wait: server start, browser start, call set-up, chat.
+const WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(250);
+
+/// The flags named by the project for a closed-network, headless peer.
+const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    // No user gesture in a test: let remote media start playing by itself.
+    "--autoplay-policy=no-user-gesture-required",
+    // Our TURN relay listens on loopback; without this flag Chromium leaves
+    // loopback out of ICE gathering, so no relay candidate is found when the
+    // machine has no other interface.
+    "--allow-loopback-in-peer-connection",
+    "--window-size=1280,720",
+    "--mute-audio",
+];
+
+/// Output lines of a child process, kept for failure messages.
+#[derive(Clone, Default)]
+struct Output(Arc<Mutex<Vec<String>>>);
+
+impl Output {
+    fn collect(&self, stream: impl Read + Send + 'static, tag: &'static str) {
+        let lines = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if let Ok(mut lines) = lines.lock() {
+                    lines.push(format!("[{tag}] {line}"));
+                }
+            }
+        });
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn tail(&self, n: usize) -> String {
+        let lines = self.lines();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// A child process that is killed when the test ends, however it ends.
+struct Process {
+    child: Child,
+    output: Output,
+}
+
+impl Process {
+    fn spawn(command: &mut Command, what: &str) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what} ({command:?}): {e}"));
+        let output = Output::default();
+        if let Some(out) = child.stdout.take() {
+            output.collect(out, "stdout");
+        }
+        if let Some(err) = child.stderr.take() {
+            output.collect(err, "stderr");
+        }
+        Self { child, output }
+    }
+
+    /// SIGKILL, as a crash would.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Finds a program: the environment variable when set, else the first of
+/// `names` on PATH.
+fn find_program(env_var: &str, names: &[&str], package: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "{env_var}={} does not name a file; unset it or point it at the {package} program",
+            path.display()
+        );
+        return path;
+    }
+    let dirs = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&dirs) {
+        for name in names {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "the browser test needs Debian's `{package}` ({} not found on PATH and {env_var} unset). \
+         Install it with scripts/setup.d/browser.sh (apt-get install chromium chromium-driver), \
+         or set {env_var} to the program's path.",
+        names.join(" / ")
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
+
+fn unique_dir(label: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "browser-call-{label}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+/// Starts the signaling server (with its in-process TURN relay) on loopback
+/// and returns it with the base URL it prints (`listening on http://…`).
+/// `listen` may have port 0; `relay_block` picks a relay port range of its
+/// own, so that tests running at the same time do not compete for ports.
+fn start_server(data_dir: &Path, listen: &str, relay_block: u16) -> (Process, String) {
+    let first = 40_000 + ((std::process::id() % 200) as u16 * 2 + relay_block % 2) * 50;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_videochat-signaling"));
+    command
+        .arg("--listen")
+        .arg(listen)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--turn-listen")
+        .arg("127.0.0.1:0")
+        .arg("--turn-relay-ports")
+        .arg(format!("{first}-{}", first + 49));
+    let mut server = Process::spawn(&mut command, "videochat-signaling");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let url = server.output.lines().iter().find_map(|line| {
+            line.split("listening on ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .filter(|url| url.starts_with("http://"))
+                .map(|url| url.trim_end_matches('/').to_owned())
+        });
+        if let Some(url) = url {
+            return (server, url);
+        }
+        if let Some(status) = server.exited() {
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "videochat-signaling exited ({status}) before listening:\n{}",
+                server.output.tail(40)
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "videochat-signaling printed no `listening on http://…` line within {WAIT:?}:\n{}",
+            server.output.tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_chromedriver(chromedriver: &Path) -> (Process, String) {
+    let port = free_port();
+    let mut command = Command::new(chromedriver);
+    command.arg(format!("--port={port}"));
+    (
+        Process::spawn(&mut command, "chromedriver"),
+        format!("http://127.0.0.1:{port}"),
+    )
+}
+
+/// Opens a browser session; retries while chromedriver is still starting.
+async fn open_browser(
+    driver: &mut Process,
+    driver_url: &str,
+    chromium: &Path,
+    profile: &Path,
+) -> Client {
+    let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| (*f).to_owned()).collect();
+    args.push(format!("--user-data-dir={}", profile.display()));
+    let capabilities = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": { "binary": chromium.display().to_string(), "args": args },
+    });
+    let capabilities = match capabilities {
+        Value::Object(map) => map,
+        _ => unreachable!("a JSON object literal"),
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let attempt = ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities.clone())
+            .connect(driver_url)
+            .await;
+        match attempt {
+            Ok(client) => return client,
+            Err(e) => {
+                if let Some(status) = driver.exited() {
+                    panic!(
+                        "chromedriver exited ({status}):\n{}",
+                        driver.output.tail(40)
+                    );
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "cannot open a Chromium session through chromedriver within {WAIT:?}: {e}\n{}",
+                    driver.output.tail(40)
+                );
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+}
+
+/// The page's read-only test hook (`window.videochat.state()`).
+async fn page_state(browser: &Client) -> Result<Value, String> {
+    browser
+        .execute(
+            "if (!window.videochat) { return { loaded: false }; } \
+             return window.videochat.state().then((s) => Object.assign(s, { loaded: true }));",
+            vec![],
+        )
+        .await
+        .map_err(|e| format!("cannot read the page state: {e}"))
+}
+
+async fn page_logs(browser: &Client) -> String {
+    match browser
+        .execute(
+            "return window.videochatConsole ? window.videochatConsole() : [];",
+            vec![],
+        )
+        .await
+    {
+        Ok(Value::Array(entries)) => entries
+            .iter()
+            .map(|e| {
+                format!(
+                    "  {} {:5} {}",
+                    e["t"].as_str().unwrap_or(""),
+                    e["level"].as_str().unwrap_or(""),
+                    e["text"].as_str().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Ok(other) => format!("  unexpected console capture: {other}"),
+        Err(e) => format!("  cannot read the console: {e}"),
+    }
+}
+
+/// The single remote peer of a page's state, when there is exactly one.
+fn only_peer(state: &Value) -> Option<(&String, &Value)> {
+    let peers = state["peers"].as_object()?;
+    if peers.len() == 1 {
+        peers.iter().next()
+    } else {
+        None
+    }
+}
+
+/// Why a page is not yet in a relay-only call with video flowing, or None
+/// when it is.
+fn call_problem(state: &Value) -> Option<String> {
+    if state["loaded"] != json!(true) {
+        return Some("the page's scripts did not load (no window.videochat)".into());
+    }
+    if state["joined"] != json!(true) {
+        return Some(format!("not joined (signaling {})", state["signaling"]));
+    }
+    let Some((peer, p)) = only_peer(state) else {
+        return Some(format!(
+            "expected exactly one remote peer, found {}",
+            state["peers"].as_object().map(|m| m.len()).unwrap_or(0)
+        ));
+    };
+    if p["connectionState"] != json!("connected") {
+        return Some(format!(
+            "peer {peer}: connectionState {} (ice {})",
+            p["connectionState"], p["iceConnectionState"]
+        ));
+    }
+    if p["localCandidateType"] != json!("relay") {
+        return Some(format!(
+            "peer {peer}: selected local candidate is {}, not relay",
+            p["localCandidateType"]
+        ));
+    }
+    if p["framesDecoded"].as_u64().unwrap_or(0) == 0 {
+        return Some(format!("peer {peer}: no video frame decoded yet"));
+    }
+    None
+}
+
+struct Peer {
+    label: &'static str,
+    browser: Client,
+}
+
+async fn diagnostics(peers: &[&Peer], server: &Process) -> String {
+    let mut out = String::new();
+    for peer in peers {
+        let state = page_state(&peer.browser)
+            .await
+            .map(|s| serde_json::to_string_pretty(&s).unwrap_or_default())
+            .unwrap_or_else(|e| e);
+        out.push_str(&format!(
+            "\n--- browser {} state:\n{state}\n--- browser {} console:\n{}\n",
+            peer.label,
+            peer.label,
+            page_logs(&peer.browser).await
+        ));
+    }
+    out.push_str(&format!(
+        "--- server output (last lines):\n{}\n",
+        server.output.tail(60)
+    ));
+    out
+}
+
+/// Polls both pages until `check` passes on each, or fails with diagnostics.
+async fn wait_all(
+    peers: &[&Peer],
+    server: &Process,
+    what: &str,
+    check: impl Fn(&Value) -> Option<String>,
+) -> Result<Vec<Value>, String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut states = Vec::new();
+        let mut problems = Vec::new();
+        for peer in peers {
+            let state = page_state(&peer.browser).await?;
+            if let Some(problem) = check(&state) {
+                problems.push(format!("{}: {problem}", peer.label));
+            }
+            states.push(state);
+        }
+        if problems.is_empty() {
+            return Ok(states);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{what}: not reached within {WAIT:?}: {}\n{}",
+                problems.join("; "),
+                diagnostics(peers, server).await
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Types a chat message into a page and presses Send, as a person would.
+async fn send_chat(peer: &Peer, text: &str) -> Result<(), String> {
+    let input = peer
+        .browser
+        .find(Locator::Css("#chat-input"))
+        .await
+        .map_err(|e| format!("{}: no chat input: {e}", peer.label))?;
+    input
+        .send_keys(text)
+        .await
+        .map_err(|e| format!("{}: cannot type into the chat input: {e}", peer.label))?;
+    peer.browser
+        .find(Locator::Css("#chat-send"))
+        .await
+        .map_err(|e| format!("{}: no send button: {e}", peer.label))?
+        .click()
+        .await
+        .map_err(|e| format!("{}: cannot click send: {e}", peer.label))
+}
+
+/// The chat entry with this body on a page: (seq, delivery state).
+fn chat_entry(state: &Value, body: &str) -> Option<(u64, String)> {
+    state["chat"].as_array()?.iter().find_map(|m| {
+        (m["body"] == json!(body)).then(|| {
+            (
+                m["seq"].as_u64().unwrap_or(0),
+                m["state"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+    })
+}
+
+/// Whether a page shows exactly these chat messages (sender label, body), in
+/// this order, with consecutive `seq`, its own ones acked: None when it does.
+fn chat_problem(state: &Value, expected: &[(&str, &str)]) -> Option<String> {
+    let chat = state["chat"].as_array().cloned().unwrap_or_default();
+    let shown: Vec<(&str, &str)> = chat
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or(""),
+                m["body"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    if shown != expected {
+        return Some(format!("chat shows {shown:?}, expected {expected:?}"));
+    }
+    let seqs: Vec<u64> = chat
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap_or(0))
+        .collect();
+    if seqs.contains(&0) || seqs.windows(2).any(|w| w[1] != w[0] + 1) {
+        return Some(format!(
+            "chat seqs {seqs:?} are not consecutive stored seqs"
+        ));
+    }
+    for m in &chat {
+        let own = m["name"] == state["name"];
+        let expected_state = if own { "acked" } else { "received" };
+        if m["state"] != json!(expected_state) {
+            return Some(format!(
+                "message {} is {}, expected {expected_state}",
+                m["body"], m["state"]
+            ));
+        }
+    }
+    None
+}
+
+/// The `seq` of each message on each page must agree.
+fn same_seqs(states: &[Value]) -> Result<(), String> {
+    let seqs: Vec<Vec<u64>> = states
+        .iter()
+        .map(|s| {
+            s["chat"]
+                .as_array()
+                .map(|c| c.iter().filter_map(|m| m["seq"].as_u64()).collect())
+                .unwrap_or_default()
+        })
+        .collect();
+    if seqs.windows(2).any(|w| w[0] != w[1]) {
+        return Err(format!("the pages disagree on chat seqs: {seqs:?}"));
+    }
+    Ok(())
+}
+
+/// Opens the demo page in both browsers, relay-only, and waits for the call:
+/// connected on a relay pair, video decoded, each side seeing the other.
+async fn join_call(
+    a: &Peer,
+    b: &Peer,
+    server: &Process,
+    base_url: &str,
+    room: &str,
+) -> Result<Vec<Value>, String> {
+    for peer in [a, b] {
+        let url = format!(
+            "{base_url}/?room={room}&relay=1&autojoin=1&name={}",
+            peer.label
+        );
+        peer.browser
+            .goto(&url)
+            .await
+            .map_err(|e| format!("{}: cannot open {url}: {e}", peer.label))?;
+    }
+    let states = wait_all(&[a, b], server, "relay-only call", call_problem).await?;
+    let ids: Vec<&str> = states
+        .iter()
+        .map(|s| s["peer"].as_str().unwrap_or(""))
+        .collect();
+    for (i, state) in states.iter().enumerate() {
+        let other = ids[1 - i];
+        match only_peer(state) {
+            Some((peer, _)) if peer == other => {}
+            found => {
+                return Err(format!(
+                    "page {i} is connected to {found:?}, expected peer {other}"
+                ));
+            }
+        }
+        if state["relayOnly"] != json!(true) || state["iceServers"].as_u64().unwrap_or(0) == 0 {
+            return Err(format!(
+                "page {i} is not in relay-only mode with TURN servers: {state}"
+            ));
+        }
+    }
+    Ok(states)
+}
+
+/// A picture of each page for people reading the test output; not an assertion.
+async fn screenshots(peers: &[&Peer], name: &str) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    for peer in peers {
+        if let Ok(png) = peer.browser.screenshot().await {
+            let path = dir.join(format!("{name}-{}.png", peer.label));
+            if std::fs::write(&path, png).is_ok() {
+                eprintln!("screenshot of {}: {}", peer.label, path.display());
+            }
+        }
+    }
+}
+
+async fn call_and_chat(a: &Peer, b: &Peer, server: &Process, base_url: &str) -> Result<(), String> {
+    let room = format!("call-{}", std::process::id());
+    join_call(a, b, server, base_url, &room).await?;
+    let from_a = "hello from A";
+    let from_b = "hello back from B";
+    send_chat(a, from_a).await?;
+    let expected = [("A", from_a)];
+    let states = wait_all(&[a, b], server, "chat from A", |s| {
+        chat_problem(s, &expected)
+    })
+    .await?;
+    same_seqs(&states)?;
+    send_chat(b, from_b).await?;
+    let expected = [("A", from_a), ("B", from_b)];
+    let states = wait_all(&[a, b], server, "chat from B", |s| {
+        chat_problem(s, &expected)
+    })
+    .await?;
+    same_seqs(&states)?;
+    screenshots(&[a, b], "browser-call").await;
+    Ok(())
+}
+
+/// kill -9 of the server mid-call, a message typed while it is down, and a
+/// restart on the same data dir: both pages resume their sessions (same peer
+/// ids), the call comes back through the new relay, and the chat shows every
+/// message exactly once, in order.
+async fn restart_and_resume(
+    a: &Peer,
+    b: &Peer,
+    mut server: Process,
+    data_dir: &Path,
+    base_url: &str,
+) -> Result<(), String> {
+    let room = format!("restart-{}", std::process::id());
+    let before = join_call(a, b, &server, base_url, &room).await?;
+    let first = "before the restart";
+    send_chat(a, first).await?;
+    let expected = [("A", first)];
+    wait_all(&[a, b], &server, "chat before the restart", |s| {
+        chat_problem(s, &expected)
+    })
+    .await?;
+
+    server.kill();
+    wait_all(&[a, b], &server, "pages notice the server is gone", |s| {
+        (s["signaling"] == json!("open")).then(|| "still shows the server as connected".into())
+    })
+    .await?;
+    let second = "typed while the server was down";
+    send_chat(b, second).await?;
+    let pending = page_state(&b.browser).await?;
+    match chat_entry(&pending, second) {
+        Some((_, state)) if state == "sending" || state == "resending" => {}
+        other => {
+            return Err(format!(
+                "B: message typed offline is {other:?}, expected pending"
+            ));
+        }
+    }
+
+    let listen = base_url.trim_start_matches("http://");
+    let (server, _) = start_server(data_dir, listen, 1);
+    let ids: Vec<Value> = before.iter().map(|s| s["peer"].clone()).collect();
+    let frames: Vec<u64> = before
+        .iter()
+        .map(|s| {
+            only_peer(s)
+                .and_then(|(_, p)| p["framesDecoded"].as_u64())
+                .unwrap_or(0)
+        })
+        .collect();
+    let resumed = |s: &Value| {
+        let i = usize::from(s["name"] != json!("A"));
+        if s["signaling"] != json!("open") {
+            return Some(format!("signaling {}", s["signaling"]));
+        }
+        if s["peer"] != ids[i] {
+            return Some(format!(
+                "peer id {} after the restart, was {}",
+                s["peer"], ids[i]
+            ));
+        }
+        if let Some(problem) = call_problem(s) {
+            return Some(problem);
+        }
+        let now = only_peer(s)
+            .and_then(|(_, p)| p["framesDecoded"].as_u64())
+            .unwrap_or(0);
+        (now <= frames[i] + 10).then(|| {
+            format!(
+                "video not flowing again ({now} frames, {} before)",
+                frames[i]
+            )
+        })
+    };
+    wait_all(&[a, b], &server, "call resumed after the restart", resumed).await?;
+    let expected = [("A", first), ("B", second)];
+    let states = wait_all(&[a, b], &server, "chat after the restart", |s| {
+        chat_problem(s, &expected)
+    })
+    .await?;
+    same_seqs(&states)?;
+    screenshots(&[a, b], "browser-restart").await;
+    Ok(())
+}
+
+/// Chromium, chromedriver, and one browser test at a time: two browsers with
+/// video are already a lot for the two cores CI has.
+struct Browsers {
+    chromium: PathBuf,
+    driver: Process,
+    driver_url: String,
+    profiles: Vec<PathBuf>,
+}
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Browsers {
+    fn start() -> Self {
+        let chromium = find_program("VIDEOCHAT_CHROMIUM", &["chromium"], "chromium");
+        let chromedriver = find_program(
+            "VIDEOCHAT_CHROMEDRIVER",
+            &["chromedriver"],
+            "chromium-driver",
+        );
+        let (driver, driver_url) = start_chromedriver(&chromedriver);
+        Self {
+            chromium,
+            driver,
+            driver_url,
+            profiles: Vec::new(),
+        }
+    }
+
+    async fn open(&mut self, label: &'static str) -> Peer {
+        let profile = unique_dir(&format!("profile-{label}"));
+        let browser =
+            open_browser(&mut self.driver, &self.driver_url, &self.chromium, &profile).await;
+        self.profiles.push(profile);
+        Peer { label, browser }
+    }
+
+    /// Closes the browsers before the driver goes, so no Chromium outlives the test.
+    async fn close(self, peers: Vec<Peer>) {
+        for peer in peers {
+            let _ = peer.browser.close().await;
+        }
+        drop(self.driver);
+        for dir in &self.profiles {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_browsers_call_through_the_relay_and_chat() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let data_dir = unique_dir("data");
+    let (server, base_url) = start_server(&data_dir, "127.0.0.1:0", 0);
+    let mut browsers = Browsers::start();
+    let a = browsers.open("A").await;
+    let b = browsers.open("B").await;
+    let outcome = call_and_chat(&a, &b, &server, &base_url).await;
+    browsers.close(vec![a, b]).await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    if let Err(message) = outcome {
+        panic!("{message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_resume_call_and_chat_after_a_server_restart() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let data_dir = unique_dir("restart-data");
+    // A fixed port, so that the restarted server is where the pages reconnect.
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (server, base_url) = start_server(&data_dir, &listen, 0);
+    let mut browsers = Browsers::start();
+    let a = browsers.open("A").await;
+    let b = browsers.open("B").await;
+    let outcome = restart_and_resume(&a, &b, server, &data_dir, &base_url).await;
+    browsers.close(vec![a, b]).await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    if let Err(message) = outcome {
+        panic!("{message}");
+    }
+}
