@@ -193,6 +193,136 @@ async fn peers_on_different_instances_share_rooms_signals_chat_and_resume() {
     );
 }
 
+/// Presence with expiry and Redis degraded mode: the peers of a killed
+/// instance leave their rooms once its heartbeat and their resume window
+/// have passed; with Redis down an instance keeps its local rooms working
+/// and reports it on `/readyz` (per its policy) and `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_instance_peers_leave_and_local_rooms_survive_redis_outage() {
+    let mut redis = RedisServer::start();
+    let mongo = MongoServer::start();
+    let dir = TempDir::new("cluster-degraded");
+    let a = Instance::start(
+        "a",
+        &redis.url(),
+        &mongo.uri(),
+        &dir,
+        &["--resume-window", "1s"],
+    );
+    let mut b = Instance::start(
+        "b",
+        &redis.url(),
+        &mongo.uri(),
+        &dir,
+        &["--resume-window", "1s"],
+    );
+    let strict = Instance::start(
+        "strict",
+        &redis.url(),
+        &mongo.uri(),
+        &dir,
+        &["--resume-window", "1s", "--ready-without-redis", "false"],
+    );
+    for i in [&a, &b, &strict] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while http(&i.addr, "GET", "/readyz", None, None).await.1["bus"]["up"] != true {
+            assert!(std::time::Instant::now() < deadline, "{} not ready", i.id);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut alice = WsClient::connect(&a.ws_url(), None).await.unwrap();
+    let mut carol = WsClient::connect(&a.ws_url(), None).await.unwrap();
+    let mut bob = WsClient::connect(&b.ws_url(), None).await.unwrap();
+    alice.join("r2", "Alice").await.unwrap();
+    carol.join("r2", "Carol").await.unwrap();
+    bob.join("r2", "Bob").await.unwrap();
+    alice.recv_type("peer-joined", WAIT).await.unwrap();
+    alice.recv_type("peer-joined", WAIT).await.unwrap();
+
+    // kill -9 B: after its heartbeat lapses (2 s) and Bob's resume window
+    // (1 s) passes, the others see him leave.
+    b.kill();
+    let left = alice
+        .recv_type("peer-left", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(left["peer"].as_str(), Some(bob.peer.as_str()));
+    let (_, room) = http(&a.addr, "GET", "/api/rooms/r2", None, None).await;
+    let mut names: Vec<&str> = room["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["Alice", "Carol"]);
+    drop(bob);
+
+    // Redis goes away: A stays ready (default policy) and says degraded;
+    // the strict instance leaves the load balancer.
+    redis.stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http(&a.addr, "GET", "/readyz", None, None).await;
+        if body["bus"]["up"] == false {
+            assert_eq!(status, 200, "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A did not notice Redis is down: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while http(&strict.addr, "GET", "/readyz", None, None).await.0 != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "strict instance still ready without Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = reqwest_text(&a.addr, "/metrics").await;
+    assert!(
+        metrics.contains("videochat_signaling_bus_up 0"),
+        "{metrics}"
+    );
+
+    // The local room keeps working: chat is acked (MongoDB is up) and fanned out.
+    let seq = alice
+        .chat("r2", "during-outage", "still here", WAIT)
+        .await
+        .unwrap()
+        .unwrap();
+    let got = carol.recv_type("chat", WAIT).await.unwrap();
+    assert_eq!(
+        (got["seq"].as_u64(), got["id"].as_str()),
+        (Some(seq), Some("during-outage"))
+    );
+
+    // Redis is back: both report healthy again.
+    redis.start_again();
+    for i in [&a, &strict] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, body) = http(&i.addr, "GET", "/readyz", None, None).await;
+            if status == 200 && body["bus"]["up"] == true {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not recover: {body}",
+                i.id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(
+        alice.chat("r2", "after-outage", "ok", WAIT).await.unwrap(),
+        Ok(seq + 1)
+    );
+}
+
 async fn reqwest_text(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

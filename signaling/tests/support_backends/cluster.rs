@@ -32,30 +32,27 @@ impl Instance {
         dir: &TempDir,
         extra: &[&str],
     ) -> Self {
-        let mut args: Vec<String> = [
-            "--listen",
-            "127.0.0.1:0",
-            "--no-embedded-turn",
-            "--log",
-            "warn",
-            "--rate-per-connection",
-            "100000",
-            "--rate-per-ip",
-            "1000000",
-            "--resume-window",
-            "20s",
-            "--chat-sweep",
-            "300ms",
-            "--instance-ttl",
-            "2s",
-            "--backend-timeout",
-            "1s",
-            "--instance-id",
-            id,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let defaults = [
+            ("--listen", "127.0.0.1:0"),
+            ("--log", "warn"),
+            ("--rate-per-connection", "100000"),
+            ("--rate-per-ip", "1000000"),
+            ("--resume-window", "20s"),
+            ("--chat-sweep", "300ms"),
+            ("--instance-ttl", "2s"),
+            ("--backend-timeout", "1s"),
+        ];
+        let mut args: Vec<String> = vec![
+            "--no-embedded-turn".into(),
+            "--instance-id".into(),
+            id.into(),
+        ];
+        for (flag, value) in defaults {
+            // A flag given in `extra` replaces the default.
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), value.to_string()]);
+            }
+        }
         args.extend(["--redis-url".into(), redis_url.into()]);
         args.extend(["--mongodb-uri".into(), mongo_uri.into()]);
         args.extend(extra.iter().map(|s| s.to_string()));
