@@ -94,13 +94,15 @@ pub fn decide_lease(
                 .and_then(|s| s.lease_duration_seconds)
                 .unwrap_or(lease_duration_seconds)
                 .max(1);
-            let expires = seen_since.as_second().saturating_add(i64::from(duration));
-            if now.as_second() >= expires {
+            let expires = seen_since
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(duration)))
+                .unwrap_or(now);
+            if now >= expires {
                 LeaseDecision::Acquire(acquire(transitions.saturating_add(1)))
             } else {
                 LeaseDecision::Follow {
                     holder: holder.to_owned(),
-                    expires_at: Timestamp::from_second(expires).unwrap_or(now),
+                    expires_at: expires,
                 }
             }
         }
@@ -304,4 +306,40 @@ impl LeaderElector {
             tracing::warn!(identity = %self.identity, error = %e, "could not release the Lease");
         }
     }
+}
+
+/// Where and as whom a replica takes part in the election.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    /// Namespace of the Lease: the operator's own.
+    pub namespace: String,
+    pub lease_name: String,
+    /// This replica's name in the Lease (the pod name).
+    pub identity: String,
+    pub config: LeaderConfig,
+}
+
+/// Starts the elector for `election`: returns whether we lead (a watch),
+/// a sender that stops it (the Lease is then released) and its task.
+pub fn spawn_elector(
+    client: kube::Client,
+    election: LeaderElection,
+) -> (
+    watch::Receiver<bool>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (leading_tx, leading_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let elector = LeaderElector::new(
+        Api::namespaced(client, &election.namespace),
+        election.lease_name,
+        election.identity,
+        election.config,
+    );
+    let task = tokio::spawn(elector.run(leading_tx, async move {
+        // A dropped sender stops the elector as well.
+        let _ = stop_rx.await;
+    }));
+    (leading_rx, stop_tx, task)
 }

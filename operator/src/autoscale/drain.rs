@@ -144,7 +144,7 @@ pub fn plan_scaling(
     }
 
     let mut status = AutoscaleStatus {
-        current_load: decision.load,
+        current_load: decision.load.map(|l| l.round() as i64),
         desired_replicas: Some(decision.desired),
         last_decision_reason: Some(decision.reason.as_str().to_owned()),
         last_decision_message: Some(message.clone()),

@@ -5,9 +5,12 @@
 //!
 //! Pure decisions; the controller scrapes, drains and scales.
 
+pub mod controller_io;
 pub mod drain;
+pub mod in_plan;
 pub mod load;
 pub mod metrics_text;
+pub mod pod_admin;
 pub mod policy;
 pub mod replicas;
 
@@ -27,12 +30,13 @@ use serde::{Deserialize, Serialize};
 /// Autoscaling state of one component, in the resource's status: what the
 /// user sees, and what the next decision needs (the recommendations inside
 /// the stabilization windows).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscaleStatus {
-    /// Sum of the load gauge over the component's pods, when all reported.
+    /// Sum of the load gauge (connections or allocations) over the pods that
+    /// reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_load: Option<f64>,
+    pub current_load: Option<i64>,
     /// Replicas the scaler wants now (after windows, step and bounds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_replicas: Option<i32>,

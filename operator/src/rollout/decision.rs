@@ -89,6 +89,8 @@ pub struct RolloutDecision {
     pub state: RolloutState,
     /// Set when the template change waits for an earlier component.
     pub waiting_for: Option<Component>,
+    /// The revision the spec asks for.
+    pub desired_revision: String,
 }
 
 /// Decides what one component runs next: keep rolling, record a good
@@ -114,6 +116,7 @@ pub fn decide_rollout(input: &RolloutInput<'_>) -> RolloutDecision {
         degraded: None,
         state: RolloutState::Absent,
         waiting_for: None,
+        desired_revision: input.desired_revision.to_owned(),
     };
     let Some(observed) = input.observed else {
         return decision;
@@ -144,7 +147,7 @@ pub fn decide_rollout(input: &RolloutInput<'_>) -> RolloutDecision {
             good_revision: good.clone(),
             message: format!(
                 "{} revision {desired} failed ({reason}) and was rolled back to {}; it is not retried until the spec changes",
-                input.component,
+                input.component.as_str(),
                 good.as_deref().unwrap_or("the running template")
             ),
             reason,
@@ -174,7 +177,7 @@ pub fn decide_rollout(input: &RolloutInput<'_>) -> RolloutDecision {
         Health::Stalled { message } => {
             decision.degraded = Some(DegradedReason {
                 reason: "RolloutStalled".to_owned(),
-                message: format!("{}: {message}", input.component),
+                message: format!("{}: {message}", input.component.as_str()),
             });
             decision.state = RolloutState::Settled;
         }
@@ -191,7 +194,7 @@ pub fn decide_rollout(input: &RolloutInput<'_>) -> RolloutDecision {
                     };
                     let text = format!(
                         "{} revision {desired} rolled back to {}: {message}",
-                        input.component, good.revision
+                        input.component.as_str(), good.revision
                     );
                     decision.actions.push(RolloutAction::Rollback {
                         component: input.component,
@@ -215,7 +218,7 @@ pub fn decide_rollout(input: &RolloutInput<'_>) -> RolloutDecision {
                     };
                     decision.degraded = Some(DegradedReason {
                         reason: reason.as_str().to_owned(),
-                        message: format!("{}: {message}; {why}", input.component),
+                        message: format!("{}: {message}; {why}", input.component.as_str()),
                     });
                 }
             }
@@ -239,11 +242,20 @@ fn record_if_good(decision: &mut RolloutDecision, observed: &WorkloadObservation
 
 /// Applies the rollout order: a component whose template would change while
 /// an earlier component is still rolling keeps its current template.
-/// Rollbacks are never held: they return to a known good state.
+/// Rollbacks are never held: they return to a known good state. A
+/// component that never had a good revision is still being set up, like a
+/// new one: it holds nobody back.
 pub fn apply_rollout_order(decisions: &mut BTreeMap<Component, RolloutDecision>) {
     let states = decisions
         .iter()
-        .map(|(component, decision)| (*component, decision.state))
+        .map(|(component, decision)| {
+            let state = if decision.tracking.last_good_revision.is_none() {
+                RolloutState::Absent
+            } else {
+                decision.state
+            };
+            (*component, state)
+        })
         .collect();
     for (component, gate) in gate_rollouts(&states) {
         let Some(decision) = decisions.get_mut(&component) else {
@@ -255,6 +267,26 @@ pub fn apply_rollout_order(decisions: &mut BTreeMap<Component, RolloutDecision>)
         {
             decision.template = TemplateChoice::Current;
             decision.waiting_for = Some(behind);
+        }
+    }
+}
+
+/// Starts the clocks of the revision each component is about to get, once
+/// the template choices are final: the progress deadline of a revision
+/// counts from when the operator applied it.
+pub fn start_revision_clocks(decisions: &mut BTreeMap<Component, RolloutDecision>, now: Timestamp) {
+    for decision in decisions.values_mut() {
+        let applied = match &decision.template {
+            TemplateChoice::Desired => Some(decision.desired_revision.clone()),
+            TemplateChoice::LastGood { revision } => Some(revision.clone()),
+            TemplateChoice::Current => None,
+        };
+        if let Some(revision) = applied
+            && decision.tracking.revision.as_ref() != Some(&revision)
+        {
+            decision.tracking.revision = Some(revision);
+            decision.tracking.revision_since = Some(now.into());
+            decision.tracking.ready_since = None;
         }
     }
 }

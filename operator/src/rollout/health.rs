@@ -7,7 +7,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::RolloutTracking;
 use super::policy::RolloutPolicy;
-use super::revision::{REVISION_LABEL, revision_of};
+use super::revision::{pod_revision, revision_of};
 
 /// The facts about a workload that rollout health depends on.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -103,13 +103,7 @@ impl WorkloadObservation {
         let current: Vec<&Pod> = pods
             .iter()
             .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| {
-                p.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(REVISION_LABEL))
-                    .is_some_and(|r| *r == revision)
-            })
+            .filter(|p| pod_revision(p) == Some(revision.as_str()))
             .collect();
         if current.is_empty() {
             return;

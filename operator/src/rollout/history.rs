@@ -9,12 +9,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 
 use super::order::Component;
-use super::revision::REVISION_LABEL;
+use crate::labels::{self, COMPONENT as COMPONENT_LABEL, INSTANCE as INSTANCE_LABEL};
 
-/// Label naming the component a ControllerRevision belongs to.
-pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
-/// Label naming the VideoChatCluster a ControllerRevision belongs to.
-pub const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// ControllerRevision label carrying the revision it stores.
+pub const REVISION_LABEL: &str = "videochat.dev/revision";
 
 /// Good revisions kept per component; older ones are pruned.
 pub const REVISION_HISTORY_LIMIT: usize = 3;
@@ -41,15 +39,8 @@ pub fn controller_revision(
     record: &RevisionRecord,
     sequence: i64,
 ) -> ControllerRevision {
-    let labels = BTreeMap::from([
-        (COMPONENT_LABEL.to_owned(), component.as_str().to_owned()),
-        (INSTANCE_LABEL.to_owned(), cluster.to_owned()),
-        (
-            "app.kubernetes.io/managed-by".to_owned(),
-            "videochat-operator".to_owned(),
-        ),
-        (REVISION_LABEL.to_owned(), record.revision.clone()),
-    ]);
+    let mut labels: BTreeMap<String, String> = labels::labels(cluster, Some(component));
+    labels.insert(REVISION_LABEL.to_owned(), record.revision.clone());
     ControllerRevision {
         metadata: ObjectMeta {
             name: Some(controller_revision_name(

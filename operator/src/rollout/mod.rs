@@ -5,9 +5,11 @@
 //! Everything here is pure (spec + observed state + `now` in, actions and
 //! status out) so that `plan` and the controller make the same decisions.
 
+pub mod day_two;
 pub mod decision;
 pub mod health;
 pub mod history;
+pub mod in_plan;
 pub mod order;
 pub mod policy;
 pub mod revision;
@@ -17,7 +19,7 @@ pub use health::{FailureReason, Health, WorkloadObservation, assess};
 pub use history::{RevisionRecord, controller_revision, last_good_record};
 pub use order::{Component, Gate, ROLLOUT_ORDER, RolloutState, gate_rollouts};
 pub use policy::RolloutPolicy;
-pub use revision::{REVISION_LABEL, revision_hash, stamp_revision};
+pub use revision::{REVISION_ANNOTATION, pod_revision, revision_hash, revision_of, stamp_revision};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use schemars::JsonSchema;

@@ -3,45 +3,15 @@
 
 use std::collections::BTreeMap;
 
-/// The four workloads of a VideoChatCluster, in rollout order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Component {
-    Redis,
-    Mongodb,
-    Signaling,
-    Turn,
-}
+pub use crate::labels::Component;
 
 /// Safe rollout order: stores before their clients, signaling before TURN.
 pub const ROLLOUT_ORDER: [Component; 4] = [
     Component::Redis,
-    Component::Mongodb,
+    Component::MongoDb,
     Component::Signaling,
     Component::Turn,
 ];
-
-impl Component {
-    /// Name used in labels, object names and status.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Redis => "redis",
-            Self::Mongodb => "mongodb",
-            Self::Signaling => "signaling",
-            Self::Turn => "turn",
-        }
-    }
-
-    /// Parses the name used in labels and status.
-    pub fn from_name(name: &str) -> Option<Self> {
-        ROLLOUT_ORDER.into_iter().find(|c| c.as_str() == name)
-    }
-}
-
-impl std::fmt::Display for Component {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Where a component's rollout stands, for ordering purposes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

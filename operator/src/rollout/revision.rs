@@ -1,54 +1,68 @@
-//! Revision of a component: a short hash of its pod template.
+//! Revision of a component: a short hash of its pod template, kept in the
+//! template's `videochat.dev/revision` annotation (pods inherit it).
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::Pod;
 use sha2::{Digest, Sha256};
 
-/// Pod template label carrying the revision, so that pods (and the
-/// workload's template) say which revision they belong to.
-pub const REVISION_LABEL: &str = "videochat.dev/revision";
+pub use crate::labels::REVISION_ANNOTATION;
 
-/// Hex characters kept from the SHA-256: enough to never collide between the
-/// handful of revisions one component sees, short enough for a label value.
-const REVISION_LEN: usize = 16;
+/// Hex characters kept from the SHA-256: plenty for the handful of
+/// revisions one component sees, short enough to read in status.
+const REVISION_LEN: usize = 10;
 
-/// Hash of the pod template, ignoring the revision label itself (so stamping
-/// the label does not change the hash). serde_json's default map is ordered,
-/// which makes the serialization canonical.
+/// Hash of the pod template without its revision annotation (so stamping the
+/// annotation does not change the hash). serde_json's default map is
+/// ordered, which makes the serialization canonical.
 pub fn revision_hash(template: &PodTemplateSpec) -> String {
     let mut unstamped = template.clone();
-    if let Some(labels) = unstamped.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
-        labels.remove(REVISION_LABEL);
+    if let Some(meta) = unstamped.metadata.as_mut()
+        && let Some(annotations) = meta.annotations.as_mut()
+    {
+        annotations.remove(REVISION_ANNOTATION);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
     }
     // Serializing plain k8s-openapi structs cannot fail; an empty body would
     // still hash deterministically.
     let bytes = serde_json::to_vec(&unstamped).unwrap_or_default();
     let digest = Sha256::digest(&bytes);
-    let mut hex = String::with_capacity(REVISION_LEN);
-    for byte in digest.iter().take(REVISION_LEN / 2) {
-        hex.push_str(&format!("{byte:02x}"));
-    }
-    hex
+    digest
+        .iter()
+        .take(REVISION_LEN / 2)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
-/// Sets the revision label on the template and returns the revision.
+/// Sets the revision annotation on the template and returns the revision.
 pub fn stamp_revision(template: &mut PodTemplateSpec) -> String {
     let revision = revision_hash(template);
     template
         .metadata
         .get_or_insert_with(Default::default)
-        .labels
+        .annotations
         .get_or_insert_with(Default::default)
-        .insert(REVISION_LABEL.to_owned(), revision.clone());
+        .insert(REVISION_ANNOTATION.to_owned(), revision.clone());
     revision
 }
 
-/// Revision label of a pod template, when present.
+/// Revision annotation of a pod template, when present.
 pub fn revision_of(template: &PodTemplateSpec) -> Option<&str> {
     template
         .metadata
         .as_ref()?
-        .labels
+        .annotations
         .as_ref()?
-        .get(REVISION_LABEL)
+        .get(REVISION_ANNOTATION)
+        .map(String::as_str)
+}
+
+/// Revision annotation of a pod (copied from its template).
+pub fn pod_revision(pod: &Pod) -> Option<&str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(REVISION_ANNOTATION)
         .map(String::as_str)
 }

@@ -1,0 +1,167 @@
+//! The autoscaler's I/O in the controller: read the pods' load (their
+//! `/metrics`) and CPU (metrics.k8s.io when installed) into the observed
+//! set, and carry out drain and pod deletion actions of a plan.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, TypeMeta};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+
+use super::drain::{DRAINING_DELETION_COST, DRAINING_SINCE_ANNOTATION, POD_DELETION_COST_ANNOTATION};
+use super::in_plan::pod_load_object;
+use super::pod_admin::{PodAdmin, PodTarget};
+use crate::error::{Error, Result};
+use crate::labels::{self, Component};
+use crate::observed::Observed;
+use crate::plan::Action;
+use crate::resource::VideoChatCluster;
+use crate::rollout::health::pod_is_ready;
+
+/// Name of the Secret holding the admin bearer token of a cluster's servers.
+pub fn admin_token_secret_name(cluster: &str) -> String {
+    format!("{cluster}-admin-token")
+}
+/// Key of the token in that Secret.
+pub const ADMIN_TOKEN_KEY: &str = "token";
+
+fn component_of(pod: &Pod) -> Option<Component> {
+    let name = pod.metadata.labels.as_ref()?.get(labels::COMPONENT)?;
+    Component::ALL.into_iter().find(|c| c.as_str() == name)
+}
+
+/// The cluster's admin token, from the observed Secret.
+pub fn admin_token(observed: &Observed, cluster: &str) -> Option<String> {
+    let secret: Secret = observed.typed("Secret", &admin_token_secret_name(cluster))?;
+    let bytes = secret.data?.remove(ADMIN_TOKEN_KEY)?.0;
+    String::from_utf8(bytes).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
+}
+
+/// Lists the cluster's pods and, with autoscaling on, records each running
+/// signaling and TURN pod's load (a `PodLoad` per pod that answered) and
+/// CPU (`PodMetrics`, when the metrics API exists). A pod that cannot be
+/// scraped is logged and left without a figure: the scaler then never
+/// scales down on its account.
+pub async fn observe_pods(
+    client: &Client,
+    pod_admin: &dyn PodAdmin,
+    cluster: &VideoChatCluster,
+    observed: &mut Observed,
+) -> Result<()> {
+    let namespace = cluster.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let name = cluster.name_any();
+    let selector = format!("{}={},{}={}", labels::NAME, labels::APP_NAME, labels::INSTANCE, name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| Error::kube(format!("listing pods of {namespace}/{name}"), e))?;
+    let token = admin_token(observed, &name);
+    let scrape = cluster.spec.autoscaling.enabled;
+    for pod in list.items {
+        let pod_name = pod.name_any();
+        if scrape
+            && let Some(component) = component_of(&pod).filter(|c| matches!(c, Component::Signaling | Component::Turn))
+            && pod.metadata.deletion_timestamp.is_none()
+            && pod_is_ready(&pod)
+            && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
+        {
+            let target = PodTarget::for_pod(&pod_name, component, ip, token.clone());
+            match pod_admin.scrape_load(&target).await {
+                Ok(load) => observed.insert(pod_load_object(&namespace, &pod_name, load)),
+                Err(error) => {
+                    tracing::warn!(cluster = %name, %namespace, pod = %pod_name, %error, "cannot read pod load");
+                }
+            }
+        }
+        let mut object = crate::plan::to_dynamic(&pod)?;
+        object.types = Some(TypeMeta {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+        });
+        observed.insert(object);
+    }
+    if scrape {
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("metrics.k8s.io", "v1beta1", "PodMetrics"));
+        let metrics: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+        match metrics.list(&ListParams::default().labels(&selector)).await {
+            Ok(list) => {
+                for mut object in list.items {
+                    object.types = Some(TypeMeta {
+                        api_version: resource.api_version.clone(),
+                        kind: "PodMetrics".into(),
+                    });
+                    observed.insert(object);
+                }
+            }
+            // No metrics-server: scale on load alone.
+            Err(error) => tracing::debug!(cluster = %name, %error, "no pod CPU metrics"),
+        }
+    }
+    Ok(())
+}
+
+/// Carries out the plan's drain and pod deletion actions; run before the
+/// applies so a scale-down never lands before its pods were asked to drain.
+/// A drain that fails stops the reconcile (it is retried with backoff) and
+/// leaves the pod unmarked.
+pub async fn run_pod_actions(
+    client: &Client,
+    pod_admin: &dyn PodAdmin,
+    cluster: &VideoChatCluster,
+    observed: &Observed,
+    actions: &[Action],
+    now: Timestamp,
+) -> Result<()> {
+    let namespace = cluster.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let name = cluster.name_any();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let token = admin_token(observed, &name);
+    for action in actions {
+        match action {
+            Action::Drain { component, pod } => {
+                let Some(component) = Component::ALL.into_iter().find(|c| c.as_str() == component) else {
+                    continue;
+                };
+                let observed_pod: Option<Pod> = observed.typed("Pod", pod);
+                let Some(ip) = observed_pod
+                    .as_ref()
+                    .and_then(|p| p.status.as_ref())
+                    .and_then(|s| s.pod_ip.clone())
+                else {
+                    return Err(Error::PodEndpoint {
+                        pod: pod.clone(),
+                        action: "drain request".into(),
+                        message: "the pod has no IP".into(),
+                    });
+                };
+                let target = PodTarget::for_pod(pod, component, &ip, token.clone());
+                pod_admin.drain(&target).await?;
+                let patch = json!({
+                    "metadata": {
+                        "annotations": BTreeMap::from([
+                            (DRAINING_SINCE_ANNOTATION, now.to_string()),
+                            (POD_DELETION_COST_ANNOTATION, DRAINING_DELETION_COST.to_string()),
+                        ])
+                    }
+                });
+                pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|e| Error::kube(format!("marking pod {namespace}/{pod} draining"), e))?;
+                tracing::info!(cluster = %name, %namespace, pod = %pod, component = component.as_str(), "pod draining");
+            }
+            Action::DeletePod { pod, reason, .. } => {
+                match pods.delete(pod, &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.code == 404 => {}
+                    Err(e) => return Err(Error::kube(format!("deleting drained pod {namespace}/{pod}"), e)),
+                }
+                tracing::info!(cluster = %name, %namespace, pod = %pod, %reason, "drained pod deleted");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

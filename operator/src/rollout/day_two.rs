@@ -1,0 +1,272 @@
+//! The day-two step of `plan`, run after the children are rendered:
+//! rollback and rollout order, autoscaling with drains, TURN secret
+//! rotation. It rewrites the rendered workloads and Secret, and adds
+//! actions, status and events to the plan.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::DynamicObject;
+
+use super::decision::RolloutAction;
+use super::in_plan::{RolloutStep, apply_rollouts, component_status_mut};
+use super::order::Component;
+use crate::autoscale::drain::{ScaleAction, ScalingPlan};
+use crate::autoscale::in_plan::apply_autoscaling;
+use crate::error::{Error, Result};
+use crate::plan::{Action, Ctx, PlannedEvent};
+use crate::resource::{Condition, Phase, VideoChatClusterStatus};
+use crate::rotation::{RotationOutcome, RotationStep, apply_rotation};
+
+/// Condition type set when a component was rolled back.
+pub const ROLLED_BACK: &str = "RolledBack";
+
+/// Everything the day-two step decided.
+#[derive(Debug)]
+pub struct DayTwo {
+    pub rollout: RolloutStep,
+    pub scaling: BTreeMap<Component, ScalingPlan>,
+    pub rotation: Option<RotationOutcome>,
+}
+
+/// Parses the plan's RFC 3339 time.
+pub fn parse_now(now: &str) -> Result<Timestamp> {
+    now.parse().map_err(|e| Error::Parse {
+        what: "the current time".into(),
+        message: format!("{now:?} is not an RFC 3339 time: {e}"),
+    })
+}
+
+/// Runs the day-two decisions on the rendered `objects`, updating
+/// `revisions` to what is actually applied.
+pub(crate) fn decide(
+    ctx: &Ctx<'_>,
+    objects: &mut Vec<DynamicObject>,
+    revisions: &mut BTreeMap<Component, String>,
+    fresh_turn_secret: &str,
+    now: &str,
+) -> Result<DayTwo> {
+    let now = parse_now(now)?;
+    let rollout = apply_rollouts(ctx, objects, revisions, now)?;
+    objects.extend(rollout.revision_objects.iter().cloned());
+    let scaling = apply_autoscaling(ctx, objects, now);
+    let rotation = apply_rotation(ctx, objects, fresh_turn_secret, now)?;
+    Ok(DayTwo {
+        rollout,
+        scaling,
+        rotation,
+    })
+}
+
+fn event(warning: bool, reason: &str, action: &str, note: String) -> PlannedEvent {
+    PlannedEvent {
+        type_: if warning { "Warning" } else { "Normal" }.into(),
+        reason: reason.into(),
+        action: action.into(),
+        note: note.chars().take(1000).collect(),
+    }
+}
+
+fn set_condition(status: &mut VideoChatClusterStatus, previous: &[Condition], mut condition: Condition, now: &str) {
+    condition.observed_generation = status.observed_generation;
+    condition.last_transition_time = previous
+        .iter()
+        .find(|p| p.type_ == condition.type_ && p.status == condition.status)
+        .map(|p| p.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_owned());
+    match status.conditions.iter_mut().find(|c| c.type_ == condition.type_) {
+        Some(existing) => *existing = condition,
+        None => status.conditions.push(condition),
+    }
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: String::new(),
+        observed_generation: None,
+    }
+}
+
+impl DayTwo {
+    /// Adds this step's actions, status and events to the plan's.
+    pub(crate) fn finish(
+        &self,
+        previous: Option<&VideoChatClusterStatus>,
+        actions: &mut Vec<Action>,
+        status: &mut VideoChatClusterStatus,
+        events: &mut Vec<PlannedEvent>,
+        now: &str,
+    ) {
+        let previous_conditions = previous.map(|p| p.conditions.clone()).unwrap_or_default();
+        let mut rolled_back = Vec::new();
+        let mut degraded = Vec::new();
+        let mut waiting = Vec::new();
+        for (component, decision) in &self.rollout.decisions {
+            if let Some(slot) = component_status_mut(&mut status.components, *component) {
+                slot.rollout = Some(decision.tracking.clone());
+                // The rollback target, once a revision stayed ready for the
+                // stabilization period; until then what the status saw ready.
+                if decision.tracking.last_good_revision.is_some() {
+                    slot.last_good_revision.clone_from(&decision.tracking.last_good_revision);
+                }
+            }
+            for action in &decision.actions {
+                match action {
+                    RolloutAction::Rollback {
+                        component,
+                        from_revision,
+                        to_revision,
+                        reason,
+                        message,
+                    } => {
+                        actions.push(Action::Rollback {
+                            component: component.as_str().into(),
+                            from_revision: from_revision.clone(),
+                            to_revision: to_revision.clone(),
+                            reason: reason.as_str().into(),
+                            message: message.clone(),
+                        });
+                        events.push(event(true, ROLLED_BACK, "Rollback", message.clone()));
+                    }
+                    RolloutAction::RecordGoodRevision { component, revision } => events.push(event(
+                        false,
+                        "RevisionHealthy",
+                        "RecordRevision",
+                        format!("{} revision {revision} is healthy and kept as the rollback target", component.as_str()),
+                    )),
+                }
+            }
+            if let Some(r) = &decision.rolled_back {
+                rolled_back.push(r.clone());
+            }
+            if let Some(d) = &decision.degraded {
+                degraded.push(d.clone());
+            }
+            if let Some(behind) = decision.waiting_for {
+                waiting.push(format!("{} waits for {} to finish rolling out", component.as_str(), behind.as_str()));
+            }
+        }
+        for name in &self.rollout.prune {
+            actions.push(Action::Delete {
+                api_version: "apps/v1".into(),
+                kind: "ControllerRevision".into(),
+                name: name.clone(),
+            });
+        }
+
+        for (component, plan) in &self.scaling {
+            if let Some(slot) = component_status_mut(&mut status.components, *component) {
+                slot.autoscaling = Some(plan.status.clone());
+                slot.desired = plan.replicas;
+                slot.summary = format!("{}/{}", slot.ready, slot.desired);
+            }
+            for action in &plan.actions {
+                match action {
+                    ScaleAction::Scale {
+                        component,
+                        from,
+                        to,
+                        reason,
+                        message,
+                    } => {
+                        actions.push(Action::Scale {
+                            component: component.as_str().into(),
+                            from: *from,
+                            to: *to,
+                            reason: reason.clone(),
+                            message: message.clone(),
+                        });
+                        events.push(event(
+                            false,
+                            "Scaled",
+                            "Scale",
+                            format!("{} scaled from {from} to {to}: {message}", component.as_str()),
+                        ));
+                    }
+                    ScaleAction::DrainPod { component, pod } => {
+                        actions.push(Action::Drain {
+                            component: component.as_str().into(),
+                            pod: pod.clone(),
+                        });
+                        events.push(event(
+                            false,
+                            "Draining",
+                            "Drain",
+                            format!("{} pod {pod} asked to drain before a scale-down", component.as_str()),
+                        ));
+                    }
+                    ScaleAction::DeletePod { component, pod, reason } => {
+                        actions.push(Action::DeletePod {
+                            component: component.as_str().into(),
+                            pod: pod.clone(),
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+            }
+        }
+
+        if let Some(rotation) = &self.rotation
+            && matches!(
+                rotation.plan.step,
+                RotationStep::Added | RotationStep::Removed | RotationStep::AddedAndRemoved
+            )
+        {
+            events.push(event(
+                false,
+                "SecretRotated",
+                "Rotate",
+                format!("Secret {}: {}", rotation.secret, rotation.plan.message),
+            ));
+        }
+
+        // Conditions: RolledBack always present; Degraded and Progressing
+        // refined by the rollout decisions.
+        let rolled_back_condition = if rolled_back.is_empty() {
+            condition(ROLLED_BACK, false, "NoRollback", "no revision was rolled back".into())
+        } else {
+            let reason = rolled_back[0].reason.clone();
+            let message = rolled_back.iter().map(|r| r.message.clone()).collect::<Vec<_>>().join("; ");
+            condition(ROLLED_BACK, true, &reason, message)
+        };
+        set_condition(status, &previous_conditions, rolled_back_condition, now);
+
+        let theirs_degraded = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .is_some_and(|c| c.status == "True" && c.reason != "ProgressDeadlineExceeded");
+        if !theirs_degraded {
+            let mut reasons: Vec<(String, String)> = rolled_back
+                .iter()
+                .map(|r| (ROLLED_BACK.to_owned(), r.message.clone()))
+                .collect();
+            reasons.extend(degraded.iter().map(|d| (d.reason.clone(), d.message.clone())));
+            if let Some((reason, _)) = reasons.first() {
+                let message = reasons.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>().join("; ");
+                let reason = reason.clone();
+                set_condition(status, &previous_conditions, condition("Degraded", true, &reason, message), now);
+                status.phase = Some(Phase::Degraded);
+            }
+        }
+        if !waiting.is_empty() {
+            let message = match status.conditions.iter().find(|c| c.type_ == "Progressing" && c.status == "True") {
+                Some(c) => format!("{}; {}", c.message, waiting.join("; ")),
+                None => waiting.join("; "),
+            };
+            set_condition(
+                status,
+                &previous_conditions,
+                condition("Progressing", true, "RolloutInProgress", message),
+                now,
+            );
+            if status.phase == Some(Phase::Running) {
+                status.phase = Some(Phase::Progressing);
+            }
+        }
+    }
+}
