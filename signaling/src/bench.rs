@@ -17,7 +17,8 @@ use crate::config::parse_duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// WebSocket URL of the server.
+    /// WebSocket URL of the server; several, comma-separated, get the
+    /// clients round-robin (so rooms span instances of a cluster).
     #[arg(
         long,
         env = "VIDEOCHAT_BENCH_URL",
@@ -165,8 +166,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     // Connect in waves.
     let sem = Arc::new(tokio::sync::Semaphore::new(args.connect_parallelism.max(1)));
     let mut handles = Vec::with_capacity(args.clients);
+    let urls: Vec<String> = args
+        .url
+        .split(',')
+        .map(|u| u.trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    anyhow::ensure!(!urls.is_empty(), "--url needs at least one WebSocket URL");
     for i in 0..args.clients {
-        let url = args.url.clone();
+        let url = urls[i % urls.len()].clone();
         let room = format!("bench-{run_id:08x}-{}", i / args.room_size);
         let sem = sem.clone();
         handles.push(tokio::spawn(async move {
