@@ -32,6 +32,13 @@ impl Instance {
         dir: &TempDir,
         extra: &[&str],
     ) -> Self {
+        let mut backends = vec!["--redis-url", redis_url, "--mongodb-uri", mongo_uri];
+        backends.extend_from_slice(extra);
+        Self::start_with(id, dir, &backends)
+    }
+
+    /// Starts an instance with only the given flags (no backend flags: embedded).
+    pub fn start_with(id: &str, dir: &TempDir, extra: &[&str]) -> Self {
         let defaults = [
             ("--listen", "127.0.0.1:0"),
             ("--log", "warn"),
@@ -53,8 +60,6 @@ impl Instance {
                 args.extend([flag.to_string(), value.to_string()]);
             }
         }
-        args.extend(["--redis-url".into(), redis_url.into()]);
-        args.extend(["--mongodb-uri".into(), mongo_uri.into()]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut instance = Instance {
             child: None,
@@ -97,6 +102,10 @@ impl Instance {
             }
         });
         self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn ws_url(&self) -> String {

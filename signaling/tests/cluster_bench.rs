@@ -1,0 +1,110 @@
+//! The cross-instance benchmark (not a timed test; ignored by default).
+//! Two release instances sharing Redis and the MongoDB wire server, 400
+//! clients in rooms of 4 spread over both, at 5,000 and 15,000 chat msgs/s;
+//! then the same load on one instance with embedded backends. Prints one
+//! JSON report per run for docs/benchmarks.md:
+//!
+//!     cargo test --release -p videochat-signaling --test cluster_bench -- --ignored --nocapture
+//!
+//! `VIDEOCHAT_BENCH_RATES` (comma-separated) and `VIDEOCHAT_BENCH_DURATION`
+//! change the rates and the measured time.
+
+mod support_backends;
+
+use std::time::Duration;
+
+use support_backends::cluster::{Instance, http};
+use support_backends::{MongoServer, RedisServer, TempDir};
+use videochat_signaling::bench::{BenchArgs, run};
+
+fn args(urls: &str, rate: f64, pid: Option<u32>, label: &str) -> BenchArgs {
+    let secs: u64 = std::env::var("VIDEOCHAT_BENCH_DURATION")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    BenchArgs {
+        url: urls.to_owned(),
+        clients: 400,
+        room_size: 4,
+        rate,
+        duration: Duration::from_secs(secs),
+        warmup: Duration::from_secs(2),
+        idle: false,
+        server_pid: pid,
+        connect_parallelism: 64,
+        label: label.to_owned(),
+    }
+}
+
+fn rates() -> Vec<f64> {
+    std::env::var("VIDEOCHAT_BENCH_RATES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|r| r.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![5000.0, 15000.0])
+}
+
+async fn wait_ready(i: &Instance) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while http(&i.addr, "GET", "/readyz", None, None).await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} not ready:\n{}",
+            i.id,
+            i.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark: run with --ignored --nocapture in release mode"]
+async fn cross_instance_chat_fan_out() {
+    let redis = RedisServer::start();
+    let mongo = MongoServer::start();
+    let dir = TempDir::new("bench");
+    // Production rate limits would refuse a load generator on one IP.
+    let limits = [
+        "--rate-per-connection",
+        "1000000",
+        "--rate-per-ip",
+        "100000000",
+        "--log",
+        "error",
+    ];
+    let a = Instance::start("a", &redis.url(), &mongo.uri(), &dir, &limits);
+    let b = Instance::start("b", &redis.url(), &mongo.uri(), &dir, &limits);
+    wait_ready(&a).await;
+    wait_ready(&b).await;
+    let urls = format!("{},{}", a.ws_url(), b.ws_url());
+    for rate in rates() {
+        let report = run(args(&urls, rate, a.pid(), "cluster-2x-redis-mongodb"))
+            .await
+            .expect("bench run");
+        assert!(
+            report.delivered_per_sec > 0.0,
+            "nothing delivered: {report:?}"
+        );
+    }
+    drop((a, b));
+
+    let data = TempDir::new("bench-embedded");
+    let data_dir = data.path().to_str().unwrap().to_owned();
+    let mut one = vec!["--data-dir", data_dir.as_str()];
+    one.extend_from_slice(&limits);
+    let single = Instance::start_with("single", &dir, &one);
+    wait_ready(&single).await;
+    for rate in rates() {
+        let report = run(args(
+            &single.ws_url(),
+            rate,
+            single.pid(),
+            "single-embedded",
+        ))
+        .await
+        .expect("bench run");
+        assert!(
+            report.delivered_per_sec > 0.0,
+            "nothing delivered: {report:?}"
+        );
+    }
+}
