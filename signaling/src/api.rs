@@ -270,8 +270,11 @@ async fn ws_upgrade(
         .max_frame_bytes
         .saturating_mul(2)
         .saturating_add(1024);
+    // Small buffers keep idle connections cheap; they grow for large frames.
     ws.max_message_size(cap)
         .max_frame_size(cap)
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| connection::serve(state, socket, guard, ip, q.token))
 }
 

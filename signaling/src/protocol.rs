@@ -142,6 +142,13 @@ pub enum Decoded {
 
 /// Decodes one text frame. Never panics; every failure carries its error code.
 pub fn decode(text: &str) -> Result<Decoded, ProtocolError> {
+    // Fast path: a well-formed message parses straight into its variant.
+    // Anything else takes the slow path, which names the exact problem.
+    if let Ok(message) = serde_json::from_str::<ClientMessage>(text)
+        && validate(&message).is_ok()
+    {
+        return Ok(Decoded::Message(message));
+    }
     let value: Value = serde_json::from_str(text).map_err(|e| {
         ProtocolError::new(ErrorCode::BadRequest, format!("not valid JSON: {e}"), None)
     })?;
