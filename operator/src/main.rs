@@ -1,10 +1,63 @@
+//! videochat-operator binary: parses flags, sets up logging, dispatches.
+
+use anyhow::Context as _;
 use clap::Parser;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use videochat_operator::cli::{Cli, Command, LogFormat, RunArgs};
+use videochat_operator::{admin, controller, metrics, resource};
 
-/// videochat-operator (not yet implemented beyond --help).
-#[derive(Parser)]
-#[command(version)]
-struct Cli {}
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format, &cli.log)?;
+    match cli.command {
+        Some(Command::Crd) => {
+            print!("{}", resource::crd_yaml()?);
+            Ok(())
+        }
+        Some(Command::Plan(args)) => {
+            print!("{}", videochat_operator::cli::plan_command(&args)?);
+            Ok(())
+        }
+        Some(Command::Run(args)) => run(args),
+        None => run(RunArgs::default()),
+    }
+}
 
-fn main() {
-    let _cli = Cli::parse();
+fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid --log / VIDEOCHAT_LOG filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let client = kube::Client::try_default().await.context(
+            "no Kubernetes configuration: set KUBECONFIG or run in a pod with a service account",
+        )?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin_state = admin::AdminState {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        };
+        let admin_server = tokio::spawn(admin::serve(args.admin_listen, admin_state));
+        let result = tokio::select! {
+            result = controller::run(client, args.namespace.clone(), metrics, ready, args.instance.clone(), args.leader_election()) => result.map_err(anyhow::Error::from),
+            result = admin_server => match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(error.into()),
+                Err(error) => Err(anyhow::anyhow!("admin server task failed: {error}")),
+            },
+        };
+        result
+    })
 }

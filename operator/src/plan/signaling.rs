@@ -1,0 +1,277 @@
+//! Signaling: ConfigMap, Deployment, Service, optional Ingress.
+
+use super::hash::short_hash;
+use super::secrets::Secrets;
+use super::{Built, Ctx, pods, to_dynamic, workload};
+use crate::error::Result;
+use crate::labels::{self, Component};
+use crate::resource::Endpoints;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, HTTPGetAction, PodSpec,
+    PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+/// The port the signaling server listens on inside the pod.
+pub const CONTAINER_PORT: i32 = 8080;
+/// Seconds a stopping pod has to tell clients to resume elsewhere.
+const TERMINATION_GRACE_SECONDS: i64 = 60;
+
+const TURN_SECRET_DIR: &str = "/etc/videochat/turn";
+const ADMIN_TOKEN_DIR: &str = "/etc/videochat/admin";
+const REDIS_DIR: &str = "/etc/videochat/redis";
+const MONGODB_DIR: &str = "/etc/videochat/mongodb";
+const AUTH_DIR: &str = "/etc/videochat/auth";
+
+/// The environment of the signaling container (the ConfigMap's data).
+pub(crate) fn config(
+    ctx: &Ctx<'_>,
+    secrets: &Secrets,
+    endpoints: &Endpoints,
+) -> BTreeMap<String, String> {
+    let spec = &ctx.cluster.spec;
+    let limits = &spec.signaling.limits;
+    let turn_uris: Vec<&str> = endpoints.turn_uris.iter().map(|u| u.uri.as_str()).collect();
+    let mut env = BTreeMap::from([
+        (
+            "VIDEOCHAT_LISTEN".to_string(),
+            format!("0.0.0.0:{CONTAINER_PORT}"),
+        ),
+        ("VIDEOCHAT_LOG_FORMAT".to_string(), "json".to_string()),
+        (
+            "VIDEOCHAT_REDIS_URL_FILE".to_string(),
+            format!("{REDIS_DIR}/url"),
+        ),
+        (
+            "VIDEOCHAT_MONGODB_URI_FILE".to_string(),
+            format!("{MONGODB_DIR}/uri"),
+        ),
+        (
+            "VIDEOCHAT_TURN_SECRET_FILE".to_string(),
+            format!("{TURN_SECRET_DIR}/secret"),
+        ),
+        // Admin calls (drain) need this token; the operator holds it.
+        (
+            "VIDEOCHAT_ADMIN_TOKEN_FILE".to_string(),
+            format!("{ADMIN_TOKEN_DIR}/token"),
+        ),
+        // The TURN Deployment is the relay; no in-process one in a cluster.
+        ("VIDEOCHAT_NO_EMBEDDED_TURN".to_string(), "true".to_string()),
+        (
+            "VIDEOCHAT_TURN_CREDENTIAL_TTL".to_string(),
+            format!("{}s", spec.turn.credential_ttl_seconds),
+        ),
+        // Clients get time to resume elsewhere before the pod is killed.
+        (
+            "VIDEOCHAT_DRAIN_TIMEOUT".to_string(),
+            format!("{}s", TERMINATION_GRACE_SECONDS - 10),
+        ),
+        (
+            "VIDEOCHAT_MAX_FRAME_BYTES".to_string(),
+            limits.max_frame_bytes.to_string(),
+        ),
+        (
+            "VIDEOCHAT_RATE_PER_CONNECTION".to_string(),
+            limits.messages_per_second.to_string(),
+        ),
+        (
+            "VIDEOCHAT_MAX_PEERS_PER_ROOM".to_string(),
+            limits.max_peers_per_room.to_string(),
+        ),
+        (
+            "VIDEOCHAT_MAX_CONNECTIONS".to_string(),
+            limits.max_connections.to_string(),
+        ),
+    ]);
+    // Unknown until the load balancer has an address; an empty list would
+    // read as one empty URI.
+    if !turn_uris.is_empty() {
+        env.insert("VIDEOCHAT_TURN_URIS".into(), turn_uris.join(","));
+    }
+    if secrets.auth_ref.is_some() {
+        env.insert(
+            "VIDEOCHAT_AUTH_SECRET_FILE".into(),
+            format!("{AUTH_DIR}/secret"),
+        );
+    }
+    env
+}
+
+pub(crate) fn desired(ctx: &Ctx<'_>, secrets: &Secrets, endpoints: &Endpoints) -> Result<Built> {
+    let spec = &ctx.cluster.spec.signaling;
+    let component = Component::Signaling;
+    let name = component.workload_name(&ctx.name);
+    let config_name = labels::config_map_name(&ctx.name, component);
+    let data = config(ctx, secrets, endpoints);
+    let config_hash = short_hash(&data);
+    let config_map = ConfigMap {
+        metadata: ctx.meta(config_name.clone(), Some(component)),
+        data: Some(data),
+        ..ConfigMap::default()
+    };
+
+    let admin_token = crate::resource::SecretKeyRef {
+        name: crate::autoscale::controller_io::admin_token_secret_name(&ctx.name),
+        key: crate::autoscale::controller_io::ADMIN_TOKEN_KEY.into(),
+    };
+    let mut volumes = vec![
+        pods::secret_volume("turn-secret", &secrets.turn_ref, "secret"),
+        pods::secret_volume("admin-token", &admin_token, "token"),
+        pods::secret_volume("redis", &secrets.redis_url_ref, "url"),
+        pods::secret_volume("mongodb", &secrets.mongodb_uri_ref, "uri"),
+        pods::empty_dir("tmp"),
+    ];
+    let mut mounts = vec![
+        pods::mount("turn-secret", TURN_SECRET_DIR, true),
+        pods::mount("admin-token", ADMIN_TOKEN_DIR, true),
+        pods::mount("redis", REDIS_DIR, true),
+        pods::mount("mongodb", MONGODB_DIR, true),
+        pods::mount("tmp", "/tmp", false),
+    ];
+    if let Some(auth) = &secrets.auth_ref {
+        volumes.push(pods::secret_volume("auth", auth, "secret"));
+        mounts.push(pods::mount("auth", AUTH_DIR, true));
+    }
+
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "signaling".into(),
+        image: Some(spec.image.clone()),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: CONTAINER_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: config_name,
+                ..ConfigMapEnvSource::default()
+            }),
+            ..EnvFromSource::default()
+        }]),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        resources: Some(pods::resources(
+            spec.resources.as_ref(),
+            "100m",
+            "128Mi",
+            "512Mi",
+        )),
+        security_context: Some(pods::container_security()),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels::selector(&ctx.name, component)),
+            annotations: Some(BTreeMap::from([
+                (labels::CONFIG_HASH_ANNOTATION.to_string(), config_hash),
+                ("prometheus.io/scrape".to_string(), "true".to_string()),
+                ("prometheus.io/port".to_string(), CONTAINER_PORT.to_string()),
+            ])),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(volumes),
+            security_context: Some(pods::pod_security(pods::NONROOT_UID)),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+            ..PodSpec::default()
+        }),
+    };
+    let replicas = workload::replicas(ctx, component, spec.replicas);
+    let (template, revision) = workload::with_revision(template);
+    let deployment: Deployment = workload::deployment(ctx, component, replicas, template);
+
+    let service = Service {
+        metadata: ctx.meta(name.clone(), Some(component)),
+        spec: Some(ServiceSpec {
+            type_: Some(spec.service.type_.as_str().into()),
+            selector: Some(labels::selector(&ctx.name, component)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: spec.service.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+
+    let mut objects = vec![
+        to_dynamic(&config_map)?,
+        to_dynamic(&deployment)?,
+        to_dynamic(&service)?,
+    ];
+    if let Some(ingress) = &spec.ingress {
+        let mut meta = ctx.meta(name.clone(), Some(component));
+        // WebSockets stay open for a whole call; default proxy timeouts are 60s.
+        meta.annotations = Some(BTreeMap::from([
+            (
+                "nginx.ingress.kubernetes.io/proxy-read-timeout".to_string(),
+                "3600".to_string(),
+            ),
+            (
+                "nginx.ingress.kubernetes.io/proxy-send-timeout".to_string(),
+                "3600".to_string(),
+            ),
+        ]));
+        let ingress = Ingress {
+            metadata: meta,
+            spec: Some(IngressSpec {
+                ingress_class_name: ingress.class_name.clone(),
+                tls: ingress.tls_secret_name.as_ref().map(|secret| {
+                    vec![IngressTLS {
+                        hosts: Some(vec![ingress.host.clone()]),
+                        secret_name: Some(secret.clone()),
+                    }]
+                }),
+                rules: Some(vec![IngressRule {
+                    host: Some(ingress.host.clone()),
+                    http: Some(HTTPIngressRuleValue {
+                        paths: vec![HTTPIngressPath {
+                            path: Some("/".into()),
+                            path_type: "Prefix".into(),
+                            backend: IngressBackend {
+                                service: Some(IngressServiceBackend {
+                                    name: name.clone(),
+                                    port: Some(ServiceBackendPort {
+                                        name: Some("http".into()),
+                                        ..ServiceBackendPort::default()
+                                    }),
+                                }),
+                                ..IngressBackend::default()
+                            },
+                        }],
+                    }),
+                }]),
+                ..IngressSpec::default()
+            }),
+            ..Ingress::default()
+        };
+        objects.push(to_dynamic(&ingress)?);
+    }
+    Ok(Built { objects, revision })
+}

@@ -1,0 +1,420 @@
+//! Status from observed objects: per-component pods and revisions,
+//! conditions, phase, endpoints.
+
+use super::Ctx;
+use crate::labels::{self, Component};
+use crate::resource::{
+    ComponentStatus, ComponentsStatus, Condition, Endpoints, Phase, ServiceType, TurnUri,
+    VideoChatCluster, VideoChatClusterStatus,
+};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Service;
+use std::collections::BTreeMap;
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// The first load-balancer address (IP, else hostname) of an observed Service.
+pub(crate) fn load_balancer_address(ctx: &Ctx<'_>, service: &str) -> Option<String> {
+    let service: Service = ctx.observed.typed("Service", service)?;
+    let ingress = service.status?.load_balancer?.ingress?;
+    ingress.into_iter().find_map(|i| {
+        i.ip.filter(|s| !s.is_empty())
+            .or(i.hostname.filter(|s| !s.is_empty()))
+    })
+}
+
+fn host_for_uri(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// Signaling URL and TURN URIs, from the spec and the Services' addresses.
+/// Unknown parts (a load balancer still pending) are left out.
+pub(crate) fn endpoints(ctx: &Ctx<'_>) -> Endpoints {
+    let spec = &ctx.cluster.spec;
+    let signaling = Component::Signaling.workload_name(&ctx.name);
+    let signaling_url = if let Some(ingress) = &spec.signaling.ingress {
+        let scheme = if ingress.tls_secret_name.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
+        Some(format!("{scheme}://{}/ws", ingress.host))
+    } else {
+        let port = spec.signaling.service.port;
+        match spec.signaling.service.type_ {
+            ServiceType::LoadBalancer => load_balancer_address(ctx, &signaling)
+                .map(|host| format!("ws://{}:{port}/ws", host_for_uri(&host))),
+            _ => Some(format!("ws://{}:{port}/ws", ctx.service_host(&signaling))),
+        }
+    };
+
+    let turn = &spec.turn;
+    let exposure = &turn.exposure;
+    let (udp_host, tcp_host) = if let Some(address) = &exposure.advertised_address {
+        (Some(address.clone()), Some(address.clone()))
+    } else {
+        match exposure.service_type {
+            ServiceType::LoadBalancer if !exposure.host_network => (
+                load_balancer_address(ctx, &labels::turn_udp_service_name(&ctx.name)),
+                load_balancer_address(ctx, &labels::turn_tcp_service_name(&ctx.name)),
+            ),
+            ServiceType::ClusterIP if !exposure.host_network => (
+                Some(ctx.service_host(&labels::turn_udp_service_name(&ctx.name))),
+                Some(ctx.service_host(&labels::turn_tcp_service_name(&ctx.name))),
+            ),
+            // NodePort or host networking: every node is an entry point and
+            // none is "the" address; advertisedAddress names one.
+            _ => (None, None),
+        }
+    };
+    let mut turn_uris = Vec::new();
+    if let Some(host) = udp_host {
+        turn_uris.push(TurnUri {
+            uri: format!(
+                "turn:{}:{}?transport=udp",
+                host_for_uri(&host),
+                turn.udp_port
+            ),
+            transport: "udp".into(),
+        });
+    }
+    if let Some(host) = tcp_host {
+        turn_uris.push(TurnUri {
+            uri: format!(
+                "turn:{}:{}?transport=tcp",
+                host_for_uri(&host),
+                turn.tcp_port
+            ),
+            transport: "tcp".into(),
+        });
+    }
+    Endpoints {
+        signaling_url,
+        turn_uris,
+    }
+}
+
+/// How one component's workload is doing.
+struct Observation {
+    status: ComponentStatus,
+    rolled_out: bool,
+    healthy: bool,
+    failure: Option<String>,
+}
+
+fn observe(
+    ctx: &Ctx<'_>,
+    component: Component,
+    desired: i32,
+    revision: &str,
+    previous: Option<&ComponentStatus>,
+) -> Observation {
+    let name = component.workload_name(&ctx.name);
+    let rollout = &ctx.cluster.spec.rollout;
+    let (exists, ready, updated, rolled_out, failure) = match component {
+        Component::Signaling | Component::Turn => {
+            match ctx.observed.typed::<Deployment>("Deployment", &name) {
+                None => (false, 0, 0, false, None),
+                Some(d) => {
+                    let generation = d.metadata.generation.unwrap_or(0);
+                    let observed_revision = template_revision(d.spec.template.metadata.as_ref());
+                    let status = d.status.unwrap_or_default();
+                    let ready = status.ready_replicas.unwrap_or(0);
+                    let updated = status.updated_replicas.unwrap_or(0);
+                    let total = status.replicas.unwrap_or(0);
+                    let current = observed_revision.as_deref() == Some(revision);
+                    let rolled_out = current
+                        && status.observed_generation.unwrap_or(0) >= generation
+                        && updated >= desired
+                        && total == updated;
+                    let failure = status.conditions.iter().flatten().find_map(|c| {
+                        (c.type_.as_deref() == Some("Progressing")
+                            && c.status.as_deref() == Some("False")
+                            && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+                        .then(|| {
+                            format!(
+                                "{} revision did not become ready within {}s",
+                                component.as_str(),
+                                rollout.progress_deadline_seconds
+                            )
+                        })
+                    });
+                    (
+                        true,
+                        ready,
+                        if current { updated } else { 0 },
+                        rolled_out,
+                        failure,
+                    )
+                }
+            }
+        }
+        Component::Redis | Component::MongoDb => {
+            match ctx.observed.typed::<StatefulSet>("StatefulSet", &name) {
+                None => (false, 0, 0, false, None),
+                Some(s) => {
+                    let generation = s.metadata.generation.unwrap_or(0);
+                    let observed_revision = template_revision(s.spec.template.metadata.as_ref());
+                    let status = s.status.unwrap_or_default();
+                    let ready = status.ready_replicas.unwrap_or(0);
+                    let updated = status.updated_replicas.unwrap_or(0);
+                    let current = observed_revision.as_deref() == Some(revision);
+                    let same_revision = match (&status.current_revision, &status.update_revision) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => updated >= desired,
+                    };
+                    let rolled_out = current
+                        && status.observed_generation.unwrap_or(0) >= generation
+                        && same_revision;
+                    (
+                        true,
+                        ready,
+                        if current { updated } else { 0 },
+                        rolled_out,
+                        None,
+                    )
+                }
+            }
+        }
+    };
+    let enough_ready =
+        i64::from(ready) * 100 >= i64::from(desired) * i64::from(rollout.min_ready_percent);
+    let healthy = exists && rolled_out && enough_ready;
+    let last_good_revision = if healthy {
+        Some(revision.to_string())
+    } else {
+        previous.and_then(|p| p.last_good_revision.clone())
+    };
+    Observation {
+        status: ComponentStatus {
+            desired,
+            ready,
+            updated,
+            summary: format!("{ready}/{desired}"),
+            revision: revision.to_string(),
+            last_good_revision,
+            // Filled in by the day-two step (rollout tracking, autoscaling).
+            rollout: None,
+            autoscaling: None,
+        },
+        rolled_out,
+        healthy,
+        failure,
+    }
+}
+
+fn template_revision(
+    meta: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+) -> Option<String> {
+    meta?
+        .annotations
+        .as_ref()?
+        .get(labels::REVISION_ANNOTATION)
+        .cloned()
+}
+
+/// The status of a valid spec, from what was observed.
+pub(crate) fn compute(
+    ctx: &Ctx<'_>,
+    revisions: &BTreeMap<Component, String>,
+    endpoints: Endpoints,
+    missing_secrets: &[String],
+    now: &str,
+) -> VideoChatClusterStatus {
+    let cluster = ctx.cluster;
+    let previous = cluster.status.clone().unwrap_or_default();
+    let generation = cluster.metadata.generation;
+    let mut components = ComponentsStatus::default();
+    let mut observations = Vec::new();
+    for (&component, revision) in revisions {
+        let desired = match component {
+            Component::Signaling => {
+                super::workload::replicas(ctx, component, cluster.spec.signaling.replicas)
+            }
+            Component::Turn => {
+                super::workload::replicas(ctx, component, cluster.spec.turn.replicas)
+            }
+            Component::Redis | Component::MongoDb => 1,
+        };
+        let slot = match component {
+            Component::Signaling => &mut components.signaling,
+            Component::Turn => &mut components.turn,
+            Component::Redis => &mut components.redis,
+            Component::MongoDb => &mut components.mongodb,
+        };
+        let previous_component = match component {
+            Component::Signaling => previous.components.signaling.as_ref(),
+            Component::Turn => previous.components.turn.as_ref(),
+            Component::Redis => previous.components.redis.as_ref(),
+            Component::MongoDb => previous.components.mongodb.as_ref(),
+        };
+        let observation = observe(ctx, component, desired, revision, previous_component);
+        *slot = Some(observation.status.clone());
+        observations.push((component, observation));
+    }
+
+    let summary = observations
+        .iter()
+        .map(|(c, o)| format!("{} {}", c.as_str(), o.status.summary))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let failures: Vec<String> = observations
+        .iter()
+        .filter_map(|(_, o)| o.failure.clone())
+        .collect();
+    let degraded = if !missing_secrets.is_empty() {
+        Some((
+            "SecretNotFound",
+            format!(
+                "referenced Secret keys not found: {}",
+                missing_secrets.join(", ")
+            ),
+        ))
+    } else if !failures.is_empty() {
+        Some(("ProgressDeadlineExceeded", failures.join("; ")))
+    } else {
+        None
+    };
+    let all_healthy = observations.iter().all(|(_, o)| o.healthy);
+    let rolling: Vec<String> = observations
+        .iter()
+        .filter(|(_, o)| !o.rolled_out)
+        .map(|(c, o)| {
+            format!(
+                "{} revision {} ({} of {} updated)",
+                c.as_str(),
+                o.status.revision,
+                o.status.updated,
+                o.status.desired
+            )
+        })
+        .collect();
+    let turn_public = !endpoints.turn_uris.is_empty() && endpoints.signaling_url.is_some();
+
+    let mut conditions = Vec::new();
+    let ready = if !all_healthy {
+        condition(
+            READY,
+            false,
+            "ComponentsNotReady",
+            format!("ready pods: {summary}"),
+        )
+    } else if !turn_public {
+        condition(
+            READY,
+            false,
+            "WaitingForEndpoints",
+            "pods are ready; waiting for a load-balancer address (or set turn.exposure.advertisedAddress)".into(),
+        )
+    } else {
+        condition(
+            READY,
+            true,
+            "AllComponentsReady",
+            format!("ready pods: {summary}"),
+        )
+    };
+    conditions.push(ready);
+    conditions.push(if rolling.is_empty() {
+        condition(
+            PROGRESSING,
+            false,
+            "RolloutComplete",
+            "every component runs its current revision".into(),
+        )
+    } else {
+        condition(
+            PROGRESSING,
+            true,
+            "RolloutInProgress",
+            format!("rolling out: {}", rolling.join(", ")),
+        )
+    });
+    conditions.push(match &degraded {
+        Some((reason, message)) => condition(DEGRADED, true, reason, message.clone()),
+        None => condition(DEGRADED, false, "AsExpected", "no failures observed".into()),
+    });
+
+    let is_ready = conditions[0].status == "True";
+    let phase = if degraded.is_some() {
+        Phase::Degraded
+    } else if is_ready {
+        Phase::Running
+    } else if observations.iter().all(|(_, o)| o.status.ready == 0) {
+        // Nothing is serving yet: first creation (or every pod down).
+        Phase::Pending
+    } else {
+        Phase::Progressing
+    };
+    VideoChatClusterStatus {
+        observed_generation: generation,
+        phase: Some(phase),
+        conditions: finish_conditions(conditions, &previous.conditions, generation, now),
+        components,
+        endpoints,
+    }
+}
+
+/// Status for a spec that breaks the schema rules: nothing is applied, the
+/// last known components and endpoints stay.
+pub(crate) fn invalid_spec(
+    cluster: &VideoChatCluster,
+    errors: &[String],
+    now: &str,
+) -> VideoChatClusterStatus {
+    let previous = cluster.status.clone().unwrap_or_default();
+    let generation = cluster.metadata.generation;
+    let message = format!("spec is invalid, nothing applied: {}", errors.join("; "));
+    let conditions = vec![
+        condition(READY, false, "InvalidSpec", message.clone()),
+        condition(
+            PROGRESSING,
+            false,
+            "InvalidSpec",
+            "waiting for a valid spec".into(),
+        ),
+        condition(DEGRADED, true, "InvalidSpec", message),
+    ];
+    VideoChatClusterStatus {
+        observed_generation: generation,
+        phase: Some(Phase::Degraded),
+        conditions: finish_conditions(conditions, &previous.conditions, generation, now),
+        components: previous.components,
+        endpoints: previous.endpoints,
+    }
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: String::new(),
+        observed_generation: None,
+    }
+}
+
+/// Keeps the previous transition time when a condition's status did not change.
+fn finish_conditions(
+    mut conditions: Vec<Condition>,
+    previous: &[Condition],
+    generation: Option<i64>,
+    now: &str,
+) -> Vec<Condition> {
+    for c in &mut conditions {
+        c.observed_generation = generation;
+        c.last_transition_time = previous
+            .iter()
+            .find(|p| p.type_ == c.type_ && p.status == c.status)
+            .map(|p| p.last_transition_time.clone())
+            .unwrap_or_else(|| now.to_string());
+    }
+    conditions
+}

@@ -1,0 +1,105 @@
+//! The `VideoChatCluster` custom resource (group `videochat.dev`, version
+//! `v1alpha1`): spec blocks per component, defaults and validation rules that
+//! land in the CRD's OpenAPI schema, and the status the operator writes.
+
+mod autoscaling;
+mod database;
+mod rollout;
+mod signaling;
+mod status;
+mod turn;
+
+pub use autoscaling::{AutoscalingSpec, ComponentAutoscalingSpec};
+pub use database::{
+    ExternalDatabaseSpec, ManagedMongoDbSpec, ManagedRedisSpec, MongoDbSpec, RedisSpec, StorageSpec,
+};
+pub use rollout::RolloutSpec;
+pub use signaling::{
+    IngressSpec, ServiceExposureSpec, ServiceType, SignalingLimitsSpec, SignalingSpec,
+};
+pub use status::{
+    ComponentStatus, ComponentsStatus, Condition, Endpoints, Phase, TurnUri, VideoChatClusterStatus,
+};
+pub use turn::{PortRangeSpec, SecretRotationSpec, TurnExposureSpec, TurnQuotasSpec, TurnSpec};
+
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The default registry path of the project's images.
+pub const IMAGE_REGISTRY: &str = "ghcr.io/videochat-dev";
+
+/// Desired state of one videochat appliance: signaling, TURN, Redis and MongoDB.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[kube(
+    group = "videochat.dev",
+    version = "v1alpha1",
+    kind = "VideoChatCluster",
+    namespaced,
+    shortname = "vcc",
+    category = "videochat",
+    status = "VideoChatClusterStatus",
+    cel,
+    doc = "A videochat appliance: WebSocket signaling, a TURN relay, Redis and MongoDB, run and kept healthy by videochat-operator.",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Signaling","type":"string","description":"ready/desired signaling pods","jsonPath":".status.components.signaling.summary"}"#,
+    printcolumn = r#"{"name":"TURN","type":"string","description":"ready/desired TURN pods","jsonPath":".status.components.turn.summary"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VideoChatClusterSpec {
+    /// The WebSocket signaling service.
+    #[serde(default)]
+    pub signaling: SignalingSpec,
+    /// The TURN relay.
+    #[serde(default)]
+    pub turn: TurnSpec,
+    /// Redis: the message bus and queue between signaling instances.
+    #[serde(default)]
+    pub redis: RedisSpec,
+    /// MongoDB: the durable store for rooms and chat history.
+    #[serde(default)]
+    pub mongodb: MongoDbSpec,
+    /// How new revisions roll out and when they are rolled back.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+    /// Replicas from load (connections, allocations) and CPU.
+    #[serde(default)]
+    pub autoscaling: AutoscalingSpec,
+}
+
+/// A key in a Secret in the resource's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The CRD as YAML, exactly what `videochat-operator crd` prints and
+/// `crds/videochatcluster.yaml` holds.
+pub fn crd_yaml() -> Result<String, crate::Error> {
+    serde_yaml::to_string(&VideoChatCluster::crd()).map_err(|e| crate::Error::Serialize {
+        what: "CustomResourceDefinition".into(),
+        message: e.to_string(),
+    })
+}
+
+/// Evaluates the CRD's schema rules (CEL `x-kubernetes-validations`) on a
+/// resource, the same rules the API server enforces, so a resource that got
+/// past an older CRD is reported instead of half-applied.
+pub fn validation_errors(cluster: &VideoChatCluster) -> Vec<String> {
+    match cluster.validate_cel() {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors.into_iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+// `JsonSchema` is used by the derives above.
+#[allow(unused_imports)]
+use JsonSchema as _;
