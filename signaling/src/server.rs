@@ -42,12 +42,14 @@ impl RunningServer {
         self.relay.as_ref().map(|r| (r.udp_addr(), r.tcp_addr()))
     }
 
+    /// Whether the in-process relay is draining (None without one).
+    pub fn turn_draining(&self) -> Option<bool> {
+        self.relay.as_ref().map(|r| r.is_draining())
+    }
+
     /// What SIGTERM does before exit: readiness off, no new sessions, clients told.
     pub fn begin_drain(&self) {
         self.state.begin_drain();
-        if let Some(r) = &self.relay {
-            r.begin_drain();
-        }
     }
 
     /// Waits until every connection is gone or `timeout` passes; true when empty.
@@ -185,6 +187,11 @@ pub async fn start_with_backends(config: Config, backends: Backends) -> Result<R
     let reap_every =
         (config.resume_window / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let state = AppState::new(config, backends, ice, auth_secret, admin_token);
+    if let Some(r) = &relay {
+        // POST /api/admin/drain drains the in-process relay as SIGTERM does.
+        let handle = r.handle();
+        state.on_drain(move || handle.begin_drain());
+    }
     let shutdown = CancellationToken::new();
     let router = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop = shutdown.clone();

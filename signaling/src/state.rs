@@ -38,6 +38,8 @@ pub struct Shared {
     pub admin_token: Option<String>,
     pub ip_limiter: IpRateLimiter,
     draining: watch::Sender<bool>,
+    /// Run once when draining starts (the in-process TURN relay drains too).
+    drain_hooks: std::sync::Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     connections: AtomicUsize,
     next_connection: AtomicU64,
 }
@@ -79,6 +81,7 @@ impl AppState {
             admin_token,
             ip_limiter,
             draining,
+            drain_hooks: std::sync::Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
             // Random start: connection ids also name session owners across instances.
             next_connection: AtomicU64::new(rand::random::<u64>() >> 1),
@@ -94,6 +97,18 @@ impl AppState {
         if !self.draining.send_replace(true) {
             self.metrics.draining.set(1);
             tracing::info!(connections = self.connection_count(), "draining");
+            if let Ok(hooks) = self.drain_hooks.lock() {
+                for hook in hooks.iter() {
+                    hook();
+                }
+            }
+        }
+    }
+
+    /// Registers something to run when draining starts.
+    pub fn on_drain(&self, hook: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut hooks) = self.drain_hooks.lock() {
+            hooks.push(Box::new(hook));
         }
     }
 

@@ -16,10 +16,13 @@ async fn welcome_has_turn_credentials_for_the_in_process_relay() {
     let dir = temp_dir("turn");
     let secret_file = dir.join("turn-secret");
     std::fs::write(&secret_file, "older\nnewest\n").unwrap();
+    let admin_file = dir.join("admin");
+    std::fs::write(&admin_file, "adm").unwrap();
     let config = videochat_signaling::Config {
         no_embedded_turn: false,
         turn_listen: "127.0.0.1:0".parse().unwrap(),
         turn_secret_file: Some(secret_file),
+        admin_token_file: Some(admin_file),
         ..test_config()
     };
     let server = start(config).await;
@@ -74,6 +77,18 @@ async fn welcome_has_turn_credentials_for_the_in_process_relay() {
         expiry >= now + 110 && expiry <= now + 130,
         "{expiry} vs {now}"
     );
+    // The admin drain drains the in-process relay too.
+    assert_eq!(server.turn_draining(), Some(false));
+    let (status, _, _) = http(
+        &server,
+        "POST",
+        "/api/admin/drain",
+        &[("Authorization", "Bearer adm")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(server.turn_draining(), Some(true));
     server.shutdown().await;
 }
 
