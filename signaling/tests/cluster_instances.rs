@@ -216,6 +216,13 @@ async fn crashed_instance_peers_leave_and_local_rooms_survive_redis_outage() {
         &dir,
         &["--resume-window", "1s"],
     );
+    let mut d = Instance::start(
+        "d",
+        &redis.url(),
+        &mongo.uri(),
+        &dir,
+        &["--resume-window", "1s"],
+    );
     let strict = Instance::start(
         "strict",
         &redis.url(),
@@ -223,7 +230,7 @@ async fn crashed_instance_peers_leave_and_local_rooms_survive_redis_outage() {
         &dir,
         &["--resume-window", "1s", "--ready-without-redis", "false"],
     );
-    for i in [&a, &b, &strict] {
+    for i in [&a, &b, &d, &strict] {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while http(&i.addr, "GET", "/readyz", None, None).await.1["bus"]["up"] != true {
             assert!(std::time::Instant::now() < deadline, "{} not ready", i.id);
@@ -236,17 +243,38 @@ async fn crashed_instance_peers_leave_and_local_rooms_survive_redis_outage() {
     alice.join("r2", "Alice").await.unwrap();
     carol.join("r2", "Carol").await.unwrap();
     bob.join("r2", "Bob").await.unwrap();
-    alice.recv_type("peer-joined", WAIT).await.unwrap();
-    alice.recv_type("peer-joined", WAIT).await.unwrap();
+    let mut dave = WsClient::connect(&d.ws_url(), None).await.unwrap();
+    dave.join("r2", "Dave").await.unwrap();
+    for _ in 0..3 {
+        alice.recv_type("peer-joined", WAIT).await.unwrap();
+    }
 
-    // kill -9 B: after its heartbeat lapses (2 s) and Bob's resume window
-    // (1 s) passes, the others see him leave.
+    // kill -9 B: once Bob's resume window (1 s) passes, the others see him leave.
     b.kill();
-    let left = alice
-        .recv_type("peer-left", Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(left["peer"].as_str(), Some(bob.peer.as_str()));
+    // Restarted at once under the same name (a pod keeps its name), so its
+    // heartbeat never lapses: the new process releases the old sessions.
+    let _b_again = Instance::start(
+        "b",
+        &redis.url(),
+        &mongo.uri(),
+        &dir,
+        &["--resume-window", "1s"],
+    );
+    // kill -9 D and it stays away: after its heartbeat lapses (2 s) its
+    // sessions get their resume window, then Dave leaves too.
+    d.kill();
+    let mut gone = Vec::new();
+    for _ in 0..2 {
+        let left = alice
+            .recv_type("peer-left", Duration::from_secs(10))
+            .await
+            .unwrap();
+        gone.push(left["peer"].as_str().unwrap().to_owned());
+    }
+    gone.sort();
+    let mut expected = vec![bob.peer.clone(), dave.peer.clone()];
+    expected.sort();
+    assert_eq!(gone, expected);
     let (_, room) = http(&a.addr, "GET", "/api/rooms/r2", None, None).await;
     let mut names: Vec<&str> = room["peers"]
         .as_array()
@@ -256,7 +284,7 @@ async fn crashed_instance_peers_leave_and_local_rooms_survive_redis_outage() {
         .collect();
     names.sort();
     assert_eq!(names, vec!["Alice", "Carol"]);
-    drop(bob);
+    drop((bob, dave));
 
     // Redis goes away: A stays ready (default policy) and says degraded;
     // the strict instance leaves the load balancer.

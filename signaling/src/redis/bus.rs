@@ -38,6 +38,8 @@ use crate::store::Store;
 const MAX_QUEUED: usize = 256;
 /// How long a peer's location outlives its last attach without a refresh.
 const LOCATION_TTL_SECS: u64 = 24 * 3600;
+/// Locations of attached peers are re-written this often (well within the TTL).
+const LOCATION_REFRESH: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "w")]
@@ -416,6 +418,7 @@ impl RedisBus {
     async fn keep_connected(self: Arc<Self>, sweep_every: Duration, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         let mut last_sweep = std::time::Instant::now();
+        let mut last_claim = std::time::Instant::now();
         loop {
             let mut c = self.conn.clone();
             let ping = redis::cmd("PING").query_async::<String>(&mut c).await;
@@ -425,6 +428,10 @@ impl RedisBus {
                     if last_sweep.elapsed() >= sweep_every {
                         last_sweep = std::time::Instant::now();
                         self.sweep_chat().await;
+                    }
+                    if last_claim.elapsed() >= LOCATION_REFRESH {
+                        last_claim = std::time::Instant::now();
+                        self.claim_locations().await;
                     }
                     Duration::from_millis(500)
                 }
@@ -446,6 +453,9 @@ impl RedisBus {
                     }
                     if ok {
                         self.healthy.store(true, Ordering::Relaxed);
+                        // Attaches made while Redis was away did not record
+                        // where their peers live.
+                        self.claim_locations().await;
                         tracing::info!(channels = channels.len(), "redis bus connected");
                         // Whatever was published while we were away.
                         last_sweep = std::time::Instant::now();
@@ -466,6 +476,35 @@ impl RedisBus {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Records this instance as the location of every attached local peer.
+    async fn claim_locations(&self) {
+        let peers: Vec<String> = {
+            let local = self.lock();
+            local
+                .peers
+                .iter()
+                .filter(|(_, s)| s.inbox.is_some())
+                .map(|(p, _)| p.clone())
+                .collect()
+        };
+        for chunk in peers.chunks(256) {
+            let mut pipe = redis::pipe();
+            for peer in chunk {
+                pipe.cmd("SET")
+                    .arg(self.location_key(peer))
+                    .arg(&self.instance)
+                    .arg("EX")
+                    .arg(LOCATION_TTL_SECS)
+                    .ignore();
+            }
+            let mut c = self.conn.clone();
+            if let Err(e) = pipe.query_async::<()>(&mut c).await {
+                self.mark_down(&e);
+                return;
             }
         }
     }

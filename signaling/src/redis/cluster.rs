@@ -224,6 +224,9 @@ pub async fn cluster_backends(config: &Config, shutdown: CancellationToken) -> R
         RedisSessions::new(redis.clone(), instance.clone(), config.resume_window)
             .with_heartbeat_ttl(c.instance_ttl),
     );
+    if let Err(e) = sessions.adopt_previous_life().await {
+        tracing::warn!(error = %e, "could not release sessions of a previous process of this instance");
+    }
     sessions.spawn_heartbeat(shutdown.clone());
     let bus: Arc<dyn Bus> =
         RedisBus::start(&redis, instance, store.clone(), c.chat_sweep, shutdown)?;

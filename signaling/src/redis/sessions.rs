@@ -243,6 +243,42 @@ impl RedisSessions {
         });
     }
 
+    /// Sessions left attached to this instance id by a previous process of
+    /// the same name (a restarted pod keeps its name) are detached with a
+    /// fresh resume window; call before accepting connections.
+    pub async fn adopt_previous_life(&self) -> Result<()> {
+        let expires = now_ms() + self.window.as_millis() as u64;
+        let (on, detached, instances, prefix) = (
+            self.on_key(&self.instance),
+            self.k("sessions:detached"),
+            self.k("instances"),
+            self.k("session:"),
+        );
+        let script = self.scripts[6].clone();
+        let me = self.instance.clone();
+        let n: i64 = self
+            .redis
+            .call(|mut c| async move {
+                script
+                    .key(&on)
+                    .key(&detached)
+                    .key(&instances)
+                    .arg(expires)
+                    .arg(&prefix)
+                    .arg(&me)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if n > 0 {
+            tracing::info!(
+                sessions = n,
+                "sessions of this instance's previous process may now resume"
+            );
+        }
+        Ok(())
+    }
+
     /// Detaches the sessions of instances whose heartbeat expired.
     async fn detach_orphans(&self) -> Result<()> {
         {
