@@ -411,13 +411,9 @@ impl Store for MongoStore {
         self.ensure_indexes().await?;
         let tail = self.room_tail(&chat.room);
         let mut last = tail.lock().await;
-        // A resend (possibly of an attempt whose outcome we never learned).
-        if let Some(message) = self.find_by_client_id(&chat).await? {
-            return Ok(Appended {
-                message,
-                duplicate: true,
-            });
-        }
+        // No look-up first: a resend (even of an attempt whose outcome we
+        // never learned) collides on the (room, peer, client_id) index,
+        // which costs a round trip only then.
         if *last == 0 {
             *last = self.read_last_seq(&chat.room).await?;
         }
@@ -452,8 +448,8 @@ impl Store for MongoStore {
                     });
                 }
                 Err(e) if is_duplicate_key(&e) => {
-                    // Either our own resend raced us, or another instance
-                    // took this seq: tell them apart by the idempotency key.
+                    // Either this is a resend of a stored message, or another
+                    // instance took this seq: the idempotency key tells.
                     if let Some(message) = self.find_by_client_id(&chat).await? {
                         *last = (*last).max(message.seq);
                         return Ok(Appended {
