@@ -105,6 +105,19 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, as Kubernetes sends before removing a pod.
+    fn terminate(&self) {
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(
+            matches!(sent, Ok(status) if status.success()),
+            "cannot send SIGTERM to {}: {sent:?}",
+            self.child.id()
+        );
+    }
+
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
@@ -182,7 +195,9 @@ fn start_server(data_dir: &Path, listen: &str, relay_block: u16) -> (Process, St
         .arg("--turn-listen")
         .arg("127.0.0.1:0")
         .arg("--turn-relay-ports")
-        .arg(format!("{first}-{}", first + 49));
+        .arg(format!("{first}-{}", first + 49))
+        .arg("--drain-timeout")
+        .arg("20s");
     let mut server = Process::spawn(&mut command, "videochat-signaling");
     let deadline = Instant::now() + WAIT;
     loop {
@@ -569,16 +584,26 @@ async fn call_and_chat(a: &Peer, b: &Peer, server: &Process, base_url: &str) -> 
     Ok(())
 }
 
-/// kill -9 of the server mid-call, a message typed while it is down, and a
-/// restart on the same data dir: both pages resume their sessions (same peer
-/// ids), the call comes back through the new relay, and the chat shows every
-/// message exactly once, in order.
+/// How the server goes away in the middle of a call.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Stop {
+    /// kill -9: a crash.
+    Kill,
+    /// SIGTERM: the server tells the pages `draining` and exits once they left.
+    Drain,
+}
+
+/// The server stops mid-call (see `Stop`), a message is typed while it is
+/// down, and it starts again on the same data dir: both pages resume their
+/// sessions (same peer ids), the call comes back through the new relay, and
+/// the chat shows every message exactly once, in order.
 async fn restart_and_resume(
     a: &Peer,
     b: &Peer,
     mut server: Process,
     data_dir: &Path,
     base_url: &str,
+    stop: Stop,
 ) -> Result<(), String> {
     let room = format!("restart-{}", std::process::id());
     let before = join_call(a, b, &server, base_url, &room).await?;
@@ -590,7 +615,32 @@ async fn restart_and_resume(
     })
     .await?;
 
-    server.kill();
+    match stop {
+        Stop::Kill => server.kill(),
+        Stop::Drain => {
+            server.terminate();
+            let deadline = Instant::now() + WAIT;
+            while server.exited().is_none() {
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "the draining server did not exit within {WAIT:?} although the pages were told to move\n{}",
+                        diagnostics(&[a, b], &server).await
+                    ));
+                }
+                tokio::time::sleep(POLL).await;
+            }
+            for peer in [a, b] {
+                let logs = page_logs(&peer.browser).await;
+                if !logs.contains("server is draining") {
+                    return Err(format!(
+                        "{}: the page never saw `draining`\n{}",
+                        peer.label,
+                        diagnostics(&[a, b], &server).await
+                    ));
+                }
+            }
+        }
+    }
     wait_all(&[a, b], &server, "pages notice the server is gone", |s| {
         (s["signaling"] == json!("open")).then(|| "still shows the server as connected".into())
     })
@@ -649,7 +699,11 @@ async fn restart_and_resume(
     })
     .await?;
     same_seqs(&states)?;
-    screenshots(&[a, b], "browser-restart").await;
+    let name = match stop {
+        Stop::Kill => "browser-restart",
+        Stop::Drain => "browser-drain",
+    };
+    screenshots(&[a, b], name).await;
     Ok(())
 }
 
@@ -728,7 +782,24 @@ async fn browsers_resume_call_and_chat_after_a_server_restart() {
     let mut browsers = Browsers::start();
     let a = browsers.open("A").await;
     let b = browsers.open("B").await;
-    let outcome = restart_and_resume(&a, &b, server, &data_dir, &base_url).await;
+    let outcome = restart_and_resume(&a, &b, server, &data_dir, &base_url, Stop::Kill).await;
+    browsers.close(vec![a, b]).await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    if let Err(message) = outcome {
+        panic!("{message}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_move_on_drain_and_resume() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let data_dir = unique_dir("drain-data");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (server, base_url) = start_server(&data_dir, &listen, 0);
+    let mut browsers = Browsers::start();
+    let a = browsers.open("A").await;
+    let b = browsers.open("B").await;
+    let outcome = restart_and_resume(&a, &b, server, &data_dir, &base_url, Stop::Drain).await;
     browsers.close(vec![a, b]).await;
     let _ = std::fs::remove_dir_all(&data_dir);
     if let Err(message) = outcome {

@@ -57,6 +57,7 @@ class Call {
     this.stream = stream;
     this.joined = false;
     this.hadSession = false;
+    this.rejoining = false;
     this.adapt = { audioOnly: false, maxBitrateKbps: 0 };
     this.tiles = new Map();
     this.peerNames = new Map();
@@ -152,27 +153,36 @@ class Call {
       this.mesh.closeAll();
       for (const peer of [...this.tiles.keys()]) this.onPeerRemoved({ peer });
     }
+    this.rejoining = this.hadSession;
     this.mesh.configure(welcome.peer, welcome.ice_servers);
     this.client.send({ type: "join", room: this.room, name: this.name, last_seq: this.chat.lastSeq(this.room) });
   }
 
   onMessage(m) {
     switch (m.type) {
-      case "joined":
+      case "joined": {
         if (m.room !== this.room) return;
-        for (const p of Array.isArray(m.peers) ? m.peers : []) {
-          // We are the newcomer: we offer to everyone already there.
-          if (p.peer !== this.client.peer) this.addPeer(p.peer, p.name, { offer: true });
-        }
+        const peers = (Array.isArray(m.peers) ? m.peers : []).filter((p) => p && p.peer !== this.client.peer);
+        // Peers missing from the list are not dropped here: after a server
+        // restart they reappear as they resume; `peer-left` says who left.
+        // We are the newcomer: we offer to everyone already there (a no-op
+        // for connections that survived a resume).
+        for (const p of peers) this.addPeer(p.peer, p.name, { offer: true });
         this.chat.onJoined(m.room, m.last_seq);
-        if (this.hadSession) this.chat.onReconnected([this.room], { fetchMissed: false });
+        if (this.rejoining) this.chat.onReconnected([this.room], { fetchMissed: false });
+        this.rejoining = false;
         this.hadSession = true;
         this.joined = true;
         setChatEnabled(true);
         return;
+      }
       case "peer-joined":
         // The newcomer offers; its offer creates the connection here.
-        if (m.room === this.room && m.peer !== this.client.peer) this.addPeer(m.peer, m.name, { offer: false });
+        if (m.room === this.room && m.peer !== this.client.peer) {
+          const link = this.mesh.links.get(m.peer);
+          if (link) link.onPeerReturned();
+          this.addPeer(m.peer, m.name, { offer: false });
+        }
         return;
       case "peer-left":
         if (m.room === this.room) {

@@ -14,6 +14,9 @@ const DISCONNECTED_GRACE_MS = { impolite: 3000, polite: 12000 };
 const FAILED_GRACE_MS = { impolite: 0, polite: 10000 };
 // A connection that makes no progress for this long gets an ICE restart.
 const STALL_MS = { impolite: 10000, polite: 20000 };
+// An offer without an answer for this long was lost (the peer was away):
+// take it back and offer again.
+const OFFER_TIMEOUT_MS = { impolite: 6000, polite: 9000 };
 const WATCHDOG_MS = 2500;
 
 export class PeerLink {
@@ -31,6 +34,7 @@ export class PeerLink {
     this.disconnectedTimer = null;
     this.closed = false;
     this.tracksAdded = false;
+    this.offerSentAt = 0;
     this.lastProgress = Date.now();
     this.pc = new RTCPeerConnection(mesh.rtcConfiguration());
     this.wire();
@@ -56,13 +60,46 @@ export class PeerLink {
 
   checkProgress() {
     const pc = this.pc;
-    if (this.closed || pc.connectionState === "connected") {
+    if (this.closed) return;
+    if (
+      pc.signalingState === "have-local-offer" &&
+      this.offerSentAt > 0 &&
+      Date.now() - this.offerSentAt > OFFER_TIMEOUT_MS[this.role]
+    ) {
+      this.renegotiate("no answer to our offer");
+      return;
+    }
+    if (pc.connectionState === "connected") {
       this.lastProgress = Date.now();
       return;
     }
     const stall = STALL_MS[this.role];
     if (Date.now() - this.lastProgress < stall || pc.signalingState !== "stable" || !pc.remoteDescription) return;
     this.restartIce(`no progress for ${stall} ms in state ${pc.connectionState}`);
+  }
+
+  // Starts negotiation afresh: withdraws an unanswered offer first.
+  renegotiate(reason) {
+    this.offerSentAt = 0;
+    this.lastProgress = Date.now();
+    this.signalChain = this.signalChain
+      .then(async () => {
+        if (this.closed) return;
+        console.warn("peer", this.peerId, "renegotiating:", reason);
+        if (this.pc.signalingState === "have-local-offer") {
+          await this.pc.setLocalDescription({ type: "rollback" });
+        }
+        this.pc.restartIce();
+      })
+      .catch((err) => console.error("peer", this.peerId, "renegotiation failed:", err));
+  }
+
+  // The peer is back in the room (its session resumed, maybe after a server
+  // restart): what we sent while it was away may be lost.
+  onPeerReturned() {
+    const pc = this.pc;
+    if (pc.connectionState === "connected" && pc.signalingState === "stable") return;
+    if (!this.polite) this.renegotiate("the peer is back");
   }
 
   restartIce(reason) {
@@ -86,6 +123,7 @@ export class PeerLink {
         this.makingOffer = true;
         await pc.setLocalDescription();
         console.info("peer", this.peerId, "sending", pc.localDescription.type);
+        if (pc.localDescription.type === "offer") this.offerSentAt = Date.now();
         this.send({ description: pc.localDescription.toJSON() });
       } catch (err) {
         console.error("peer", this.peerId, "offer failed:", err);
@@ -160,6 +198,7 @@ export class PeerLink {
       }
       console.info("peer", this.peerId, "received", description.type, "in state", pc.signalingState);
       this.settingRemoteAnswer = description.type === "answer";
+      this.offerSentAt = 0;
       await pc.setRemoteDescription(description);
       this.settingRemoteAnswer = false;
       if (description.type === "offer") {
