@@ -372,11 +372,14 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
         .conditions
         .iter()
         .any(|c| c.type_ == "Progressing" && c.status == "True");
-    Ok(Action::requeue(if progressing {
-        PROGRESS_POLL
-    } else {
-        RESYNC
-    }))
+    let mut requeue = if progressing { PROGRESS_POLL } else { RESYNC };
+    // The autoscaler needs fresh load figures at its metrics interval.
+    let autoscaling = &cluster.spec.autoscaling;
+    if autoscaling.enabled {
+        let interval = u64::try_from(autoscaling.metrics_interval_seconds).unwrap_or(15).max(1);
+        requeue = requeue.min(Duration::from_secs(interval));
+    }
+    Ok(Action::requeue(requeue))
 }
 
 /// Failed reconciles come back with exponential backoff (5s doubling to 5 min).
@@ -402,9 +405,14 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs((5u64 << exponent).min(300))
 }
 
-/// Fails with [`Error::CrdMissing`] when the CRD is not installed.
-pub async fn check_crd_installed(client: &Client) -> Result<()> {
-    let api: Api<VideoChatCluster> = Api::all(client.clone());
+/// Fails with [`Error::CrdMissing`] when the CRD is not installed. Lists
+/// in the watched namespace when there is one: a namespaced operator has
+/// no cluster-wide list permission.
+pub async fn check_crd_installed(client: &Client, namespace: Option<&str>) -> Result<()> {
+    let api: Api<VideoChatCluster> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     match api.list(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(error) if is_not_found(&error) => Err(Error::CrdMissing),
@@ -421,7 +429,7 @@ pub async fn run(
     instance: Option<String>,
     election: Option<LeaderElection>,
 ) -> Result<()> {
-    check_crd_installed(&client).await?;
+    check_crd_installed(&client, namespace.as_deref()).await?;
     let clusters: Api<VideoChatCluster> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),

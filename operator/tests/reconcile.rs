@@ -320,7 +320,7 @@ async fn external_secret_lookup_and_ready_children_reach_status() {
 async fn a_missing_crd_is_reported_with_an_install_hint() {
     let double = ApiDouble::new();
     double.forget_resource("videochatclusters");
-    let error = controller::check_crd_installed(&double.client())
+    let error = controller::check_crd_installed(&double.client(), None)
         .await
         .expect_err("no CRD");
     assert!(matches!(error, videochat_operator::Error::CrdMissing));
@@ -332,9 +332,19 @@ async fn a_missing_crd_is_reported_with_an_install_hint() {
     );
 
     let installed = ApiDouble::new();
-    controller::check_crd_installed(&installed.client())
+    controller::check_crd_installed(&installed.client(), Some("videochat"))
         .await
         .expect("CRD present");
+    // A namespaced operator only asks inside its namespace (its Role allows no more).
+    let paths: Vec<String> = installed
+        .requests()
+        .iter()
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(
+        paths,
+        vec!["/apis/videochat.dev/v1alpha1/namespaces/videochat/videochatclusters".to_string()]
+    );
 }
 
 #[test]

@@ -50,9 +50,12 @@ validate crds/videochatcluster.yaml "the CRD"
 "$VIDEOCHAT_HELM" lint --strict "$CHART" >"$WORK/lint.log" 2>&1 || { cat "$WORK/lint.log" >&2; fail "helm lint --strict $CHART"; }
 say "ok   helm lint --strict"
 "$VIDEOCHAT_HELM" lint --strict "$CHART" --set watchNamespace=videochat >/dev/null 2>&1 || fail "helm lint --strict with watchNamespace"
-if "$VIDEOCHAT_HELM" template t "$CHART" --set replicaCount=3 >/dev/null 2>&1; then
-  fail "values.schema.json accepted replicaCount=3"
-fi
+# The values schema must refuse nonsense.
+for bad in logFormat=xml replicaCount=-1 adminPort=80; do
+  if "$VIDEOCHAT_HELM" template t "$CHART" --set "$bad" >/dev/null 2>&1; then
+    fail "values.schema.json accepted $bad"
+  fi
+done
 "$VIDEOCHAT_HELM" template videochat-operator "$CHART" -n videochat-system --include-crds >"$WORK/chart.yaml"
 validate "$WORK/chart.yaml" "helm template (defaults)"
 "$VIDEOCHAT_HELM" template videochat-operator "$CHART" -n videochat-system --set watchNamespace=videochat >"$WORK/chart-ns.yaml"

@@ -1,0 +1,161 @@
+//! The `plan` subcommand end to end: files in, YAML out.
+
+mod support;
+
+use std::path::PathBuf;
+use support::*;
+use videochat_operator::cli::{PlanArgs, PlanOutput, plan_command};
+
+fn args(files: Vec<PathBuf>, output: PlanOutput) -> PlanArgs {
+    PlanArgs {
+        files,
+        output,
+        show_secrets: false,
+        secrets_complete: false,
+        now: Some(NOW.into()),
+    }
+}
+
+fn scratch(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("videochat-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+#[test]
+fn plan_prints_actions_status_events_and_redacted_objects() {
+    let out = plan_command(&args(
+        vec![repo_path("config/samples/minimal.yaml")],
+        PlanOutput::Plan,
+    ))
+    .expect("plan");
+    let doc: serde_json::Value = serde_yaml::from_str(&out).expect("one YAML document");
+    assert_eq!(doc["cluster"], "videochat/demo");
+    for key in ["actions", "objects", "events"] {
+        assert!(
+            doc[key].as_array().is_some_and(|a| !a.is_empty()),
+            "{key} listed"
+        );
+    }
+    assert_eq!(doc["status"]["phase"], "Pending");
+    assert_eq!(doc["status"]["observedGeneration"], 1);
+    // Secret values never reach the terminal unless asked for.
+    let secrets: Vec<&serde_json::Value> = doc["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .filter(|o| o["kind"] == "Secret")
+        .collect();
+    assert!(!secrets.is_empty());
+    for secret in secrets {
+        for value in secret["data"].as_object().expect("data").values() {
+            assert_eq!(value, "PHJlZGFjdGVkPg==", "{}", secret["metadata"]["name"]);
+        }
+    }
+    // The same run is byte-for-byte repeatable (no random material shown).
+    let again = plan_command(&args(
+        vec![repo_path("config/samples/minimal.yaml")],
+        PlanOutput::Plan,
+    ))
+    .expect("plan");
+    assert_eq!(out, again);
+}
+
+#[test]
+fn objects_output_is_a_yaml_stream_of_kubernetes_objects() {
+    let out = plan_command(&args(
+        vec![repo_path("config/samples/external-databases.yaml")],
+        PlanOutput::Objects,
+    ))
+    .expect("plan");
+    let mut count = 0;
+    for document in serde_yaml::Deserializer::from_str(&out) {
+        let value: serde_json::Value = serde::Deserialize::deserialize(document).expect("document");
+        assert!(
+            value["apiVersion"].is_string() && value["kind"].is_string(),
+            "{value}"
+        );
+        assert_eq!(value["metadata"]["namespace"], "videochat");
+        assert_ne!(value["kind"], "StatefulSet");
+        count += 1;
+    }
+    assert!(count >= 10, "{count} objects");
+}
+
+#[test]
+fn observed_objects_from_a_list_file_change_the_plan() {
+    // A TURN load balancer that already has its address, as `kubectl get -o yaml` lists it.
+    let observed = scratch(
+        "observed.yaml",
+        r#"apiVersion: v1
+kind: List
+items:
+  - apiVersion: v1
+    kind: Service
+    metadata: {name: demo-turn-udp, namespace: videochat}
+    spec: {type: LoadBalancer}
+    status: {loadBalancer: {ingress: [{ip: 192.0.2.44}]}}
+"#,
+    );
+    let out = plan_command(&args(
+        vec![repo_path("config/samples/minimal.yaml"), observed],
+        PlanOutput::Plan,
+    ))
+    .expect("plan");
+    let doc: serde_json::Value = serde_yaml::from_str(&out).expect("yaml");
+    assert_eq!(
+        doc["status"]["endpoints"]["turnUris"][0]["uri"],
+        "turn:192.0.2.44:3478?transport=udp"
+    );
+    let turn_config = doc["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| o["metadata"]["name"] == "demo-turn-config")
+        .expect("turn config");
+    assert_eq!(
+        turn_config["data"]["VIDEOCHAT_TURN_RELAY_ADDRESS"],
+        "192.0.2.44"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_message() {
+    let two = scratch(
+        "two.yaml",
+        "apiVersion: videochat.dev/v1alpha1\nkind: VideoChatCluster\nmetadata: {name: a}\nspec: {}\n---\napiVersion: videochat.dev/v1alpha1\nkind: VideoChatCluster\nmetadata: {name: b}\nspec: {}\n",
+    );
+    let error = plan_command(&args(vec![two], PlanOutput::Plan)).expect_err("two clusters");
+    assert!(
+        error.to_string().contains("exactly one VideoChatCluster"),
+        "{error}"
+    );
+
+    let no_kind = scratch("nokind.yaml", "metadata: {name: x}\n");
+    let error = plan_command(&args(vec![no_kind], PlanOutput::Plan)).expect_err("no kind");
+    assert!(error.to_string().contains("apiVersion and kind"), "{error}");
+
+    let missing = plan_command(&args(
+        vec![PathBuf::from("/nonexistent/cluster.yaml")],
+        PlanOutput::Plan,
+    ))
+    .expect_err("missing file");
+    assert!(
+        missing
+            .to_string()
+            .contains("cannot read /nonexistent/cluster.yaml"),
+        "{missing}"
+    );
+
+    // A spec the schema refuses yields a Degraded plan, not an error.
+    let bad = scratch(
+        "bad.yaml",
+        "apiVersion: videochat.dev/v1alpha1\nkind: VideoChatCluster\nmetadata: {name: bad}\nspec:\n  autoscaling:\n    turn: {minReplicas: 9, maxReplicas: 3}\n",
+    );
+    let out = plan_command(&args(vec![bad], PlanOutput::Plan)).expect("plan");
+    let doc: serde_json::Value = serde_yaml::from_str(&out).expect("yaml");
+    assert_eq!(doc["status"]["phase"], "Degraded");
+    assert!(doc["objects"].as_array().is_some_and(Vec::is_empty));
+}
