@@ -376,7 +376,9 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
     // The autoscaler needs fresh load figures at its metrics interval.
     let autoscaling = &cluster.spec.autoscaling;
     if autoscaling.enabled {
-        let interval = u64::try_from(autoscaling.metrics_interval_seconds).unwrap_or(15).max(1);
+        let interval = u64::try_from(autoscaling.metrics_interval_seconds)
+            .unwrap_or(15)
+            .max(1);
         requeue = requeue.min(Duration::from_secs(interval));
     }
     Ok(Action::requeue(requeue))

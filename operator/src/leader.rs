@@ -95,7 +95,9 @@ pub fn decide_lease(
                 .unwrap_or(lease_duration_seconds)
                 .max(1);
             let expires = seen_since
-                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(duration)))
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(i64::from(
+                    duration,
+                )))
                 .unwrap_or(now);
             if now >= expires {
                 LeaseDecision::Acquire(acquire(transitions.saturating_add(1)))

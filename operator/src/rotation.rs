@@ -256,10 +256,11 @@ pub(crate) fn apply_rotation(
     if turn.shared_secret_ref.is_some() {
         return Ok(None);
     }
-    let interval_seconds = parse_interval(&rotation.interval).map_err(|message| crate::Error::Parse {
-        what: "turn.secretRotation.interval".into(),
-        message,
-    })?;
+    let interval_seconds =
+        parse_interval(&rotation.interval).map_err(|message| crate::Error::Parse {
+            what: "turn.secretRotation.interval".into(),
+            message,
+        })?;
     let policy = RotationPolicy {
         interval_seconds,
         credential_ttl_seconds: i64::from(turn.credential_ttl_seconds),
@@ -298,6 +299,9 @@ pub(crate) fn apply_rotation(
         .metadata
         .annotations
         .get_or_insert_with(Default::default)
-        .insert(SECRET_CREATED_ANNOTATION.into(), created_annotation(&plan.secrets));
+        .insert(
+            SECRET_CREATED_ANNOTATION.into(),
+            created_annotation(&plan.secrets),
+        );
     Ok(Some(RotationOutcome { plan, secret: name }))
 }

@@ -6,11 +6,16 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, TypeMeta};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    TypeMeta,
+};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use super::drain::{DRAINING_DELETION_COST, DRAINING_SINCE_ANNOTATION, POD_DELETION_COST_ANNOTATION};
+use super::drain::{
+    DRAINING_DELETION_COST, DRAINING_SINCE_ANNOTATION, POD_DELETION_COST_ANNOTATION,
+};
 use super::in_plan::pod_load_object;
 use super::pod_admin::{PodAdmin, PodTarget};
 use crate::error::{Error, Result};
@@ -36,7 +41,10 @@ fn component_of(pod: &Pod) -> Option<Component> {
 pub fn admin_token(observed: &Observed, cluster: &str) -> Option<String> {
     let secret: Secret = observed.typed("Secret", &admin_token_secret_name(cluster))?;
     let bytes = secret.data?.remove(ADMIN_TOKEN_KEY)?.0;
-    String::from_utf8(bytes).ok().map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
+    String::from_utf8(bytes)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
 }
 
 /// Lists the cluster's pods and, with autoscaling on, records each running
@@ -50,9 +58,17 @@ pub async fn observe_pods(
     cluster: &VideoChatCluster,
     observed: &mut Observed,
 ) -> Result<()> {
-    let namespace = cluster.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let namespace = cluster
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
     let name = cluster.name_any();
-    let selector = format!("{}={},{}={}", labels::NAME, labels::APP_NAME, labels::INSTANCE, name);
+    let selector = format!(
+        "{}={},{}={}",
+        labels::NAME,
+        labels::APP_NAME,
+        labels::INSTANCE,
+        name
+    );
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let list = pods
         .list(&ListParams::default().labels(&selector))
@@ -63,7 +79,8 @@ pub async fn observe_pods(
     for pod in list.items {
         let pod_name = pod.name_any();
         if scrape
-            && let Some(component) = component_of(&pod).filter(|c| matches!(c, Component::Signaling | Component::Turn))
+            && let Some(component) =
+                component_of(&pod).filter(|c| matches!(c, Component::Signaling | Component::Turn))
             && pod.metadata.deletion_timestamp.is_none()
             && pod_is_ready(&pod)
             && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
@@ -84,8 +101,13 @@ pub async fn observe_pods(
         observed.insert(object);
     }
     if scrape {
-        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("metrics.k8s.io", "v1beta1", "PodMetrics"));
-        let metrics: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "metrics.k8s.io",
+            "v1beta1",
+            "PodMetrics",
+        ));
+        let metrics: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &namespace, &resource);
         match metrics.list(&ListParams::default().labels(&selector)).await {
             Ok(list) => {
                 for mut object in list.items {
@@ -115,14 +137,17 @@ pub async fn run_pod_actions(
     actions: &[Action],
     now: Timestamp,
 ) -> Result<()> {
-    let namespace = cluster.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let namespace = cluster
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
     let name = cluster.name_any();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let token = admin_token(observed, &name);
     for action in actions {
         match action {
             Action::Drain { component, pod } => {
-                let Some(component) = Component::ALL.into_iter().find(|c| c.as_str() == component) else {
+                let Some(component) = Component::ALL.into_iter().find(|c| c.as_str() == component)
+                else {
                     continue;
                 };
                 let observed_pod: Option<Pod> = observed.typed("Pod", pod);
@@ -149,14 +174,21 @@ pub async fn run_pod_actions(
                 });
                 pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
-                    .map_err(|e| Error::kube(format!("marking pod {namespace}/{pod} draining"), e))?;
+                    .map_err(|e| {
+                        Error::kube(format!("marking pod {namespace}/{pod} draining"), e)
+                    })?;
                 tracing::info!(cluster = %name, %namespace, pod = %pod, component = component.as_str(), "pod draining");
             }
             Action::DeletePod { pod, reason, .. } => {
                 match pods.delete(pod, &DeleteParams::default()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(status)) if status.code == 404 => {}
-                    Err(e) => return Err(Error::kube(format!("deleting drained pod {namespace}/{pod}"), e)),
+                    Err(e) => {
+                        return Err(Error::kube(
+                            format!("deleting drained pod {namespace}/{pod}"),
+                            e,
+                        ));
+                    }
                 }
                 tracing::info!(cluster = %name, %namespace, pod = %pod, %reason, "drained pod deleted");
             }

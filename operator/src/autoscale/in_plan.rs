@@ -81,11 +81,18 @@ fn observed_load(observed: &Observed, pod: &str) -> Option<f64> {
 
 /// CPU in use by a pod, from a metrics.k8s.io `PodMetrics` object.
 fn observed_cpu(observed: &Observed, pod: &str) -> Option<f64> {
-    let containers = observed.get("PodMetrics", pod)?.data.get("containers")?.as_array()?.clone();
+    let containers = observed
+        .get("PodMetrics", pod)?
+        .data
+        .get("containers")?
+        .as_array()?
+        .clone();
     let mut total = 0.0;
     for container in containers {
         let cpu = container.get("usage")?.get("cpu")?.as_str()?;
-        total += cpu_millicores_of(&k8s_openapi::apimachinery::pkg::api::resource::Quantity(cpu.to_owned()))?;
+        total += cpu_millicores_of(&k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+            cpu.to_owned(),
+        ))?;
     }
     Some(total)
 }
@@ -132,10 +139,9 @@ pub(crate) fn apply_autoscaling(
             .and_then(|s| s.autoscaling.clone())
             .unwrap_or_default();
         let plan = plan_scaling(component, &policy, current, &pods, &previous_status, now);
-        if let Some(object) = objects
-            .iter_mut()
-            .find(|o| type_of(o).1 == "Deployment" && o.metadata.name.as_deref() == Some(name.as_str()))
-            && let Some(spec) = object.data.get_mut("spec").and_then(|s| s.as_object_mut())
+        if let Some(object) = objects.iter_mut().find(|o| {
+            type_of(o).1 == "Deployment" && o.metadata.name.as_deref() == Some(name.as_str())
+        }) && let Some(spec) = object.data.get_mut("spec").and_then(|s| s.as_object_mut())
         {
             spec.insert("replicas".into(), json!(plan.replicas));
         }

@@ -45,7 +45,12 @@ impl std::fmt::Debug for PodTarget {
 
 impl PodTarget {
     /// The admin address of a pod from its IP.
-    pub fn for_pod(name: &str, component: Component, pod_ip: &str, admin_token: Option<String>) -> Self {
+    pub fn for_pod(
+        name: &str,
+        component: Component,
+        pod_ip: &str,
+        admin_token: Option<String>,
+    ) -> Self {
         let port = match component {
             Component::Turn => TURN_ADMIN_PORT,
             _ => SIGNALING_HTTP_PORT,
@@ -97,7 +102,13 @@ impl HttpPodAdmin {
         }
     }
 
-    async fn call(&self, pod: &PodTarget, method: http::Method, path: &str, action: &str) -> Result<String, Error> {
+    async fn call(
+        &self,
+        pod: &PodTarget,
+        method: http::Method,
+        path: &str,
+        action: &str,
+    ) -> Result<String, Error> {
         let fail = |message: String| Error::PodEndpoint {
             pod: pod.name.clone(),
             action: action.to_owned(),
@@ -127,7 +138,13 @@ impl HttpPodAdmin {
         .to_bytes();
         let text = String::from_utf8_lossy(&body).into_owned();
         if !status.is_success() {
-            let first_line = text.lines().next().unwrap_or("").chars().take(200).collect::<String>();
+            let first_line = text
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect::<String>();
             return Err(fail(format!("HTTP {status}: {first_line}")));
         }
         Ok(text)
@@ -148,7 +165,9 @@ impl PodAdmin for HttpPodAdmin {
                 Component::Turn => LoadMetric::TurnAllocations,
                 _ => LoadMetric::SignalingConnections,
             };
-            let text = self.call(&pod, http::Method::GET, "/metrics", "scraping /metrics").await?;
+            let text = self
+                .call(&pod, http::Method::GET, "/metrics", "scraping /metrics")
+                .await?;
             parse_gauge(&text, metric.gauge_name())?.ok_or_else(|| Error::MetricsText {
                 metric: metric.gauge_name().to_owned(),
                 message: format!("pod {} does not export it", pod.name),

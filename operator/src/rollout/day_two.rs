@@ -67,14 +67,23 @@ fn event(warning: bool, reason: &str, action: &str, note: String) -> PlannedEven
     }
 }
 
-fn set_condition(status: &mut VideoChatClusterStatus, previous: &[Condition], mut condition: Condition, now: &str) {
+fn set_condition(
+    status: &mut VideoChatClusterStatus,
+    previous: &[Condition],
+    mut condition: Condition,
+    now: &str,
+) {
     condition.observed_generation = status.observed_generation;
     condition.last_transition_time = previous
         .iter()
         .find(|p| p.type_ == condition.type_ && p.status == condition.status)
         .map(|p| p.last_transition_time.clone())
         .unwrap_or_else(|| now.to_owned());
-    match status.conditions.iter_mut().find(|c| c.type_ == condition.type_) {
+    match status
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == condition.type_)
+    {
         Some(existing) => *existing = condition,
         None => status.conditions.push(condition),
     }
@@ -111,7 +120,8 @@ impl DayTwo {
                 // The rollback target, once a revision stayed ready for the
                 // stabilization period; until then what the status saw ready.
                 if decision.tracking.last_good_revision.is_some() {
-                    slot.last_good_revision.clone_from(&decision.tracking.last_good_revision);
+                    slot.last_good_revision
+                        .clone_from(&decision.tracking.last_good_revision);
                 }
             }
             for action in &decision.actions {
@@ -132,11 +142,17 @@ impl DayTwo {
                         });
                         events.push(event(true, ROLLED_BACK, "Rollback", message.clone()));
                     }
-                    RolloutAction::RecordGoodRevision { component, revision } => events.push(event(
+                    RolloutAction::RecordGoodRevision {
+                        component,
+                        revision,
+                    } => events.push(event(
                         false,
                         "RevisionHealthy",
                         "RecordRevision",
-                        format!("{} revision {revision} is healthy and kept as the rollback target", component.as_str()),
+                        format!(
+                            "{} revision {revision} is healthy and kept as the rollback target",
+                            component.as_str()
+                        ),
                     )),
                 }
             }
@@ -147,7 +163,11 @@ impl DayTwo {
                 degraded.push(d.clone());
             }
             if let Some(behind) = decision.waiting_for {
-                waiting.push(format!("{} waits for {} to finish rolling out", component.as_str(), behind.as_str()));
+                waiting.push(format!(
+                    "{} waits for {} to finish rolling out",
+                    component.as_str(),
+                    behind.as_str()
+                ));
             }
         }
         for name in &self.rollout.prune {
@@ -184,7 +204,10 @@ impl DayTwo {
                             false,
                             "Scaled",
                             "Scale",
-                            format!("{} scaled from {from} to {to}: {message}", component.as_str()),
+                            format!(
+                                "{} scaled from {from} to {to}: {message}",
+                                component.as_str()
+                            ),
                         ));
                     }
                     ScaleAction::DrainPod { component, pod } => {
@@ -196,10 +219,17 @@ impl DayTwo {
                             false,
                             "Draining",
                             "Drain",
-                            format!("{} pod {pod} asked to drain before a scale-down", component.as_str()),
+                            format!(
+                                "{} pod {pod} asked to drain before a scale-down",
+                                component.as_str()
+                            ),
                         ));
                     }
-                    ScaleAction::DeletePod { component, pod, reason } => {
+                    ScaleAction::DeletePod {
+                        component,
+                        pod,
+                        reason,
+                    } => {
                         actions.push(Action::DeletePod {
                             component: component.as_str().into(),
                             pod: pod.clone(),
@@ -227,10 +257,19 @@ impl DayTwo {
         // Conditions: RolledBack always present; Degraded and Progressing
         // refined by the rollout decisions.
         let rolled_back_condition = if rolled_back.is_empty() {
-            condition(ROLLED_BACK, false, "NoRollback", "no revision was rolled back".into())
+            condition(
+                ROLLED_BACK,
+                false,
+                "NoRollback",
+                "no revision was rolled back".into(),
+            )
         } else {
             let reason = rolled_back[0].reason.clone();
-            let message = rolled_back.iter().map(|r| r.message.clone()).collect::<Vec<_>>().join("; ");
+            let message = rolled_back
+                .iter()
+                .map(|r| r.message.clone())
+                .collect::<Vec<_>>()
+                .join("; ");
             condition(ROLLED_BACK, true, &reason, message)
         };
         set_condition(status, &previous_conditions, rolled_back_condition, now);
@@ -245,16 +284,33 @@ impl DayTwo {
                 .iter()
                 .map(|r| (ROLLED_BACK.to_owned(), r.message.clone()))
                 .collect();
-            reasons.extend(degraded.iter().map(|d| (d.reason.clone(), d.message.clone())));
+            reasons.extend(
+                degraded
+                    .iter()
+                    .map(|d| (d.reason.clone(), d.message.clone())),
+            );
             if let Some((reason, _)) = reasons.first() {
-                let message = reasons.iter().map(|(_, m)| m.clone()).collect::<Vec<_>>().join("; ");
+                let message = reasons
+                    .iter()
+                    .map(|(_, m)| m.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ");
                 let reason = reason.clone();
-                set_condition(status, &previous_conditions, condition("Degraded", true, &reason, message), now);
+                set_condition(
+                    status,
+                    &previous_conditions,
+                    condition("Degraded", true, &reason, message),
+                    now,
+                );
                 status.phase = Some(Phase::Degraded);
             }
         }
         if !waiting.is_empty() {
-            let message = match status.conditions.iter().find(|c| c.type_ == "Progressing" && c.status == "True") {
+            let message = match status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Progressing" && c.status == "True")
+            {
                 Some(c) => format!("{}; {}", c.message, waiting.join("; ")),
                 None => waiting.join("; "),
             };

@@ -194,7 +194,8 @@ pub fn decide_rollout(input: &RolloutInput<'_>) -> RolloutDecision {
                     };
                     let text = format!(
                         "{} revision {desired} rolled back to {}: {message}",
-                        input.component.as_str(), good.revision
+                        input.component.as_str(),
+                        good.revision
                     );
                     decision.actions.push(RolloutAction::Rollback {
                         component: input.component,

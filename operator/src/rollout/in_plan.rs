@@ -11,7 +11,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
 
 use super::decision::{
-    RolloutDecision, RolloutInput, TemplateChoice, apply_rollout_order, decide_rollout, start_revision_clocks,
+    RolloutDecision, RolloutInput, TemplateChoice, apply_rollout_order, decide_rollout,
+    start_revision_clocks,
 };
 use super::health::WorkloadObservation;
 use super::history::{RevisionRecord, controller_revision, last_good_record, revisions_to_prune};
@@ -46,7 +47,10 @@ pub fn policy_of(spec: &RolloutSpec) -> RolloutPolicy {
 }
 
 /// A component's slot in the status.
-pub fn component_status(status: &ComponentsStatus, component: Component) -> Option<&ComponentStatus> {
+pub fn component_status(
+    status: &ComponentsStatus,
+    component: Component,
+) -> Option<&ComponentStatus> {
     match component {
         Component::Signaling => status.signaling.as_ref(),
         Component::Turn => status.turn.as_ref(),
@@ -56,7 +60,10 @@ pub fn component_status(status: &ComponentsStatus, component: Component) -> Opti
 }
 
 /// Mutable access to a component's slot in the status.
-pub fn component_status_mut(status: &mut ComponentsStatus, component: Component) -> Option<&mut ComponentStatus> {
+pub fn component_status_mut(
+    status: &mut ComponentsStatus,
+    component: Component,
+) -> Option<&mut ComponentStatus> {
     match component {
         Component::Signaling => status.signaling.as_mut(),
         Component::Turn => status.turn.as_mut(),
@@ -73,9 +80,14 @@ pub fn component_pods(observed: &Observed, cluster: &str, component: Component) 
         .filter(|o| {
             let labels = o.metadata.labels.as_ref();
             let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
-            label(labels::INSTANCE) == Some(cluster) && label(labels::COMPONENT) == Some(component.as_str())
+            label(labels::INSTANCE) == Some(cluster)
+                && label(labels::COMPONENT) == Some(component.as_str())
         })
-        .filter_map(|o| serde_json::to_value(o).ok().and_then(|v| serde_json::from_value(v).ok()))
+        .filter_map(|o| {
+            serde_json::to_value(o)
+                .ok()
+                .and_then(|v| serde_json::from_value(v).ok())
+        })
         .collect()
 }
 
@@ -101,7 +113,11 @@ fn set_template(object: &mut DynamicObject, template: &PodTemplateSpec) -> Resul
     Ok(())
 }
 
-fn observe_workload(ctx: &Ctx<'_>, component: Component, pods: &[Pod]) -> Option<WorkloadObservation> {
+fn observe_workload(
+    ctx: &Ctx<'_>,
+    component: Component,
+    pods: &[Pod],
+) -> Option<WorkloadObservation> {
     let name = component.workload_name(&ctx.name);
     match workload_kind(component) {
         "Deployment" => ctx
@@ -132,7 +148,11 @@ pub(crate) fn apply_rollouts(
         .observed
         .iter()
         .filter(|o| type_of(o).1 == "ControllerRevision")
-        .filter_map(|o| serde_json::to_value(o).ok().and_then(|v| serde_json::from_value(v).ok()))
+        .filter_map(|o| {
+            serde_json::to_value(o)
+                .ok()
+                .and_then(|v| serde_json::from_value(v).ok())
+        })
         .collect();
 
     let mut step = RolloutStep::default();
@@ -147,7 +167,10 @@ pub(crate) fn apply_rollouts(
         else {
             continue;
         };
-        let Some(desired) = template_of(object).as_ref().and_then(|t| revision_of(t).map(str::to_owned)) else {
+        let Some(desired) = template_of(object)
+            .as_ref()
+            .and_then(|t| revision_of(t).map(str::to_owned))
+        else {
             continue;
         };
         let pods = component_pods(ctx.observed, &ctx.name, component);
@@ -185,8 +208,9 @@ pub(crate) fn apply_rollouts(
                 .get(&component)
                 .and_then(Option::as_ref)
                 .map(|r: &RevisionRecord| (r.template.clone(), revision.clone())),
-            TemplateChoice::Current => observed
-                .and_then(|o| Some((o.template.clone()?, o.revision.clone()?))),
+            TemplateChoice::Current => {
+                observed.and_then(|o| Some((o.template.clone()?, o.revision.clone()?)))
+            }
         };
         if let Some((template, revision)) = chosen {
             let kind = workload_kind(component);
@@ -200,8 +224,12 @@ pub(crate) fn apply_rollouts(
             revisions.insert(component, revision);
         }
         // A newly good revision: keep its running template.
-        if let (Some(good), Some(observation)) = (decision.tracking.last_good_revision.as_ref(), observed)
-            && decision.actions.iter().any(|a| matches!(a, super::RolloutAction::RecordGoodRevision { .. }))
+        if let (Some(good), Some(observation)) =
+            (decision.tracking.last_good_revision.as_ref(), observed)
+            && decision
+                .actions
+                .iter()
+                .any(|a| matches!(a, super::RolloutAction::RecordGoodRevision { .. }))
             && let Some(template) = observation.template.clone()
         {
             let record = RevisionRecord {

@@ -1,8 +1,8 @@
 //! Revision of a component: a short hash of its pod template, kept in the
 //! template's `videochat.dev/revision` annotation (pods inherit it).
 
-use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use sha2::{Digest, Sha256};
 
 pub use crate::labels::REVISION_ANNOTATION;

@@ -1,0 +1,168 @@
+//! `videochat-operator plan` fed with observed objects (YAML files, as the
+//! API returns them) that show a failed rollout prints the rollback: the
+//! action, the last good template on the Deployment, RolledBack in status
+//! and the Warning Event.
+
+mod support;
+
+use kube::api::DynamicObject;
+use serde_json::{Value, json};
+use support::*;
+use videochat_operator::VideoChatCluster;
+use videochat_operator::cli::{PlanArgs, PlanOutput, plan_command};
+use videochat_operator::observed::Observed;
+
+const GOOD_IMAGE: &str = "ghcr.io/videochat-dev/videochat-signaling:0.1.0";
+const BAD_IMAGE: &str = "ghcr.io/videochat-dev/videochat-signaling:0.1.1-broken";
+
+fn with_status(object: &DynamicObject, status: Value) -> DynamicObject {
+    let mut value = json(object);
+    value["status"] = status;
+    serde_json::from_value(value).expect("object")
+}
+
+/// The workloads of a plan as the API shows them once every replica is
+/// updated and ready.
+fn ready(objects: &[DynamicObject]) -> Vec<DynamicObject> {
+    objects
+        .iter()
+        .map(|o| match kind_of(o).as_str() {
+            "Deployment" | "StatefulSet" => {
+                let replicas = json(o).pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+                with_status(
+                    o,
+                    json!({"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
+                           "readyReplicas": replicas, "currentRevision": "r1", "updateRevision": "r1"}),
+                )
+            }
+            _ => o.clone(),
+        })
+        .collect()
+}
+
+fn image_of(object: &Value) -> Option<&str> {
+    object
+        .pointer("/spec/template/spec/containers/0/image")
+        .and_then(Value::as_str)
+}
+
+fn write_yaml(path: &std::path::Path, documents: &[Value]) {
+    let mut text = String::new();
+    for document in documents {
+        text.push_str("---\n");
+        text.push_str(&serde_yaml::to_string(document).expect("yaml"));
+    }
+    std::fs::write(path, text).expect("write");
+}
+
+#[test]
+fn plan_prints_the_rollback_of_a_failed_rollout() {
+    // Generation 1 runs and becomes good (its template kept in a
+    // ControllerRevision).
+    let mut cluster: VideoChatCluster = sample("minimal");
+    cluster.spec.signaling.image = GOOD_IMAGE.into();
+    cluster.spec.rollout.stabilization_seconds = 0;
+    let first = plan_with(&cluster, &Observed::default(), "a", "2026-01-01T00:00:00Z");
+    cluster.status = Some(first.status.clone());
+    let mut observed = Observed::new(ready(&first.objects));
+    let good = plan_with(&cluster, &observed, "a", "2026-01-01T00:01:00Z");
+    cluster.status = Some(good.status.clone());
+    for object in good
+        .objects
+        .iter()
+        .filter(|o| kind_of(o) == "ControllerRevision")
+    {
+        observed.insert(object.clone());
+    }
+    let good_revision = good
+        .status
+        .components
+        .signaling
+        .as_ref()
+        .and_then(|s| s.rollout.as_ref())
+        .and_then(|r| r.last_good_revision.clone())
+        .expect("generation 1 is good");
+
+    // Generation 2: a broken image is rolled out ...
+    cluster.spec.signaling.image = BAD_IMAGE.into();
+    cluster.metadata.generation = Some(2);
+    let rollout = plan_with(&cluster, &observed, "a", "2026-01-01T00:02:00Z");
+    cluster.status = Some(rollout.status.clone());
+    let deployment = find(&rollout, "Deployment", "demo-signaling");
+    assert_eq!(image_of(&json(deployment)), Some(BAD_IMAGE));
+    // ... and the Deployment gives up on it.
+    let failed = with_status(
+        deployment,
+        json!({"observedGeneration": 1, "replicas": 3, "updatedReplicas": 1, "readyReplicas": 2,
+               "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                               "message": "ReplicaSet \"demo-signaling-7f9c\" has timed out progressing."}]}),
+    );
+    observed.insert(failed);
+
+    // The same through the command line, from files.
+    let dir = std::env::temp_dir().join(format!("videochat-rollout-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let cluster_file = dir.join("cluster.yaml");
+    let observed_file = dir.join("observed.yaml");
+    let mut cluster_value = serde_json::to_value(&cluster).expect("json");
+    cluster_value["metadata"]["namespace"] = json!("videochat");
+    write_yaml(&cluster_file, &[cluster_value]);
+    write_yaml(
+        &observed_file,
+        &observed.iter().map(json).collect::<Vec<_>>(),
+    );
+    let output = plan_command(&PlanArgs {
+        files: vec![cluster_file, observed_file],
+        output: PlanOutput::Plan,
+        show_secrets: false,
+        secrets_complete: false,
+        now: Some("2026-01-01T00:10:00Z".into()),
+    })
+    .expect("plan runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let plan: Value = serde_yaml::from_str(&output).expect("plan output is YAML");
+
+    let rollbacks: Vec<&Value> = plan["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .filter(|a| a["action"] == json!("rollback"))
+        .collect();
+    assert_eq!(rollbacks.len(), 1, "{output}");
+    assert_eq!(rollbacks[0]["component"], json!("signaling"));
+    assert_eq!(rollbacks[0]["toRevision"], json!(good_revision));
+    assert_eq!(rollbacks[0]["reason"], json!("ProgressDeadlineExceeded"));
+
+    let applied = plan["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .find(|o| {
+            o["kind"] == json!("Deployment") && o["metadata"]["name"] == json!("demo-signaling")
+        })
+        .expect("signaling Deployment");
+    assert_eq!(
+        image_of(applied),
+        Some(GOOD_IMAGE),
+        "the last good template is applied"
+    );
+
+    let rolled_back = plan["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == json!("RolledBack"))
+        .expect("RolledBack condition");
+    assert_eq!(rolled_back["status"], json!("True"));
+    assert_eq!(rolled_back["reason"], json!("ProgressDeadlineExceeded"));
+    let failed_revision = &plan["status"]["components"]["signaling"]["rollout"]["failedRevision"];
+    assert_eq!(failed_revision, &rollbacks[0]["fromRevision"]);
+    assert!(
+        plan["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["type"] == json!("Warning") && e["reason"] == json!("RolledBack")),
+        "{output}"
+    );
+}
