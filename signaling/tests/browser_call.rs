@@ -185,6 +185,15 @@ fn unique_dir(label: &str) -> PathBuf {
 /// `listen` may have port 0; `relay_block` picks a relay port range of its
 /// own, so that tests running at the same time do not compete for ports.
 fn start_server(data_dir: &Path, listen: &str, relay_block: u16) -> (Process, String) {
+    start_server_with(data_dir, listen, relay_block, &[])
+}
+
+fn start_server_with(
+    data_dir: &Path,
+    listen: &str,
+    relay_block: u16,
+    extra: &[String],
+) -> (Process, String) {
     let first = 40_000 + ((std::process::id() % 200) as u16 * 2 + relay_block % 2) * 50;
     let mut command = Command::new(env!("CARGO_BIN_EXE_videochat-signaling"));
     command
@@ -197,7 +206,8 @@ fn start_server(data_dir: &Path, listen: &str, relay_block: u16) -> (Process, St
         .arg("--turn-relay-ports")
         .arg(format!("{first}-{}", first + 49))
         .arg("--drain-timeout")
-        .arg("20s");
+        .arg("20s")
+        .args(extra);
     let mut server = Process::spawn(&mut command, "videochat-signaling");
     let deadline = Instant::now() + WAIT;
     loop {
@@ -237,14 +247,28 @@ fn start_chromedriver(chromedriver: &Path) -> (Process, String) {
     )
 }
 
+/// Camera and microphone of a test browser.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Devices {
+    /// Chromium's fake camera (a moving pattern) and microphone (a beep).
+    Fake,
+    /// None at all: headless Chromium on a server has no real ones.
+    None,
+}
+
 /// Opens a browser session; retries while chromedriver is still starting.
 async fn open_browser(
     driver: &mut Process,
     driver_url: &str,
     chromium: &Path,
     profile: &Path,
+    devices: Devices,
 ) -> Client {
-    let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| (*f).to_owned()).collect();
+    let mut args: Vec<String> = CHROMIUM_FLAGS
+        .iter()
+        .filter(|f| devices == Devices::Fake || **f != "--use-fake-device-for-media-stream")
+        .map(|f| (*f).to_owned())
+        .collect();
     args.push(format!("--user-data-dir={}", profile.display()));
     let capabilities = json!({
         "browserName": "chrome",
@@ -488,6 +512,19 @@ fn chat_problem(state: &Value, expected: &[(&str, &str)]) -> Option<String> {
     None
 }
 
+/// Whether a page shows a banner containing `text`: None when it does.
+fn banner_problem(state: &Value, text: &str) -> Option<String> {
+    let banners = state["banners"].as_array().cloned().unwrap_or_default();
+    if banners
+        .iter()
+        .any(|b| b.as_str().is_some_and(|b| b.contains(text)))
+    {
+        None
+    } else {
+        Some(format!("no banner saying {text:?}; banners: {banners:?}"))
+    }
+}
+
 /// The `seq` of each message on each page must agree.
 fn same_seqs(states: &[Value]) -> Result<(), String> {
     let seqs: Vec<Vec<u64>> = states
@@ -616,7 +653,17 @@ async fn restart_and_resume(
     .await?;
 
     match stop {
-        Stop::Kill => server.kill(),
+        Stop::Kill => {
+            server.kill();
+            // After the first quick retry fails, people are told plainly.
+            wait_all(
+                &[a, b],
+                &server,
+                "pages explain the server is unreachable",
+                |s| banner_problem(s, "Cannot reach the signaling server"),
+            )
+            .await?;
+        }
         Stop::Drain => {
             server.terminate();
             let deadline = Instant::now() + WAIT;
@@ -736,9 +783,19 @@ impl Browsers {
     }
 
     async fn open(&mut self, label: &'static str) -> Peer {
+        self.open_with(label, Devices::Fake).await
+    }
+
+    async fn open_with(&mut self, label: &'static str, devices: Devices) -> Peer {
         let profile = unique_dir(&format!("profile-{label}"));
-        let browser =
-            open_browser(&mut self.driver, &self.driver_url, &self.chromium, &profile).await;
+        let browser = open_browser(
+            &mut self.driver,
+            &self.driver_url,
+            &self.chromium,
+            &profile,
+            devices,
+        )
+        .await;
         self.profiles.push(profile);
         Peer { label, browser }
     }
@@ -801,6 +858,92 @@ async fn browsers_move_on_drain_and_resume() {
     let b = browsers.open("B").await;
     let outcome = restart_and_resume(&a, &b, server, &data_dir, &base_url, Stop::Drain).await;
     browsers.close(vec![a, b]).await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    if let Err(message) = outcome {
+        panic!("{message}");
+    }
+}
+
+/// What people see when things are missing: a relay that cannot be reached
+/// (the server hands out a TURN URI where nothing listens) and a browser
+/// without camera or microphone, which still joins to watch and chat.
+async fn explain_problems(
+    a: &Peer,
+    b: &Peer,
+    server: &Process,
+    base_url: &str,
+) -> Result<(), String> {
+    let room = format!("problems-{}", std::process::id());
+    for peer in [a, b] {
+        let url = format!(
+            "{base_url}/?room={room}&relay=1&autojoin=1&name={}",
+            peer.label
+        );
+        peer.browser
+            .goto(&url)
+            .await
+            .map_err(|e| format!("{}: cannot open {url}: {e}", peer.label))?;
+    }
+    let no_relay = "No TURN relay address could be obtained";
+    wait_all(
+        &[a, b],
+        server,
+        "pages explain the relay is unreachable",
+        |s| {
+            if s["joined"] != json!(true) {
+                return Some(format!("not joined (signaling {})", s["signaling"]));
+            }
+            banner_problem(s, no_relay)
+        },
+    )
+    .await?;
+    let states = wait_all(&[b], server, "page without devices explains it", |s| {
+        banner_problem(s, "No camera or microphone was found")
+    })
+    .await?;
+    if states[0]["localTracks"] != json!([]) {
+        return Err(format!(
+            "B has no devices but reports local tracks {}",
+            states[0]["localTracks"]
+        ));
+    }
+    // Nothing connected: the relay was the only way.
+    for peer in [a, b] {
+        let state = page_state(&peer.browser).await?;
+        if let Some((id, p)) = only_peer(&state)
+            && p["connectionState"] == json!("connected")
+        {
+            return Err(format!(
+                "{}: connected to {id} although no relay was reachable: {p}",
+                peer.label
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_explain_an_unreachable_relay_and_missing_devices() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let data_dir = unique_dir("problems-data");
+    let secret_file = data_dir.join("turn-secret");
+    std::fs::write(&secret_file, "a-secret-for-a-relay-that-is-not-there\n")
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", secret_file.display()));
+    let nothing_there = free_port();
+    let extra = [
+        "--no-embedded-turn".to_owned(),
+        "--turn-uri".to_owned(),
+        format!("turn:127.0.0.1:{nothing_there}?transport=udp"),
+        "--turn-secret-file".to_owned(),
+        secret_file.display().to_string(),
+    ];
+    let (server, base_url) = start_server_with(&data_dir, "127.0.0.1:0", 0, &extra);
+    let mut browsers = Browsers::start();
+    let a = browsers.open("A").await;
+    let b = browsers.open_with("B", Devices::None).await;
+    let outcome = explain_problems(&a, &b, &server, &base_url).await;
+    browsers.close(vec![a, b]).await;
+    drop(server);
     let _ = std::fs::remove_dir_all(&data_dir);
     if let Err(message) = outcome {
         panic!("{message}");

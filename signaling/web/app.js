@@ -92,7 +92,9 @@ class Call {
     this.mesh.addEventListener("state", (e) => {
       const tile = this.tiles.get(e.detail.peer);
       if (tile) tile.setState(e.detail.connectionState);
+      if (e.detail.connectionState === "connected") setBanner("ice", null);
     });
+    this.mesh.addEventListener("ice-problem", (e) => setBanner("ice", e.detail.reason, "error"));
     this.chat.addEventListener("change", (e) => {
       if (e.detail.room === this.room) this.renderChat();
     });

@@ -18,6 +18,8 @@ const STALL_MS = { impolite: 10000, polite: 20000 };
 // take it back and offer again.
 const OFFER_TIMEOUT_MS = { impolite: 6000, polite: 9000 };
 const WATCHDOG_MS = 2500;
+// No local candidate after this long: the relay (or the network) is unreachable.
+const GATHERING_TIMEOUT_MS = 8000;
 
 export class PeerLink {
   constructor(mesh, peerId, name, { offer }) {
@@ -35,6 +37,9 @@ export class PeerLink {
     this.closed = false;
     this.tracksAdded = false;
     this.offerSentAt = 0;
+    this.candidatesGathered = 0;
+    this.gatheringSince = 0;
+    this.gatheringReported = false;
     this.lastProgress = Date.now();
     this.pc = new RTCPeerConnection(mesh.rtcConfiguration());
     this.wire();
@@ -58,9 +63,28 @@ export class PeerLink {
     }
   }
 
+  // Nothing to connect with: say so rather than show "connecting…" forever.
+  reportNoCandidates() {
+    if (this.gatheringReported) return;
+    this.gatheringReported = true;
+    this.mesh.emit("ice-problem", {
+      peer: this.peerId,
+      reason: this.mesh.relayOnly
+        ? "No TURN relay address could be obtained, so this relay-only call cannot connect. The TURN server may be unreachable from this browser or may have refused the credentials."
+        : "No network address could be gathered for this call.",
+    });
+  }
+
   checkProgress() {
     const pc = this.pc;
     if (this.closed) return;
+    if (
+      pc.iceGatheringState === "gathering" &&
+      this.candidatesGathered === 0 &&
+      Date.now() - this.gatheringSince > GATHERING_TIMEOUT_MS
+    ) {
+      this.reportNoCandidates();
+    }
     if (
       pc.signalingState === "have-local-offer" &&
       this.offerSentAt > 0 &&
@@ -132,10 +156,19 @@ export class PeerLink {
       }
     };
     pc.onicecandidate = ({ candidate }) => {
-      if (candidate) this.send({ candidate: candidate.toJSON() });
+      if (!candidate) return;
+      this.candidatesGathered += 1;
+      this.send({ candidate: candidate.toJSON() });
     };
     pc.onicegatheringstatechange = () => {
       console.info("peer", this.peerId, "ICE gathering", pc.iceGatheringState);
+      if (pc.iceGatheringState === "gathering") {
+        this.candidatesGathered = 0;
+        this.gatheringSince = Date.now();
+        this.gatheringReported = false;
+      } else if (pc.iceGatheringState === "complete" && this.candidatesGathered === 0) {
+        this.reportNoCandidates();
+      }
     };
     pc.onicecandidateerror = (event) => {
       // Typically the TURN server refused or could not be reached.
