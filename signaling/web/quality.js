@@ -72,6 +72,8 @@ function derive(previous, current, seconds) {
     recvKbps: 0,
     framesPerSecond: current.framesPerSecond,
     videoFlowing: true,
+    // "relay" when the media goes through TURN, else a direct path.
+    route: current.localCandidateType === "relay" || current.remoteCandidateType === "relay" ? "relay" : "direct",
   };
   if (previous && seconds > 0) {
     sample.sendKbps = Math.max(0, ((current.bytesSent - previous.bytesSent) * 8) / 1000 / seconds);
