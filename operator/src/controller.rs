@@ -371,7 +371,8 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
         .status
         .conditions
         .iter()
-        .any(|c| c.type_ == "Progressing" && c.status == "True");
+        .any(|c| c.type_ == "Progressing" && c.status == "True")
+        || crate::rollout::day_two::needs_prompt_recheck(&plan.status);
     let mut requeue = if progressing { PROGRESS_POLL } else { RESYNC };
     // The autoscaler needs fresh load figures at its metrics interval.
     let autoscaling = &cluster.spec.autoscaling;

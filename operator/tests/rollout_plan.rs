@@ -166,3 +166,84 @@ fn plan_prints_the_rollback_of_a_failed_rollout() {
         "{output}"
     );
 }
+
+#[test]
+fn a_crash_looping_database_is_rolled_back_and_its_stuck_pod_replaced() {
+    let mut cluster: VideoChatCluster = sample("minimal");
+    cluster.spec.rollout.stabilization_seconds = 0;
+    let first = plan_with(&cluster, &Observed::default(), "a", "2026-01-01T00:00:00Z");
+    cluster.status = Some(first.status.clone());
+    let mut observed = Observed::new(ready(&first.objects));
+    let good = plan_with(&cluster, &observed, "a", "2026-01-01T00:01:00Z");
+    cluster.status = Some(good.status.clone());
+    for object in good
+        .objects
+        .iter()
+        .filter(|o| kind_of(o) == "ControllerRevision")
+    {
+        observed.insert(object.clone());
+    }
+
+    // Generation 2: a Redis image that crashes at start.
+    if let Some(managed) = cluster.spec.redis.managed.as_mut() {
+        managed.image = "redis:7.4-broken".into();
+    }
+    cluster.metadata.generation = Some(2);
+    let rollout = plan_with(&cluster, &observed, "a", "2026-01-01T00:02:00Z");
+    cluster.status = Some(rollout.status.clone());
+    let set = find(&rollout, "StatefulSet", "demo-redis");
+    let bad = json(set)
+        .pointer("/spec/template/metadata/annotations/videochat.dev~1revision")
+        .and_then(Value::as_str)
+        .expect("revision")
+        .to_owned();
+    observed.insert(with_status(
+        set,
+        json!({"observedGeneration": 1, "replicas": 1, "readyReplicas": 0, "updatedReplicas": 1,
+               "currentRevision": "r1", "updateRevision": "r2"}),
+    ));
+    let pod: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "demo-redis-0",
+            "namespace": "videochat",
+            "labels": {"app.kubernetes.io/name": "videochat", "app.kubernetes.io/instance": "demo",
+                       "app.kubernetes.io/component": "redis"},
+            "annotations": {"videochat.dev/revision": bad},
+        },
+        "status": {
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [{"name": "redis", "image": "redis:7.4-broken", "imageID": "", "ready": false,
+                                   "restartCount": 5, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}],
+        },
+    }))
+    .expect("pod");
+    observed.insert(pod);
+
+    let plan = plan_with(&cluster, &observed, "a", "2026-01-01T00:03:00Z");
+    let rollback = plan
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            videochat_operator::plan::Action::Rollback {
+                component,
+                reason,
+                from_revision,
+                ..
+            } => Some((component.clone(), reason.clone(), from_revision.clone())),
+            _ => None,
+        })
+        .expect("a rollback");
+    assert_eq!(rollback, ("redis".to_owned(), "CrashLoop".to_owned(), bad));
+    assert!(
+        plan.actions.iter().any(|a| matches!(
+            a,
+            videochat_operator::plan::Action::DeletePod { component, pod, .. } if component == "redis" && pod == "demo-redis-0"
+        )),
+        "{:?}",
+        plan.actions
+    );
+    let restored = json(find(&plan, "StatefulSet", "demo-redis"));
+    assert_ne!(image_of(&restored), Some("redis:7.4-broken"));
+}

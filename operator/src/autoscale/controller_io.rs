@@ -11,6 +11,7 @@ use kube::api::{
     TypeMeta,
 };
 use kube::{Api, Client, ResourceExt};
+use futures::StreamExt;
 use serde_json::json;
 
 use super::drain::{
@@ -29,6 +30,9 @@ use crate::rollout::health::pod_is_ready;
 pub fn admin_token_secret_name(cluster: &str) -> String {
     format!("{cluster}-admin-token")
 }
+/// Pods scraped at once.
+const SCRAPE_CONCURRENCY: usize = 16;
+
 /// Key of the token in that Secret.
 pub const ADMIN_TOKEN_KEY: &str = "token";
 
@@ -76,6 +80,7 @@ pub async fn observe_pods(
         .map_err(|e| Error::kube(format!("listing pods of {namespace}/{name}"), e))?;
     let token = admin_token(observed, &name);
     let scrape = cluster.spec.autoscaling.enabled;
+    let mut targets = Vec::new();
     for pod in list.items {
         let pod_name = pod.name_any();
         if scrape
@@ -85,13 +90,7 @@ pub async fn observe_pods(
             && pod_is_ready(&pod)
             && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
         {
-            let target = PodTarget::for_pod(&pod_name, component, ip, token.clone());
-            match pod_admin.scrape_load(&target).await {
-                Ok(load) => observed.insert(pod_load_object(&namespace, &pod_name, load)),
-                Err(error) => {
-                    tracing::warn!(cluster = %name, %namespace, pod = %pod_name, %error, "cannot read pod load");
-                }
-            }
+            targets.push(PodTarget::for_pod(&pod_name, component, ip, token.clone()));
         }
         let mut object = crate::plan::to_dynamic(&pod)?;
         object.types = Some(TypeMeta {
@@ -99,6 +98,23 @@ pub async fn observe_pods(
             kind: "Pod".into(),
         });
         observed.insert(object);
+    }
+    // A few pods at a time, so one slow pod does not hold up the rest.
+    let scraped: Vec<(String, Result<f64>)> = futures::stream::iter(targets)
+        .map(|target| async move {
+            let load = pod_admin.scrape_load(&target).await;
+            (target.name, load)
+        })
+        .buffer_unordered(SCRAPE_CONCURRENCY)
+        .collect()
+        .await;
+    for (pod_name, load) in scraped {
+        match load {
+            Ok(load) => observed.insert(pod_load_object(&namespace, &pod_name, load)),
+            Err(error) => {
+                tracing::warn!(cluster = %name, %namespace, pod = %pod_name, %error, "cannot read pod load");
+            }
+        }
     }
     if scrape {
         let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(

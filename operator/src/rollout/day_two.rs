@@ -170,6 +170,13 @@ impl DayTwo {
                 ));
             }
         }
+        for (component, pod) in &self.rollout.stuck_pods {
+            actions.push(Action::DeletePod {
+                component: component.as_str().into(),
+                pod: pod.clone(),
+                reason: "pod of a rolled-back revision that never became ready; the StatefulSet recreates it from the restored template".into(),
+            });
+        }
         for name in &self.rollout.prune {
             actions.push(Action::Delete {
                 api_version: "apps/v1".into(),
@@ -325,4 +332,25 @@ impl DayTwo {
             }
         }
     }
+}
+
+/// True while a day-two decision waits on time rather than on a change the
+/// controller would be told about: a revision stabilizing before it counts
+/// as good, or pods draining before a scale-down. The controller then looks
+/// again soon instead of at the next resync.
+pub fn needs_prompt_recheck(status: &VideoChatClusterStatus) -> bool {
+    let c = &status.components;
+    [&c.signaling, &c.turn, &c.redis, &c.mongodb]
+        .into_iter()
+        .flatten()
+        .any(|component| {
+            let stabilizing = component.rollout.as_ref().is_some_and(|r| {
+                r.ready_since.is_some() && r.revision.is_some() && r.revision != r.last_good_revision
+            });
+            let draining = component
+                .autoscaling
+                .as_ref()
+                .is_some_and(|a| !a.draining_pods.is_empty());
+            stabilizing || draining
+        })
 }

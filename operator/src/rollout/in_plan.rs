@@ -33,6 +33,10 @@ pub struct RolloutStep {
     pub revision_objects: Vec<DynamicObject>,
     /// ControllerRevisions beyond the history limit.
     pub prune: Vec<String>,
+    /// Pods of a rolled-back StatefulSet still on the bad revision and not
+    /// ready: a StatefulSet does not replace them by itself (it waits for
+    /// them to become ready), so they are deleted.
+    pub stuck_pods: Vec<(Component, String)>,
 }
 
 /// The rollout rules of the spec, as the decisions read them.
@@ -158,6 +162,7 @@ pub(crate) fn apply_rollouts(
     let mut step = RolloutStep::default();
     let mut observations = BTreeMap::new();
     let mut records = BTreeMap::new();
+    let mut all_pods = BTreeMap::new();
     for component in ROLLOUT_ORDER {
         let kind = workload_kind(component);
         let name = component.workload_name(&ctx.name);
@@ -175,6 +180,7 @@ pub(crate) fn apply_rollouts(
         };
         let pods = component_pods(ctx.observed, &ctx.name, component);
         let observed = observe_workload(ctx, component, &pods);
+        all_pods.insert(component, pods);
         let tracking: RolloutTracking = component_status(&previous, component)
             .and_then(|s| s.rollout.clone())
             .unwrap_or_default();
@@ -198,6 +204,24 @@ pub(crate) fn apply_rollouts(
     }
     apply_rollout_order(&mut step.decisions);
     start_revision_clocks(&mut step.decisions, now);
+    for (component, decision) in &step.decisions {
+        let (TemplateChoice::LastGood { .. }, Some(bad), "StatefulSet") = (
+            &decision.template,
+            decision.tracking.failed_revision.as_deref(),
+            workload_kind(*component),
+        ) else {
+            continue;
+        };
+        for pod in all_pods.get(component).into_iter().flatten() {
+            if super::revision::pod_revision(pod) == Some(bad)
+                && pod.metadata.deletion_timestamp.is_none()
+                && !super::health::pod_is_ready(pod)
+                && let Some(name) = pod.metadata.name.clone()
+            {
+                step.stuck_pods.push((*component, name));
+            }
+        }
+    }
 
     for (component, decision) in &step.decisions {
         let component = *component;
