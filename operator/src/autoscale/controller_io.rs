@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{
@@ -11,7 +12,6 @@ use kube::api::{
     TypeMeta,
 };
 use kube::{Api, Client, ResourceExt};
-use futures::StreamExt;
 use serde_json::json;
 
 use super::drain::{

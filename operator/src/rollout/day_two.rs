@@ -345,7 +345,9 @@ pub fn needs_prompt_recheck(status: &VideoChatClusterStatus) -> bool {
         .flatten()
         .any(|component| {
             let stabilizing = component.rollout.as_ref().is_some_and(|r| {
-                r.ready_since.is_some() && r.revision.is_some() && r.revision != r.last_good_revision
+                r.ready_since.is_some()
+                    && r.revision.is_some()
+                    && r.revision != r.last_good_revision
             });
             let draining = component
                 .autoscaling
