@@ -54,13 +54,21 @@ def cpu_and_rss(pid):
     return cpu, rss_kb / 1024.0
 
 
-def start(kind, port, binary):
+def udp_rcvbuf_errors():
+    # Machine-wide count of datagrams dropped because a socket buffer was full
+    # (client and server sockets alike): tells buffer overflow from other loss.
+    with open("/proc/net/snmp") as f:
+        rows = [l.split() for l in f if l.startswith("Udp:")]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
+
+
+def start(kind, port, binary, extra=()):
     if kind == "ours":
         cmd = [binary, "--listen-address", "127.0.0.1", "--listen-port", str(port),
                "--secret", SECRET, "--realm", "videochat", "--allow-loopback-peers",
                "--relay-min-port", "20000", "--relay-max-port", "29999",
                "--max-allocations-per-user", "0", "--max-allocations", "0", "--no-admin",
-               "--log", "warn"]
+               "--log", "warn", *extra]
     else:
         cmd = ["turnserver", "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}",
                "--use-auth-secret", f"--static-auth-secret={SECRET}", "--realm=videochat",
@@ -74,13 +82,15 @@ def start(kind, port, binary):
     return p
 
 
-def run_once(kind, load, binary):
+def run_once(kind, load, binary, extra=()):
     port = free_port()
-    server = start(kind, port, binary)
+    server = start(kind, port, binary, extra)
     try:
         cmd = ["turnutils_uclient", *LOADS[load], "-W", SECRET, "-u", "bench",
                "-p", str(port), "127.0.0.1"]
+        drops_before = udp_rcvbuf_errors()
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        drops = udp_rcvbuf_errors() - drops_before
         text = out.stdout + out.stderr
         cpu, rss = cpu_and_rss(server.pid)
     finally:
@@ -98,6 +108,7 @@ def run_once(kind, load, binary):
         "sent": int(sent[-1][0]) if sent else 0,
         "cpu": cpu,
         "rss": rss,
+        "rcvbuf_drops": drops,
     }
 
 
@@ -106,6 +117,8 @@ def main():
     ap.add_argument("--load", choices=sorted(LOADS), default="B")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/videochat-turn"))
+    ap.add_argument("--ours-arg", action="append", default=[],
+                    help="extra flag for videochat-turn, e.g. --ours-arg=--udp-listeners=1")
     args = ap.parse_args()
     for tool in ("turnutils_uclient", "turnserver"):
         if not shutil.which(tool):
@@ -114,10 +127,11 @@ def main():
     for i in range(args.runs):
         order = ("ours", "coturn") if i % 2 == 0 else ("coturn", "ours")
         for kind in order:
-            r = run_once(kind, args.load, args.binary)
+            r = run_once(kind, args.load, args.binary, args.ours_arg)
             results[kind].append(r)
             print(f"run {i + 1} {kind:6} time={r['time']}s lost={r['lost']} ({r['lost_pct']}%) "
-                  f"cpu={r['cpu']:.2f}s rss={r['rss']:.1f}MiB", flush=True)
+                  f"cpu={r['cpu']:.2f}s rss={r['rss']:.1f}MiB rcvbuf_drops={r['rcvbuf_drops']} "
+                  f"load={os.getloadavg()[0]:.1f}", flush=True)
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("time", "lost", "lost_pct", "cpu", "rss")}
            for k, v in results.items()}
     print(f"\nload {args.load}: uclient {' '.join(LOADS[args.load])}, {args.runs} runs, medians")

@@ -164,6 +164,15 @@ impl GuardedConn {
             self.shared.metrics.bad_packet(BadPacket::UnknownMethod);
             return reply(&m, method, CODE_BAD_REQUEST, "unknown method", None);
         }
+        if method == METHOD_ALLOCATE
+            && let Some(resp) = self
+                .shared
+                .cached_allocate_response(from, m.transaction_id.0)
+        {
+            // A retransmission of an Allocate that already succeeded: the
+            // crate would answer 437 Allocation Mismatch; repeat the success.
+            return Verdict::Reply(resp);
+        }
         if !m.contains(ATTR_MESSAGE_INTEGRITY) {
             // The crate answers 401 with a fresh nonce and the realm.
             return Verdict::Pass;
@@ -298,7 +307,7 @@ impl GuardedConn {
     }
 
     /// Watches our own answers to Allocate requests to settle quota reservations.
-    fn outbound(&self, pkt: &[u8]) {
+    fn outbound(&self, pkt: &[u8], to: SocketAddr) {
         if pkt.len() < 20 || pkt[0] >> 6 != 0 {
             return;
         }
@@ -310,6 +319,9 @@ impl GuardedConn {
         };
         let mut txid = [0u8; 12];
         txid.copy_from_slice(&pkt[8..20]);
+        if success {
+            self.shared.remember_allocate_response(to, txid, pkt);
+        }
         self.shared.allocate_answered(&txid, success);
     }
 
@@ -478,7 +490,7 @@ impl Conn for GuardedConn {
     }
 
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        self.outbound(buf);
+        self.outbound(buf, target);
         Ok(self.send_raw(buf, target).await?)
     }
 

@@ -16,6 +16,11 @@ const MAX_PENDING_KEYS: usize = 65_536;
 /// An Allocate request is answered within milliseconds; a reservation still
 /// pending after this long was never answered and is released.
 const PENDING_ALLOCATE_TTL: Duration = Duration::from_secs(60);
+/// How long a successful Allocate response is kept to answer retransmissions
+/// (RFC 5766 6.2 suggests the client transaction timeout, 39.5 s).
+const ALLOCATE_RESPONSE_TTL: Duration = Duration::from_secs(40);
+/// Bound on cached Allocate responses (each under 200 bytes).
+const MAX_CACHED_RESPONSES: usize = 100_000;
 
 pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
@@ -26,6 +31,9 @@ pub(crate) struct Shared {
     draining: AtomicBool,
     quotas: Mutex<Quotas>,
     auth_keys: Mutex<HashMap<(SocketAddr, String), Vec<u8>>>,
+    /// (client, transaction id) -> the success response sent, so that a
+    /// retransmitted Allocate gets the same answer instead of 437.
+    allocate_responses: Mutex<HashMap<(SocketAddr, [u8; 12]), (Vec<u8>, Instant)>>,
 }
 
 #[derive(Default)]
@@ -57,6 +65,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             quotas: Mutex::new(Quotas::default()),
             auth_keys: Mutex::new(HashMap::new()),
+            allocate_responses: Mutex::new(HashMap::new()),
         }
     }
 
@@ -132,8 +141,25 @@ impl Shared {
         self.metrics.allocations_active.dec();
     }
 
-    /// Releases reservations whose Allocate was never answered.
+    pub fn remember_allocate_response(&self, to: SocketAddr, txid: [u8; 12], response: &[u8]) {
+        let mut cache = lock(&self.allocate_responses);
+        if cache.len() >= MAX_CACHED_RESPONSES {
+            return;
+        }
+        cache.insert((to, txid), (response.to_vec(), Instant::now()));
+    }
+
+    pub fn cached_allocate_response(&self, from: SocketAddr, txid: [u8; 12]) -> Option<Vec<u8>> {
+        lock(&self.allocate_responses)
+            .get(&(from, txid))
+            .filter(|(_, at)| at.elapsed() < ALLOCATE_RESPONSE_TTL)
+            .map(|(r, _)| r.clone())
+    }
+
+    /// Releases reservations whose Allocate was never answered and forgets
+    /// old Allocate responses.
     pub fn sweep_pending(&self) {
+        lock(&self.allocate_responses).retain(|_, (_, at)| at.elapsed() < ALLOCATE_RESPONSE_TTL);
         let mut q = lock(&self.quotas);
         let now = Instant::now();
         let stale: Vec<[u8; 12]> = q

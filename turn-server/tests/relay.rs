@@ -261,3 +261,88 @@ async fn drain_refuses_new_allocations_while_live_ones_relay() {
     live.client.close().await.expect("close");
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn retransmitted_allocate_gets_the_same_success_not_437() {
+    use stun::agent::TransactionId;
+    use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+    use stun::error_code::ErrorCodeAttribute;
+    use stun::integrity::MessageIntegrity;
+    use stun::message::Getter;
+    use stun::message::{
+        CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, METHOD_ALLOCATE, Message, MessageType, Setter,
+    };
+    use stun::textattrs::TextAttribute;
+    use turn::proto::reqtrans::RequestedTransport;
+
+    let relay = relay_with(|_| {}).await;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let server = relay.udp_addr();
+    let exchange = |raw: Vec<u8>| {
+        let sock = &sock;
+        async move {
+            sock.send_to(&raw, server).await.expect("send");
+            let mut buf = [0u8; 1500];
+            let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+                .await
+                .expect("answer within 2s")
+                .expect("recv");
+            let mut m = Message {
+                raw: buf[..n].to_vec(),
+                ..Default::default()
+            };
+            m.decode().expect("decode answer");
+            m
+        }
+    };
+    let transport = || {
+        Box::new(RequestedTransport {
+            protocol: turn::proto::PROTO_UDP,
+        })
+    };
+
+    let mut first = Message::new();
+    first
+        .build(&[
+            Box::new(TransactionId::new()) as Box<dyn Setter>,
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            transport(),
+        ])
+        .expect("build");
+    let challenge = exchange(first.raw.clone()).await;
+    let mut code = ErrorCodeAttribute::default();
+    code.get_from(&challenge).expect("error code");
+    assert_eq!(code.code.0, 401);
+    let nonce = TextAttribute::get_from_as(&challenge, ATTR_NONCE).expect("nonce");
+
+    let c = cred(SECRET, "retry");
+    let mut req = Message::new();
+    req.build(&[
+        Box::new(TransactionId::new()) as Box<dyn Setter>,
+        Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+        transport(),
+        Box::new(TextAttribute::new(ATTR_USERNAME, c.username.clone())),
+        Box::new(TextAttribute::new(ATTR_REALM, "videochat".into())),
+        Box::new(nonce),
+        Box::new(MessageIntegrity::new_long_term_integrity(
+            c.username.clone(),
+            "videochat".into(),
+            c.password.clone(),
+        )),
+    ])
+    .expect("build");
+    let ok = exchange(req.raw.clone()).await;
+    assert_eq!(ok.typ.class, CLASS_SUCCESS_RESPONSE, "{}", ok.typ);
+    // The same request again, as a client retransmits when the answer is late.
+    let again = exchange(req.raw.clone()).await;
+    assert_eq!(again.typ.class, CLASS_SUCCESS_RESPONSE, "{}", again.typ);
+    assert_eq!(again.raw, ok.raw);
+    assert_eq!(relay.active_allocations(), 1);
+    assert_eq!(
+        metric(&relay.metrics_text(), "videochat_turn_allocations_total"),
+        1.0
+    );
+    relay.shutdown().await;
+}
