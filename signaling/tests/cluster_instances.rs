@@ -351,6 +351,103 @@ async fn crashed_instance_peers_leave_and_local_rooms_survive_redis_outage() {
     );
 }
 
+/// A malformed connection string stops the program at start with one
+/// message naming the setting (and never the password); an unreachable
+/// Redis or MongoDB does not: the instance waits, unready, and becomes
+/// ready once both are up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_stop_at_start_and_unreachable_backends_are_awaited() {
+    let bin = env!("CARGO_BIN_EXE_videochat-signaling");
+    for (flag, value, setting) in [
+        (
+            "--redis-url",
+            "http://app:hunter2@127.0.0.1:6379",
+            "VIDEOCHAT_REDIS_URL",
+        ),
+        (
+            "--mongodb-uri",
+            "mongo://app:hunter2@127.0.0.1/x",
+            "VIDEOCHAT_MONGODB_URI",
+        ),
+    ] {
+        let mut args = vec!["--listen", "127.0.0.1:0", "--no-embedded-turn", flag, value];
+        if flag == "--redis-url" {
+            args.extend(["--mongodb-uri", "mongodb://127.0.0.1:1/"]);
+        }
+        let out = std::process::Command::new(bin)
+            .args(&args)
+            .output()
+            .expect("binary runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        assert!(stderr.contains(setting), "{stderr}");
+        assert!(!stderr.contains("hunter2"), "password logged: {stderr}");
+    }
+    // Both set as value and as file: refused.
+    let dir = TempDir::new("cluster-config");
+    let file = dir.path().join("redis-url");
+    std::fs::write(&file, "redis://127.0.0.1:1/\n").unwrap();
+    let out = std::process::Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--no-embedded-turn"])
+        .args([
+            "--redis-url",
+            "redis://127.0.0.1:1/",
+            "--mongodb-uri",
+            "mongodb://127.0.0.1:1/",
+        ])
+        .arg("--redis-url-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not both"));
+
+    // Neither dependency is up when the instance starts.
+    let mut redis = RedisServer::start();
+    let mut mongo = MongoServer::start();
+    redis.stop();
+    mongo.stop();
+    let url_file = dir.path().join("redis-url-ok");
+    std::fs::write(&url_file, format!("{}\n", redis.url())).unwrap();
+    let uri_file = dir.path().join("mongodb-uri");
+    std::fs::write(&uri_file, format!("{}\n", mongo.uri())).unwrap();
+    let i = Instance::start_with(
+        "waiting",
+        &dir,
+        &[
+            "--redis-url-file",
+            url_file.to_str().unwrap(),
+            "--mongodb-uri-file",
+            uri_file.to_str().unwrap(),
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (status, body) = http(&i.addr, "GET", "/readyz", None, None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        (body["store"]["up"].as_bool(), body["bus"]["up"].as_bool()),
+        (Some(false), Some(false))
+    );
+    redis.start_again();
+    mongo.start_again();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = http(&i.addr, "GET", "/readyz", None, None).await;
+        if status == 200 && body["bus"]["up"] == true {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never became ready: {body}\n{}",
+            i.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut c = WsClient::connect(&i.ws_url(), None).await.unwrap();
+    c.join("late", "Late").await.unwrap();
+    assert_eq!(c.chat("late", "x1", "hello", WAIT).await.unwrap(), Ok(1));
+}
+
 async fn reqwest_text(addr: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
