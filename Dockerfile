@@ -16,7 +16,12 @@ COPY Cargo.toml Cargo.lock rust-toolchain.toml ./
 COPY turn-server/Cargo.toml turn-server/Cargo.toml
 COPY signaling/Cargo.toml signaling/Cargo.toml
 COPY operator/Cargo.toml operator/Cargo.toml
-RUN cargo fetch --locked
+# Placeholder targets so cargo can read the manifests; the real sources
+# replace them below (only fetched crates are kept from this layer).
+RUN for crate in turn-server signaling operator; do \
+        mkdir -p "$crate/src" && touch "$crate/src/lib.rs" "$crate/src/main.rs"; \
+    done \
+ && cargo fetch --locked
 COPY turn-server turn-server
 COPY signaling signaling
 COPY operator operator

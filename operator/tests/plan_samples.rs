@@ -800,3 +800,85 @@ fn condition_times_move_only_on_transitions() {
         again.events
     );
 }
+
+#[test]
+fn network_policies_let_only_signaling_reach_the_databases() {
+    let plan = plan_with(&sample("minimal"), &Observed::default(), "a", NOW);
+    for (name, port) in [("demo-redis", 6379), ("demo-mongodb", 27017)] {
+        let policy = json(find(&plan, "NetworkPolicy", name));
+        let spec = &policy["spec"];
+        assert_eq!(
+            spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"],
+            json!(name.trim_start_matches("demo-"))
+        );
+        assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+        let rules = spec["ingress"].as_array().expect("rules");
+        assert_eq!(rules.len(), 1, "{name}");
+        assert_eq!(
+            rules[0]["from"],
+            json!([{"podSelector": {"matchLabels": {
+                "app.kubernetes.io/name": "videochat",
+                "app.kubernetes.io/instance": "demo",
+                "app.kubernetes.io/component": "signaling"
+            }}}]),
+            "{name}"
+        );
+        assert_eq!(
+            rules[0]["ports"],
+            json!([{"protocol": "TCP", "port": port}]),
+            "{name}"
+        );
+    }
+    let turn = json(find(&plan, "NetworkPolicy", "demo-turn"));
+    let rule = &turn["spec"]["ingress"][0];
+    assert!(
+        rule.get("from").is_none(),
+        "TURN is reachable from anywhere"
+    );
+    assert!(
+        rule["ports"]
+            .as_array()
+            .expect("ports")
+            .contains(&json!({"protocol": "UDP", "port": 49152, "endPort": 49251})),
+        "relay range open: {rule}"
+    );
+}
+
+#[test]
+fn endpoints_follow_service_types_and_bracket_ipv6() {
+    let mut cluster = sample("minimal");
+    cluster.spec.signaling.service.type_ = videochat_operator::resource::ServiceType::LoadBalancer;
+    cluster.spec.turn.exposure.advertised_address = Some("2001:db8::7".into());
+    let pending = plan_with(&cluster, &Observed::default(), "a", NOW);
+    assert_eq!(
+        pending.status.endpoints.signaling_url, None,
+        "no address before the load balancer has one"
+    );
+    assert_eq!(
+        pending
+            .status
+            .endpoints
+            .turn_uris
+            .iter()
+            .map(|u| u.uri.as_str())
+            .collect::<Vec<_>>(),
+        [
+            "turn:[2001:db8::7]:3478?transport=udp",
+            "turn:[2001:db8::7]:3478?transport=tcp"
+        ]
+    );
+    let mut service = json(find(&pending, "Service", "demo-signaling"));
+    service["status"] = json!({"loadBalancer": {"ingress": [{"hostname": "lb.example.net"}]}});
+    let observed = Observed::new([serde_json::from_value(service).expect("service")]);
+    let addressed = plan_with(&cluster, &observed, "a", NOW);
+    assert_eq!(
+        addressed.status.endpoints.signaling_url.as_deref(),
+        Some("ws://lb.example.net:80/ws")
+    );
+
+    let cluster_ip = plan_with(&sample("minimal"), &Observed::default(), "a", NOW);
+    assert_eq!(
+        cluster_ip.status.endpoints.signaling_url.as_deref(),
+        Some("ws://demo-signaling.videochat.svc:80/ws")
+    );
+}

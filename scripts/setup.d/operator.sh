@@ -24,7 +24,11 @@ _operator_kubectl_layer() {
 
 _operator_kubectl_layer
 need_pip kubernetes-validate kubernetes-validate
-need_pip jsonschema jsonschema
+# The sample check imports these (kubernetes-validate depends on both).
+if ! "$VIDEOCHAT_VENV/bin/python" -c 'import jsonschema, yaml' 2>/dev/null; then
+  log "pip install jsonschema pyyaml"
+  "$VIDEOCHAT_VENV/bin/pip" install -q --disable-pip-version-check jsonschema pyyaml
+fi
 export VIDEOCHAT_HELM="$VIDEOCHAT_TOOLS/kubectl-layer/helm/helm"
 export VIDEOCHAT_KUBECTL="$VIDEOCHAT_TOOLS/kubectl-layer/kubectl/kubectl"
 export VIDEOCHAT_KUBERNETES_VALIDATE="$VIDEOCHAT_VENV/bin/kubernetes-validate"

@@ -64,6 +64,8 @@ pub(crate) fn config(
         ),
         // The TURN Deployment is the relay; no in-process one in a cluster.
         ("VIDEOCHAT_NO_EMBEDDED_TURN".to_string(), "true".to_string()),
+        // Any local files go to the pod's scratch volume (read-only root).
+        ("VIDEOCHAT_DATA_DIR".to_string(), "/tmp/data".to_string()),
         (
             "VIDEOCHAT_TURN_CREDENTIAL_TTL".to_string(),
             format!("{}s", spec.turn.credential_ttl_seconds),
