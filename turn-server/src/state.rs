@@ -33,8 +33,11 @@ pub(crate) struct Shared {
     auth_keys: Mutex<HashMap<(SocketAddr, String), Vec<u8>>>,
     /// (client, transaction id) -> the success response sent, so that a
     /// retransmitted Allocate gets the same answer instead of 437.
-    allocate_responses: Mutex<HashMap<(SocketAddr, [u8; 12]), (Vec<u8>, Instant)>>,
+    allocate_responses: Mutex<HashMap<(SocketAddr, [u8; 12]), SentResponse>>,
 }
+
+/// A response as sent, and when.
+type SentResponse = (Vec<u8>, Instant);
 
 #[derive(Default)]
 struct Quotas {
