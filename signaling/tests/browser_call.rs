@@ -618,6 +618,24 @@ async fn call_and_chat(a: &Peer, b: &Peer, server: &Process, base_url: &str) -> 
     .await?;
     same_seqs(&states)?;
     screenshots(&[a, b], "browser-call").await;
+
+    // Leave: the other side sees the peer go at once (not after the resume window).
+    a.browser
+        .find(Locator::Css("#leave-button"))
+        .await
+        .map_err(|e| format!("A: no Leave button: {e}"))?
+        .click()
+        .await
+        .map_err(|e| format!("A: cannot click Leave: {e}"))?;
+    wait_all(&[b], server, "B sees A leave", |s| {
+        let peers = s["peers"].as_object().map(|m| m.len()).unwrap_or(0);
+        (peers != 0).then(|| format!("still {peers} peer(s)"))
+    })
+    .await?;
+    wait_all(&[a], server, "A is back on the join form", |s| {
+        (s["joined"] != json!(false)).then(|| format!("joined is {}", s["joined"]))
+    })
+    .await?;
     Ok(())
 }
 

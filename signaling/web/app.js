@@ -363,6 +363,8 @@ async function join(room, name) {
     call = new Call({ room, name, stream });
     elements.micToggle.disabled = !hasTrack(stream, "audio");
     elements.cameraToggle.disabled = !hasTrack(stream, "video");
+    elements.micToggle.setAttribute("aria-pressed", "false");
+    elements.cameraToggle.setAttribute("aria-pressed", "false");
     call.start();
   } catch (err) {
     console.error("join failed:", err);
@@ -385,12 +387,12 @@ function leave() {
   showJoin();
 }
 
-function toggle(button, kind, onText, offText) {
+// A toggle button keeps its label; aria-pressed="true" means the device is off.
+function toggle(button, kind) {
   if (!call) return;
   const off = button.getAttribute("aria-pressed") !== "true";
   setTrackEnabled(call.stream, kind, !off);
   button.setAttribute("aria-pressed", String(off));
-  button.textContent = off ? offText : onText;
   if (kind === "video") call.localTile.setVideoShown(!off);
 }
 
@@ -413,8 +415,8 @@ function init() {
     if (!call || !call.joined) return;
     if (call.chat.submit(call.room, elements.chatInput.value)) elements.chatInput.value = "";
   });
-  elements.micToggle.addEventListener("click", () => toggle(elements.micToggle, "audio", "Mute microphone", "Unmute microphone"));
-  elements.cameraToggle.addEventListener("click", () => toggle(elements.cameraToggle, "video", "Turn camera off", "Turn camera on"));
+  elements.micToggle.addEventListener("click", () => toggle(elements.micToggle, "audio"));
+  elements.cameraToggle.addEventListener("click", () => toggle(elements.cameraToggle, "video"));
   elements.leaveButton.addEventListener("click", leave);
   elements.soundButton.addEventListener("click", () => {
     for (const video of elements.tiles.querySelectorAll("video")) video.play().catch(() => {});

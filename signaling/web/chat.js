@@ -209,7 +209,9 @@ export class Chat extends EventTarget {
       .map((m) => {
         const own = m.from === this.selfId || this.outgoing.has(m.id);
         return {
-          key: "s" + m.seq,
+          // Own messages keep their key from "sending" to delivered, so the
+          // list updates that entry in place.
+          key: own ? "o" + m.id : "s" + m.seq,
           seq: m.seq,
           id: m.id,
           from: m.from,

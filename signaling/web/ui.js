@@ -187,46 +187,65 @@ function formatTime(ts) {
   return Number.isNaN(d.getTime()) ? "" : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
-// Re-renders the chat list; keeps the view at the bottom when it was there.
+function signature(item) {
+  return `${item.state}|${item.seq}|${item.error || ""}`;
+}
+
+// Updates the chat list: entries that did not change stay as they are (so
+// screen readers announce only what is new), new ones are appended; keeps
+// the view at the bottom when it was there.
 export function renderChat(items, { onRetry }) {
   const list = elements.chatList;
   const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-  list.replaceChildren(
-    ...items.map((item) => {
-      const li = document.createElement("li");
-      li.className = "chat-item" + (item.own ? " own" : "");
-      li.dataset.state = item.state;
-      if (item.seq) li.dataset.seq = String(item.seq);
-      li.dataset.id = item.id || "";
-      const meta = document.createElement("div");
-      meta.className = "meta";
-      const who = document.createElement("span");
-      who.className = "who";
-      who.textContent = item.own ? "You" : item.name;
-      const when = document.createElement("time");
-      when.textContent = formatTime(item.ts);
-      if (item.ts) when.dateTime = item.ts;
-      const delivery = document.createElement("span");
-      delivery.className = "delivery";
-      delivery.textContent =
-        item.state === "acked" ? `✓ #${item.seq}` : DELIVERY_TEXT[item.state] || "";
-      if (item.state === "acked") delivery.title = "Stored by the server as message " + item.seq;
-      if (item.error) delivery.title = item.error;
-      meta.append(who, when, delivery);
-      if (item.state === "failed") {
-        const retry = document.createElement("button");
-        retry.type = "button";
-        retry.className = "retry";
-        retry.textContent = "Retry";
-        retry.addEventListener("click", () => onRetry(item.id));
-        meta.append(retry);
-      }
-      const body = document.createElement("div");
-      body.className = "body";
-      body.textContent = item.body;
-      li.append(meta, body);
-      return li;
-    }),
-  );
+  const render = (item) => renderChatItem(item, onRetry);
+  const existing = [...list.children];
+  const appendOnly = existing.length <= items.length && existing.every((li, i) => li.dataset.key === items[i].key);
+  if (!appendOnly) {
+    list.replaceChildren(...items.map(render));
+  } else {
+    items.forEach((item, i) => {
+      const li = existing[i];
+      if (!li) list.append(render(item));
+      else if (li.dataset.sig !== signature(item)) li.replaceWith(render(item));
+    });
+  }
   if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function renderChatItem(item, onRetry) {
+  const li = document.createElement("li");
+  li.dataset.key = item.key;
+  li.dataset.sig = signature(item);
+  li.className = "chat-item" + (item.own ? " own" : "");
+  li.dataset.state = item.state;
+  if (item.seq) li.dataset.seq = String(item.seq);
+  li.dataset.id = item.id || "";
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = item.own ? "You" : item.name;
+  const when = document.createElement("time");
+  when.textContent = formatTime(item.ts);
+  if (item.ts) when.dateTime = item.ts;
+  const delivery = document.createElement("span");
+  delivery.className = "delivery";
+  delivery.textContent =
+    item.state === "acked" ? `✓ #${item.seq}` : DELIVERY_TEXT[item.state] || "";
+  if (item.state === "acked") delivery.title = "Stored by the server as message " + item.seq;
+  if (item.error) delivery.title = item.error;
+  meta.append(who, when, delivery);
+  if (item.state === "failed") {
+    const retry = document.createElement("button");
+    retry.type = "button";
+    retry.className = "retry";
+    retry.textContent = "Retry";
+    retry.addEventListener("click", () => onRetry(item.id));
+    meta.append(retry);
+  }
+  const body = document.createElement("div");
+  body.className = "body";
+  body.textContent = item.body;
+  li.append(meta, body);
+  return li;
 }
