@@ -138,7 +138,7 @@ fn context(instance: &Instance, leading: watch::Receiver<bool>) -> Arc<Context> 
     Arc::new(Context::new(instance.client(), Arc::new(Metrics::new()), None).with_leader(leading))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_writes_and_the_other_takes_over_when_it_stops() {
     let double = double_with_cluster();
     let a = Instance::new(&double);
@@ -181,7 +181,7 @@ async fn only_the_leader_writes_and_the_other_takes_over_when_it_stops() {
     b_task.await.expect("b's elector ends");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_leader_is_replaced_after_the_lease_duration() {
     let double = ApiDouble::new();
     let a = Instance::new(&double);
@@ -218,7 +218,7 @@ async fn a_dead_leader_is_replaced_after_the_lease_duration() {
     b_task.abort();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_race_is_not_leadership() {
     // Two electors write the same Lease version: the API server lets one
     // win (409 for the other), so there is never more than one leader.
