@@ -152,6 +152,8 @@ pub enum PlanOutput {
 /// The uid given to a VideoChatCluster read from a file without one, so
 /// owner references can be shown.
 pub const PLACEHOLDER_UID: &str = "00000000-0000-0000-0000-000000000000";
+/// Largest file `plan` reads (a whole namespace dump is far smaller).
+pub const MAX_INPUT_BYTES: u64 = 32 << 20;
 const REDACTED: &str = "PHJlZGFjdGVkPg=="; // base64("<redacted>")
 
 #[derive(Serialize)]
@@ -167,10 +169,20 @@ struct PlanDocument<'a> {
 pub fn plan_command(args: &PlanArgs) -> Result<String> {
     let mut documents = Vec::new();
     for path in &args.files {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        let io_error = |source| Error::Io {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let size = std::fs::metadata(path).map_err(io_error)?.len();
+        if size > MAX_INPUT_BYTES {
+            return Err(Error::Parse {
+                what: path.display().to_string(),
+                message: format!(
+                    "{size} bytes is more than the {MAX_INPUT_BYTES} a plan input may have"
+                ),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(io_error)?;
         documents.extend(parse_yaml_objects(&text, &path.display().to_string())?);
     }
     let (clusters, others): (Vec<_>, Vec<_>) = documents.into_iter().partition(|o| {
