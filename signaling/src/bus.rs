@@ -34,16 +34,20 @@ pub enum Delivery {
     /// The connection is about to subscribe to `room`: hold its chat until `Joined`.
     Joining { room: Arc<str> },
     /// The `joined` frame, the replayed chat, and the highest `seq` the client now has.
-    Joined {
-        room: Arc<str>,
-        frame: Utf8Bytes,
-        replay: Vec<(u64, Utf8Bytes)>,
-        cursor: u64,
-    },
+    /// Boxed so that the common variants, and every queue slot, stay small.
+    Joined(Box<JoinedRoom>),
     /// Stop delivering `room`'s chat.
     Left { room: Arc<str> },
     /// Send a close frame and end the connection.
     Close { code: u16, reason: &'static str },
+}
+
+#[derive(Debug, Clone)]
+pub struct JoinedRoom {
+    pub room: Arc<str>,
+    pub frame: Utf8Bytes,
+    pub replay: Vec<(u64, Utf8Bytes)>,
+    pub cursor: u64,
 }
 
 /// A connection's inbox as the bus sees it.

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Claims};
-use crate::bus::{Delivery, Inbox};
+use crate::bus::{Delivery, Inbox, JoinedRoom};
 use crate::error::SignalingError;
 use crate::protocol::{
     ChatMessage, ClientMessage, Decoded, ErrorCode, PeerInfo, ProtocolError, ServerMessage,
@@ -123,7 +123,7 @@ pub async fn serve(
 ) {
     let conn_id = guard.id;
     let Some((session, resumed, claims)) =
-        handshake(&state, &mut socket, ip, query_token, conn_id).await
+        Box::pin(handshake(&state, &mut socket, ip, query_token, conn_id)).await
     else {
         return;
     };
@@ -144,7 +144,8 @@ pub async fn serve(
         ice_servers: &ice,
         heartbeat_ms: state.config.heartbeat.as_millis() as u64,
     };
-    let _ = tx.send(frame(&welcome)).await;
+    // The queue is empty at this point.
+    let _ = tx.try_send(frame(&welcome));
     let inbox = Inbox {
         connection: conn_id,
         sender: tx.clone(),
@@ -166,7 +167,7 @@ pub async fn serve(
         tracing::warn!(error = %e, "bus attach failed");
     }
     if resumed {
-        conn.restore_rooms().await;
+        Box::pin(conn.restore_rooms()).await;
     }
     tracing::debug!(peer = %conn.session.peer, session = %conn.session.session, resumed, %ip, "session open");
 
@@ -179,6 +180,21 @@ pub async fn serve(
         }
         _ = stop.cancelled() => End::Dropped,
     };
+    // Boxed: only needed once, at the end.
+    Box::pin(finish(state, conn, writer, stop, end, conn_id, guard)).await;
+}
+
+/// After the reader stopped: collect what the writer delivered, then leave
+/// the session resumable (or not, after `bye`).
+async fn finish(
+    state: AppState,
+    mut conn: Conn,
+    writer: tokio::task::JoinHandle<HashMap<Arc<str>, u64>>,
+    stop: CancellationToken,
+    end: End,
+    conn_id: u64,
+    guard: ConnectionGuard,
+) {
     let delivered = if end == End::CloseQueued {
         match tokio::time::timeout(Duration::from_secs(2), writer).await {
             Ok(Ok(d)) => d,
@@ -348,23 +364,29 @@ struct Conn {
 }
 
 impl Conn {
+    /// Queues for the writer. The awaiting path is boxed: it is rare, and an
+    /// inline `Sender::send` future would make every idle connection bigger.
+    async fn push(&self, d: Delivery) {
+        if let Err(mpsc::error::TrySendError::Full(d)) = self.tx.try_send(d) {
+            let _ = Box::pin(self.tx.send(d)).await;
+        }
+    }
+
     async fn send(&self, msg: &ServerMessage<'_>) {
-        let _ = self.tx.send(frame(msg)).await;
+        self.push(frame(msg)).await;
     }
 
     async fn send_error(&self, e: &ProtocolError) {
         self.state.metrics.error(e.code.as_str());
-        let _ = self
-            .tx
-            .send(Delivery::Frame {
-                kind: "error",
-                frame: error_json(e).into(),
-            })
-            .await;
+        self.push(Delivery::Frame {
+            kind: "error",
+            frame: error_json(e).into(),
+        })
+        .await;
     }
 
     async fn close(&self, code: u16, reason: &'static str) {
-        let _ = self.tx.send(Delivery::Close { code, reason }).await;
+        self.push(Delivery::Close { code, reason }).await;
     }
 
     async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> End {
@@ -452,7 +474,9 @@ impl Conn {
             };
             let kind = message_kind(&message);
             self.state.metrics.message_in(kind);
-            match self.handle(message).await {
+            // Boxed: the handlers' state is large and only needed while one runs,
+            // so idle connections stay small.
+            match Box::pin(self.handle(message)).await {
                 Ok(None) => {}
                 Ok(Some(end)) => return end,
                 Err(e) => {
@@ -739,12 +763,12 @@ impl Conn {
         let frame = Utf8Bytes::from(joined.to_json());
         let _ = self
             .tx
-            .send(Delivery::Joined {
+            .send(Delivery::Joined(Box::new(JoinedRoom {
                 room,
                 frame,
                 replay,
                 cursor,
-            })
+            })))
             .await;
     }
 
@@ -997,7 +1021,7 @@ impl Writer {
                         let fill_now = c.pending.len() > MAX_PENDING;
                         self.drain_pending(&room).await?;
                         if fill_now {
-                            self.fill_gap(&room).await?;
+                            Box::pin(self.fill_gap(&room)).await?;
                         }
                     }
                 }
@@ -1005,12 +1029,13 @@ impl Writer {
             Delivery::Joining { room } => {
                 self.cursors.entry(room).or_default();
             }
-            Delivery::Joined {
-                room,
-                frame,
-                replay,
-                cursor,
-            } => {
+            Delivery::Joined(joined) => {
+                let JoinedRoom {
+                    room,
+                    frame,
+                    replay,
+                    cursor,
+                } = *joined;
                 self.feed("joined", frame).await?;
                 for (_, f) in replay {
                     self.feed("chat", f).await?;
@@ -1090,7 +1115,7 @@ impl Writer {
             .map(|(r, _)| r.clone())
             .collect();
         for room in due {
-            self.fill_gap(&room).await?;
+            Box::pin(self.fill_gap(&room)).await?;
         }
         Ok(())
     }
@@ -1141,7 +1166,7 @@ async fn write_loop(
                     w.sink.send(Message::Ping(Default::default())).await?;
                 }
                 _ = async { tokio::time::sleep_until(gap.unwrap_or_else(tokio::time::Instant::now)).await }, if gap.is_some() => {
-                    w.fill_due_gaps().await?;
+                    Box::pin(w.fill_due_gaps()).await?;
                     w.sink.flush().await?;
                 }
             }

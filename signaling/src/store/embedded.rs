@@ -25,6 +25,9 @@ const CLIENT_IDS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::ne
 /// idempotency of resends) survive a restart.
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 
+/// redb page cache.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// Most requests committed together.
 const MAX_GROUP: usize = 1024;
 
@@ -59,12 +62,16 @@ impl EmbeddedStore {
             )
         })?;
         let path = dir.join("signaling.redb");
-        let db = Database::create(&path).map_err(|e| {
-            SignalingError::config(
-                "--data-dir",
-                format!("cannot open store {}: {e}", path.display()),
-            )
-        })?;
+        // Recent pages are what the message path reads; a small cache is enough.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| {
+                SignalingError::config(
+                    "--data-dir",
+                    format!("cannot open store {}: {e}", path.display()),
+                )
+            })?;
         {
             let txn = db.begin_write().map_err(unavailable)?;
             txn.open_table(ROOMS).map_err(unavailable)?;
