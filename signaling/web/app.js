@@ -116,7 +116,7 @@ class Call {
     this.quality.start();
   }
 
-  onStatus({ state, attempt, delay, reason, after }) {
+  onStatus({ state, attempt, delay, reason }) {
     setStatus(state, STATUS_TEXT[state] || state);
     if (state === "open") {
       setBanner("server", null);

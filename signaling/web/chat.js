@@ -119,7 +119,10 @@ export class Chat extends EventTarget {
   onError(message) {
     const entry = message.ref ? this.outgoing.get(message.ref) : null;
     if (!entry || entry.state === "acked") return false;
-    if (message.code === "unavailable" || message.code === "rate_limited" || message.code === "internal") {
+    // Worth another try: the server is busy or briefly without its store, or
+    // (not_in_room) our session is still being restored after a resume.
+    const retryable = ["unavailable", "rate_limited", "internal", "not_in_room"];
+    if (retryable.includes(message.code)) {
       this.retryLater(entry, message.message || message.code);
     } else {
       clearTimeout(entry.timer);

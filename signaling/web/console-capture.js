@@ -12,7 +12,7 @@
         if (typeof a === "string") return a;
         try {
           return JSON.stringify(a);
-        } catch (_) {
+        } catch {
           return String(a);
         }
       })

@@ -52,7 +52,7 @@ export async function openLocalMedia() {
       try {
         const stream = await navigator.mediaDevices.getUserMedia(constraints);
         return { stream, warning: `No ${missing} is available; joined without it.` };
-      } catch (_) {
+      } catch {
         // try the next one
       }
     }

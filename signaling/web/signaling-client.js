@@ -117,7 +117,7 @@ export class SignalingClient extends EventTarget {
     let message;
     try {
       message = JSON.parse(data);
-    } catch (err) {
+    } catch {
       console.error("signaling: frame is not JSON", String(data).slice(0, 200));
       return;
     }
