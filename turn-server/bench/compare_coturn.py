@@ -62,6 +62,21 @@ def udp_rcvbuf_errors():
     return int(rows[1][rows[0].index("RcvbufErrors")])
 
 
+def socket_drops(server_pid):
+    """Datagrams dropped on full receive buffers, (server's sockets, all others)."""
+    out = subprocess.run(["ss", "-uapmn"], capture_output=True, text=True).stdout
+    server = other = 0
+    for block in re.split(r"\n(?=\S)", out):
+        m = re.search(r"skmem:\([^)]*\bd(\d+)\)", block)
+        if not m:
+            continue
+        if f"pid={server_pid}," in block:
+            server += int(m.group(1))
+        else:
+            other += int(m.group(1))
+    return server, other
+
+
 def start(kind, port, binary, extra=()):
     if kind == "ours":
         cmd = [binary, "--listen-address", "127.0.0.1", "--listen-port", str(port),
@@ -93,6 +108,7 @@ def run_once(kind, load, binary, extra=()):
         drops = udp_rcvbuf_errors() - drops_before
         text = out.stdout + out.stderr
         cpu, rss = cpu_and_rss(server.pid)
+        server_drops, _ = socket_drops(server.pid)
     finally:
         server.send_signal(signal.SIGKILL)
         server.wait()
@@ -109,6 +125,7 @@ def run_once(kind, load, binary, extra=()):
         "cpu": cpu,
         "rss": rss,
         "rcvbuf_drops": drops,
+        "server_drops": server_drops,
     }
 
 
@@ -130,7 +147,7 @@ def main():
             r = run_once(kind, args.load, args.binary, args.ours_arg)
             results[kind].append(r)
             print(f"run {i + 1} {kind:6} time={r['time']}s lost={r['lost']} ({r['lost_pct']}%) "
-                  f"cpu={r['cpu']:.2f}s rss={r['rss']:.1f}MiB rcvbuf_drops={r['rcvbuf_drops']} "
+                  f"cpu={r['cpu']:.2f}s rss={r['rss']:.1f}MiB rcvbuf_drops={r['rcvbuf_drops']} (at server sockets {r['server_drops']}) "
                   f"load={os.getloadavg()[0]:.1f}", flush=True)
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("time", "lost", "lost_pct", "cpu", "rss")}
            for k, v in results.items()}
