@@ -525,3 +525,30 @@ impl turn::auth::AuthHandler for VerifiedKeys {
             .ok_or(turn::Error::ErrNoSuchUser)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stun::xoraddr::XorMappedAddress;
+
+    fn encoded(ip: IpAddr, txid: TransactionId) -> Vec<u8> {
+        let mut m = Message::new();
+        m.transaction_id = txid;
+        m.write_header();
+        XorMappedAddress { ip, port: 5000 }
+            .add_to_as(&mut m, ATTR_XOR_PEER_ADDRESS)
+            .expect("encode");
+        m.attributes.0[0].value.clone()
+    }
+
+    #[test]
+    fn xor_peer_address_decodes_both_families() {
+        let txid = TransactionId([7u8; 12]);
+        for ip in ["169.254.169.254", "203.0.113.5", "fe80::1", "2001:db8::42"] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            assert_eq!(xor_peer_ip(&encoded(ip, txid), &txid), Some(ip));
+        }
+        assert_eq!(xor_peer_ip(&[0, 1, 0], &txid), None);
+        assert_eq!(xor_peer_ip(&[0, 3, 0, 0, 1, 2, 3, 4], &txid), None);
+    }
+}
