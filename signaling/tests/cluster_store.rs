@@ -90,6 +90,13 @@ async fn two_instances_allocate_gap_free_seq_and_resends_are_idempotent() {
     // The same client id from another peer is another message.
     let other = b.append_chat(chat("r1", "p-other", "c-0-0")).await.unwrap();
     assert_eq!((other.duplicate, other.message.seq), (false, 61));
+    // A store that has never seen the room (an instance started later)
+    // finds the last seq without a hint and continues after it.
+    let cold = store(&mongo).await;
+    assert_eq!(cold.last_seq("r1").await.unwrap(), 61);
+    let next = cold.append_chat(chat("r1", "p-cold", "c-x")).await.unwrap();
+    assert_eq!((next.duplicate, next.message.seq), (false, 62));
+    assert_eq!(cold.last_seq("empty-room").await.unwrap(), 0);
     // Rooms are independent.
     assert_eq!(
         a.append_chat(chat("r2", "p-0", "c-0-0"))

@@ -25,6 +25,43 @@ const DUPLICATE_KEY: i32 = 11000;
 /// Attempts to win a `seq` against other instances before answering
 /// `unavailable` (the client resends).
 const MAX_SEQ_RACES: usize = 32;
+/// Appends written in one `insert_many`, at most.
+const MAX_BATCH: usize = 256;
+
+struct PendingAppend {
+    chat: NewChat,
+    reply: tokio::sync::oneshot::Sender<Result<Appended>>,
+    races: usize,
+}
+
+fn appended(chat: NewChat, seq: u64) -> Appended {
+    Appended {
+        message: ChatMessage {
+            room: chat.room,
+            seq,
+            id: chat.client_id,
+            from: chat.peer,
+            name: chat.name,
+            body: chat.body,
+            ts: chat.ts,
+        },
+        duplicate: false,
+    }
+}
+
+/// Index and duplicate-key-ness of the first failed document of an ordered
+/// `insert_many` (the ones before it were inserted, none after it).
+fn first_write_error(e: &mongodb::error::Error) -> Option<(usize, bool)> {
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()?
+            .iter()
+            .min_by_key(|w| w.index)
+            .map(|w| (w.index, w.code == DUPLICATE_KEY)),
+        _ => None,
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct MongoConfig {
@@ -60,9 +97,14 @@ pub struct MongoStore {
     breaker: CircuitBreaker,
     healthy: AtomicBool,
     indexes_ready: AtomicBool,
-    /// Serializes appends per room within this instance (fewer races with
-    /// ourselves) and caches the last `seq` we saw as a first guess.
-    room_tails: Mutex<HashMap<String, Arc<tokio::sync::Mutex<u64>>>>,
+    /// Per room, a `seq` known to be stored (a lower bound of the last
+    /// one): the first guess for the next append and the start of the
+    /// range read that finds the last one. Never above the stored maximum.
+    hints: Mutex<HashMap<String, u64>>,
+    /// Appends waiting for the writer (see `append_chat`).
+    pending: Mutex<Vec<PendingAppend>>,
+    /// Held by the caller that currently writes a batch for everyone.
+    writer: tokio::sync::Mutex<()>,
 }
 
 fn unavailable(reason: impl std::fmt::Display) -> SignalingError {
@@ -191,7 +233,9 @@ impl MongoStore {
             redacted_uri,
             healthy: AtomicBool::new(false),
             indexes_ready: AtomicBool::new(false),
-            room_tails: Mutex::new(HashMap::new()),
+            hints: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
+            writer: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -321,13 +365,32 @@ impl MongoStore {
         })
     }
 
-    fn room_tail(&self, room: &str) -> Arc<tokio::sync::Mutex<u64>> {
-        let mut tails = self.room_tails.lock().unwrap_or_else(|p| p.into_inner());
-        if tails.len() > 100_000 {
-            // Bounded: forgetting a hint only costs one read.
-            tails.clear();
+    fn hint(&self, room: &str) -> u64 {
+        let hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
+        hints.get(room).copied().unwrap_or(0)
+    }
+
+    fn raise_hint(&self, room: &str, seq: u64) {
+        let mut hints = self.hints.lock().unwrap_or_else(|p| p.into_inner());
+        if hints.len() > 100_000 {
+            // Bounded: forgetting hints only costs reads.
+            hints.clear();
         }
-        tails.entry(room.to_owned()).or_default().clone()
+        let h = hints.entry(room.to_owned()).or_default();
+        *h = (*h).max(seq);
+    }
+
+    async fn seq_exists(&self, room: &str, seq: u64) -> Result<bool> {
+        let found = self
+            .call(
+                "seq_exists",
+                self.messages
+                    .find_one(doc! {"room": room, "seq": seq as i64})
+                    .projection(doc! {"seq": 1, "_id": 0}),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(found.is_some())
     }
 
     async fn find_by_client_id(&self, chat: &NewChat) -> Result<Option<ChatMessage>> {
@@ -343,20 +406,148 @@ impl MongoStore {
         found.as_ref().map(message_from).transpose()
     }
 
+    /// The room's highest stored `seq`. Reads the index range above a
+    /// known lower bound; without one, first finds a bound with point reads
+    /// at 1, 2, 4, … (seq has no gaps), because a sorted read over a whole
+    /// room is slow on some MongoDB-compatible servers.
     async fn read_last_seq(&self, room: &str) -> Result<u64> {
+        let mut lower = self.hint(room);
+        if lower == 0 {
+            if !self.seq_exists(room, 1).await? {
+                return Ok(0);
+            }
+            lower = 1;
+            while lower < (1 << 62) && self.seq_exists(room, lower * 2).await? {
+                lower *= 2;
+            }
+        }
         let last = self
             .call(
                 "last_seq",
                 self.messages
-                    .find_one(doc! {"room": room})
+                    .find_one(doc! {"room": room, "seq": {"$gte": lower as i64}})
                     .sort(doc! {"seq": -1})
                     .projection(doc! {"seq": 1, "_id": 0}),
             )
             .await
             .map_err(unavailable)?;
-        last.map(|d| get_u64(&d, "seq"))
-            .transpose()
-            .map(|s| s.unwrap_or(0))
+        let last = last.map(|d| get_u64(&d, "seq")).transpose()?.unwrap_or(0);
+        self.raise_hint(room, last);
+        Ok(last)
+    }
+
+    /// Writes a batch of appends in as few ordered `insert_many` calls as
+    /// races allow, answering each request.
+    async fn write_batch(&self, mut batch: Vec<PendingAppend>) {
+        if let Err(e) = self.ensure_indexes().await {
+            for p in batch {
+                let _ = p.reply.send(Err(unavailable(&e)));
+            }
+            return;
+        }
+        while !batch.is_empty() {
+            let mut next: HashMap<String, u64> = HashMap::new();
+            for p in &batch {
+                if !next.contains_key(&p.chat.room) {
+                    let last = match self.hint(&p.chat.room) {
+                        0 => self.read_last_seq(&p.chat.room).await,
+                        h => Ok(h),
+                    };
+                    match last {
+                        Ok(last) => {
+                            next.insert(p.chat.room.clone(), last);
+                        }
+                        Err(e) => {
+                            for p in batch {
+                                let _ = p.reply.send(Err(unavailable(&e)));
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+            let mut seqs = Vec::with_capacity(batch.len());
+            let docs: Vec<Document> = batch
+                .iter()
+                .map(|p| {
+                    let c = &p.chat;
+                    let seq = next.get_mut(&c.room).map_or(1, |s| {
+                        *s += 1;
+                        *s
+                    });
+                    seqs.push(seq);
+                    doc! {
+                        "room": &c.room,
+                        "seq": seq as i64,
+                        "peer": &c.peer,
+                        "client_id": &c.client_id,
+                        "name": &c.name,
+                        "body": &c.body,
+                        "ts": &c.ts,
+                    }
+                })
+                .collect();
+            let result = self
+                .call("append_chat", self.messages.insert_many(docs).ordered(true))
+                .await;
+            let failed_at = match &result {
+                Ok(_) => batch.len(),
+                Err(e) => match first_write_error(e) {
+                    Some((k, true)) if k < batch.len() => k,
+                    _ => {
+                        // Outage, timeout or an unknown outcome: nothing is
+                        // acked; resends find what did land.
+                        for p in batch {
+                            let _ = p.reply.send(Err(unavailable(
+                                result
+                                    .as_ref()
+                                    .err()
+                                    .map_or(String::new(), |e| e.to_string()),
+                            )));
+                        }
+                        return;
+                    }
+                },
+            };
+            let rest = batch.split_off(failed_at);
+            for (p, seq) in batch.into_iter().zip(seqs) {
+                self.raise_hint(&p.chat.room, seq);
+                let _ = p.reply.send(Ok(appended(p.chat, seq)));
+            }
+            batch = rest;
+            if batch.is_empty() {
+                return;
+            }
+            // The first unwritten one collided: a resend of a stored
+            // message, or another instance took its seq.
+            let mut failed = batch.remove(0);
+            match self.find_by_client_id(&failed.chat).await {
+                Ok(Some(message)) => {
+                    self.raise_hint(&message.room, message.seq);
+                    let _ = failed.reply.send(Ok(Appended {
+                        message,
+                        duplicate: true,
+                    }));
+                }
+                Ok(None) => {
+                    failed.races += 1;
+                    let refreshed = self.read_last_seq(&failed.chat.room).await;
+                    if failed.races >= MAX_SEQ_RACES {
+                        let _ = failed.reply.send(Err(unavailable(format!(
+                            "room {} is too contended to allocate a seq; retry",
+                            failed.chat.room
+                        ))));
+                    } else if let Err(e) = refreshed {
+                        let _ = failed.reply.send(Err(e));
+                    } else {
+                        batch.insert(0, failed);
+                    }
+                }
+                Err(e) => {
+                    let _ = failed.reply.send(Err(e));
+                }
+            }
+        }
     }
 }
 
@@ -407,70 +598,42 @@ impl Store for MongoStore {
         found.as_ref().map(room_from).transpose()
     }
 
+    /// Appends are combined: each request joins the pending list, and
+    /// whoever holds the writer lock writes everything pending in one
+    /// ordered `insert_many` (group commit), so a busy instance makes one
+    /// round trip per batch rather than per message. Seqs are taken from
+    /// the per-room hint and the unique indexes settle every race; no
+    /// request is answered before its batch is durable.
     async fn append_chat(&self, chat: NewChat) -> Result<Appended> {
-        self.ensure_indexes().await?;
-        let tail = self.room_tail(&chat.room);
-        let mut last = tail.lock().await;
-        // No look-up first: a resend (even of an attempt whose outcome we
-        // never learned) collides on the (room, peer, client_id) index,
-        // which costs a round trip only then.
-        if *last == 0 {
-            *last = self.read_last_seq(&chat.room).await?;
-        }
-        for _ in 0..MAX_SEQ_RACES {
-            let seq = *last + 1;
-            let document = doc! {
-                "room": &chat.room,
-                "seq": seq as i64,
-                "peer": &chat.peer,
-                "client_id": &chat.client_id,
-                "name": &chat.name,
-                "body": &chat.body,
-                "ts": &chat.ts,
-            };
-            match self
-                .call("append_chat", self.messages.insert_one(document))
-                .await
-            {
-                Ok(_) => {
-                    *last = seq;
-                    return Ok(Appended {
-                        message: ChatMessage {
-                            room: chat.room,
-                            seq,
-                            id: chat.client_id,
-                            from: chat.peer,
-                            name: chat.name,
-                            body: chat.body,
-                            ts: chat.ts,
-                        },
-                        duplicate: false,
-                    });
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(PendingAppend {
+                chat,
+                reply,
+                races: 0,
+            });
+        loop {
+            let _writer = self.writer.lock().await;
+            match answer.try_recv() {
+                Ok(result) => return result,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    return Err(unavailable("append abandoned; retry"));
                 }
-                Err(e) if is_duplicate_key(&e) => {
-                    // Either this is a resend of a stored message, or another
-                    // instance took this seq: the idempotency key tells.
-                    if let Some(message) = self.find_by_client_id(&chat).await? {
-                        *last = (*last).max(message.seq);
-                        return Ok(Appended {
-                            message,
-                            duplicate: true,
-                        });
-                    }
-                    *last = self.read_last_seq(&chat.room).await?.max(seq);
-                }
-                Err(e) => {
-                    // Outcome unknown: forget the hint; the client's resend
-                    // finds the message if it landed.
-                    *last = 0;
-                    return Err(unavailable(e));
-                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
             }
+            let batch: Vec<PendingAppend> = {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let n = pending.len().min(MAX_BATCH);
+                pending.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                // Ours is being written by a batch that was abandoned midway.
+                return Err(unavailable("append abandoned; retry"));
+            }
+            self.write_batch(batch).await;
         }
-        Err(unavailable(format!(
-            "room {} is too contended to allocate a seq; retry",
-            chat.room
-        )))
     }
 
     async fn history(&self, room: &str, after: u64, limit: usize) -> Result<Vec<ChatMessage>> {
