@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use stun::agent::TransactionId;
@@ -57,8 +57,18 @@ pub(crate) struct GuardedConn {
     transport: Transport,
     shared: Arc<Shared>,
     local: SocketAddr,
+    realm: String,
     tcp_sessions: Mutex<HashMap<SocketAddr, TcpSession>>,
+    /// A nonce the crate issued recently, handed to unauthenticated requests
+    /// instead of letting each one through: the crate stores every nonce it
+    /// issues and never bounds that map, so a flood of unauthenticated
+    /// requests would otherwise grow memory without limit.
+    challenge_nonce: Mutex<Option<(String, Instant)>>,
 }
+
+/// How long a captured nonce is handed out; the crate accepts a nonce for an
+/// hour after issuing it, so clients given it late still have half an hour.
+const CHALLENGE_NONCE_REUSE: Duration = Duration::from_secs(30 * 60);
 
 enum Verdict {
     Pass,
@@ -67,7 +77,7 @@ enum Verdict {
 }
 
 impl GuardedConn {
-    pub fn new(transport: Transport, shared: Arc<Shared>) -> std::io::Result<Self> {
+    pub fn new(transport: Transport, shared: Arc<Shared>, realm: &str) -> std::io::Result<Self> {
         let local = match &transport {
             Transport::Udp(s) => s.local_addr()?,
             Transport::Tcp(t) => t.local,
@@ -76,7 +86,9 @@ impl GuardedConn {
             transport,
             shared,
             local,
+            realm: realm.to_owned(),
             tcp_sessions: Mutex::new(HashMap::new()),
+            challenge_nonce: Mutex::new(None),
         })
     }
 
@@ -174,8 +186,13 @@ impl GuardedConn {
             return Verdict::Reply(resp);
         }
         if !m.contains(ATTR_MESSAGE_INTEGRITY) {
-            // The crate answers 401 with a fresh nonce and the realm.
-            return Verdict::Pass;
+            // Answer the 401 challenge with the recent nonce when there is
+            // one; otherwise the crate answers with a fresh nonce, which
+            // `outbound` captures.
+            return match self.recent_nonce() {
+                Some(nonce) => self.challenge(&m, method, nonce),
+                None => Verdict::Pass,
+            };
         }
         let (Ok(username), Ok(realm)) = (
             TextAttribute::get_from_as(&m, ATTR_USERNAME),
@@ -306,12 +323,73 @@ impl GuardedConn {
         }
     }
 
-    /// Watches our own answers to Allocate requests to settle quota reservations.
+    fn recent_nonce(&self) -> Option<String> {
+        let guard = self
+            .challenge_nonce
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        guard
+            .as_ref()
+            .filter(|(_, at)| at.elapsed() < CHALLENGE_NONCE_REUSE)
+            .map(|(n, _)| n.clone())
+    }
+
+    fn challenge(&self, m: &Message, method: Method, nonce: String) -> Verdict {
+        let setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(Message {
+                transaction_id: m.transaction_id,
+                ..Default::default()
+            }),
+            Box::new(MessageType::new(method, CLASS_ERROR_RESPONSE)),
+            Box::new(ErrorCodeAttribute {
+                code: CODE_UNAUTHORIZED,
+                reason: vec![],
+            }),
+            Box::new(TextAttribute::new(ATTR_NONCE, nonce)),
+            Box::new(TextAttribute::new(ATTR_REALM, self.realm.clone())),
+        ];
+        let mut out = Message::new();
+        match out.build(&setters) {
+            Ok(()) => Verdict::Reply(out.raw),
+            Err(_) => Verdict::Pass,
+        }
+    }
+
+    /// Keeps the nonce of a 401 or 438 the crate sends, for `challenge`.
+    fn capture_nonce(&self, pkt: &[u8]) {
+        let mut m = Message {
+            raw: pkt.to_vec(),
+            ..Default::default()
+        };
+        if m.decode().is_err() {
+            return;
+        }
+        if let Ok(nonce) = TextAttribute::get_from_as(&m, ATTR_NONCE) {
+            let mut guard = self
+                .challenge_nonce
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let stale = guard
+                .as_ref()
+                .is_none_or(|(_, at)| at.elapsed() >= CHALLENGE_NONCE_REUSE);
+            if stale {
+                *guard = Some((nonce.text, Instant::now()));
+            }
+        }
+    }
+
+    /// Watches our own answers: settles quota reservations on Allocate
+    /// answers and captures challenge nonces from error responses.
     fn outbound(&self, pkt: &[u8], to: SocketAddr) {
         if pkt.len() < 20 || pkt[0] >> 6 != 0 {
             return;
         }
         let typ = u16::from_be_bytes([pkt[0], pkt[1]]);
+        // Error-response class bits (0x0110) on a message that carries a
+        // NONCE: 401 and 438 answers of the crate.
+        if typ & 0x0110 == 0x0110 && pkt.len() > 20 {
+            self.capture_nonce(pkt);
+        }
         let success = match typ {
             0x0103 => true,
             0x0113 => false,

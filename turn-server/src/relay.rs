@@ -175,7 +175,11 @@ impl Relay {
         let mut conn_configs = Vec::new();
         for sock in udp_sockets {
             conn_configs.push(ConnConfig {
-                conn: Arc::new(GuardedConn::new(Transport::Udp(sock), Arc::clone(&shared))?),
+                conn: Arc::new(GuardedConn::new(
+                    Transport::Udp(sock),
+                    Arc::clone(&shared),
+                    &config.realm,
+                )?),
                 relay_addr_generator: Box::new(ports(&metrics)),
             });
         }
@@ -190,7 +194,11 @@ impl Relay {
             )?;
             tasks.push(task);
             conn_configs.push(ConnConfig {
-                conn: Arc::new(GuardedConn::new(Transport::Tcp(mux), Arc::clone(&shared))?),
+                conn: Arc::new(GuardedConn::new(
+                    Transport::Tcp(mux),
+                    Arc::clone(&shared),
+                    &config.realm,
+                )?),
                 relay_addr_generator: Box::new(ports(&metrics)),
             });
         }

@@ -346,3 +346,59 @@ async fn retransmitted_allocate_gets_the_same_success_not_437() {
     );
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn unauthenticated_requests_share_one_challenge_nonce() {
+    use stun::agent::TransactionId;
+    use stun::attributes::{ATTR_NONCE, ATTR_REALM};
+    use stun::message::{CLASS_REQUEST, METHOD_ALLOCATE, Message, MessageType, Setter};
+    use stun::textattrs::TextAttribute;
+
+    let relay = relay_with(|_| {}).await;
+    let mut nonces = std::collections::HashSet::new();
+    for _ in 0..30 {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut req = Message::new();
+        req.build(&[
+            Box::new(TransactionId::new()) as Box<dyn Setter>,
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+        ])
+        .expect("build");
+        sock.send_to(&req.raw, relay.udp_addr())
+            .await
+            .expect("send");
+        let mut buf = [0u8; 1500];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf))
+            .await
+            .expect("challenge within 2s")
+            .expect("recv");
+        let mut m = Message {
+            raw: buf[..n].to_vec(),
+            ..Default::default()
+        };
+        m.decode().expect("decode");
+        assert_eq!(m.transaction_id, req.transaction_id);
+        let realm = TextAttribute::get_from_as(&m, ATTR_REALM).expect("realm");
+        assert_eq!(realm.text, "videochat");
+        nonces.insert(
+            TextAttribute::get_from_as(&m, ATTR_NONCE)
+                .expect("nonce")
+                .text,
+        );
+    }
+    // One nonce issued by the TURN server, then handed out again: a flood of
+    // unauthenticated requests does not grow its nonce table.
+    assert_eq!(nonces.len(), 1, "{nonces:?}");
+
+    // And the shared nonce authenticates a real client.
+    let c = client(&relay, Transport::Udp, &cred(SECRET, "nonce")).await;
+    let conn = c
+        .client
+        .allocate()
+        .await
+        .expect("allocate with the shared nonce");
+    round_trip(&conn, b"nonce ok").await;
+    relay.shutdown().await;
+}
