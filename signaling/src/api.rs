@@ -273,7 +273,7 @@ async fn ws_upgrade(
     // Small buffers keep idle connections cheap; they grow for large frames.
     ws.max_message_size(cap)
         .max_frame_size(cap)
-        .read_buffer_size(1024)
+        .read_buffer_size(256)
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| connection::serve(state, socket, guard, ip, q.token))
 }

@@ -340,7 +340,7 @@ async fn handshake(
             session: random_id("s-", 12),
             peer: random_id("p-", 9),
             resume_token: random_id("", 24),
-            rooms: BTreeMap::new(),
+            rooms: HashMap::new(),
             last_activity: unix_now(),
         };
         if let Err(e) = state.sessions.create(session.clone(), owner).await {

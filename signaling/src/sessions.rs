@@ -4,7 +4,7 @@
 //! it. [`InProcessSessions`] serves one instance; a Redis backend lets a
 //! session resume on any instance.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,8 @@ pub struct SessionState {
     pub session: String,
     pub peer: String,
     pub resume_token: String,
-    pub rooms: BTreeMap<String, RoomMembership>,
+    /// A hash map: far smaller than a B-tree node for the usual one room.
+    pub rooms: HashMap<String, RoomMembership>,
     /// Unix seconds of the last message from the client.
     pub last_activity: u64,
 }
@@ -241,7 +242,9 @@ impl Sessions for EmbeddedSessions {
     async fn take_expired(&self) -> Result<Vec<SessionState>> {
         let expired = self.memory.take_expired().await?;
         // Concurrent deletes share group commits.
-        let deletes = expired.iter().map(|s| self.store.write_session(&s.session, None));
+        let deletes = expired
+            .iter()
+            .map(|s| self.store.write_session(&s.session, None));
         for result in futures::future::join_all(deletes).await {
             result?;
         }
