@@ -232,7 +232,9 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
     let name = cluster.name_any();
-    if !ctx.is_leader() {
+    let leading = ctx.is_leader();
+    ctx.metrics.leader.set(i64::from(leading));
+    if !leading {
         tracing::debug!(cluster = %name, %namespace, "not the leader; skipping");
         return Ok(Action::requeue(FOLLOWER_POLL));
     }
@@ -316,6 +318,7 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
                 reason,
                 ..
             } => {
+                ctx.metrics.rollbacks.inc();
                 // The workload's Apply carries the last good template.
                 tracing::warn!(cluster = %name, %namespace, %component, %from_revision, %to_revision, %reason, "rolled back");
             }
@@ -326,11 +329,15 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
                 reason,
                 ..
             } => {
+                ctx.metrics.scale_steps.inc();
                 // The Deployment's Apply carries the replicas.
                 tracing::info!(cluster = %name, %namespace, %component, from, to, %reason, "scaled");
             }
-            // Done before the applies.
-            PlanAction::Drain { .. } | PlanAction::DeletePod { .. } => {}
+            // Carried out before the applies (run_pod_actions); counted here.
+            PlanAction::Drain { .. } => {
+                ctx.metrics.pod_drains.inc();
+            }
+            PlanAction::DeletePod { .. } => {}
         }
     }
 

@@ -1,9 +1,11 @@
-//! Operator metrics: reconciles, errors by kind, reconcile duration.
+//! Operator metrics: reconciles, errors by kind, reconcile duration, and the
+//! day-two counters (rollbacks, scaling steps, drains) and leadership.
 //! Labels are bounded (error kinds), never per-object.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
@@ -19,6 +21,11 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
+    /// 1 while this replica holds the leader Lease (or runs without election).
+    pub leader: Gauge,
+    pub rollbacks: Counter,
+    pub scale_steps: Counter,
+    pub pod_drains: Counter,
 }
 
 impl Default for Metrics {
@@ -44,11 +51,39 @@ impl Metrics {
             "Time one reconcile took",
             duration.clone(),
         );
+        let leader = Gauge::default();
+        let rollbacks = Counter::default();
+        let scale_steps = Counter::default();
+        let pod_drains = Counter::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
+        registry.register(
+            "rollbacks",
+            "Failed revisions replaced by the last good template",
+            rollbacks.clone(),
+        );
+        registry.register(
+            "scale_steps",
+            "Replica changes made by the autoscaler",
+            scale_steps.clone(),
+        );
+        registry.register(
+            "pod_drains",
+            "Pods asked to drain before a scale-down",
+            pod_drains.clone(),
+        );
         Self {
             registry,
             reconciles,
             errors,
             duration,
+            leader,
+            rollbacks,
+            scale_steps,
+            pod_drains,
         }
     }
 

@@ -235,6 +235,13 @@ fn a_crash_looping_database_is_rolled_back_and_its_stuck_pod_replaced() {
             _ => None,
         })
         .expect("a rollback");
+    // The plan's revision annotation is the rollout module's revision hash.
+    let template: k8s_openapi::api::apps::v1::StatefulSet =
+        serde_json::from_value(json(set)).expect("StatefulSet");
+    assert_eq!(
+        videochat_operator::rollout::revision_hash(&template.spec.template),
+        bad
+    );
     assert_eq!(rollback, ("redis".to_owned(), "CrashLoop".to_owned(), bad));
     assert!(
         plan.actions.iter().any(|a| matches!(

@@ -205,6 +205,7 @@ async fn a_failed_rollout_is_rolled_back_to_the_last_good_template() {
     assert_eq!(tracking.failed_revision.as_deref(), Some(bad.as_str()));
     assert_eq!(tracking.failed_generation, Some(2));
     assert_eq!(warning_events(&double, "RolledBack"), 1);
+    assert_eq!(ctx.metrics.rollbacks.get(), 1);
 
     // Same generation: the bad revision stays out, no second rollback.
     all_ready(&double);
@@ -212,5 +213,6 @@ async fn a_failed_rollout_is_rolled_back_to_the_last_good_template() {
     reconcile(&double, &ctx).await;
     assert_eq!(signaling_image(&double), good_image);
     assert_eq!(warning_events(&double, "RolledBack"), 1);
+    assert_eq!(ctx.metrics.rollbacks.get(), 1, "no second rollback");
     assert_eq!(condition(&double, "RolledBack").0, "True");
 }

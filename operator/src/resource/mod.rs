@@ -83,11 +83,37 @@ pub struct SecretKeyRef {
 
 /// The CRD as YAML, exactly what `videochat-operator crd` prints and
 /// `crds/videochatcluster.yaml` holds.
+/// Keys are sorted at every level, so the text does not depend on whether
+/// serde_json's `preserve_order` feature is on (other crates in the same
+/// build, e.g. bson through the MongoDB driver, turn it on).
 pub fn crd_yaml() -> Result<String, crate::Error> {
-    serde_yaml::to_string(&VideoChatCluster::crd()).map_err(|e| crate::Error::Serialize {
+    let fail = |message: String| crate::Error::Serialize {
         what: "CustomResourceDefinition".into(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let value = serde_json::to_value(VideoChatCluster::crd()).map_err(|e| fail(e.to_string()))?;
+    serde_yaml::to_string(&sorted_keys(value)).map_err(|e| fail(e.to_string()))
+}
+
+/// The value with every object's keys in sorted order (canonical JSON for
+/// hashes and generated files).
+pub(crate) fn sorted_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sorted_keys(v)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sorted_keys).collect())
+        }
+        other => other,
+    }
 }
 
 /// Evaluates the CRD's schema rules (CEL `x-kubernetes-validations`) on a

@@ -12,8 +12,8 @@ pub use crate::labels::REVISION_ANNOTATION;
 const REVISION_LEN: usize = 10;
 
 /// Hash of the pod template without its revision annotation (so stamping the
-/// annotation does not change the hash). serde_json's default map is
-/// ordered, which makes the serialization canonical.
+/// annotation does not change the hash), over canonical JSON (keys sorted),
+/// the same as the plan's revision annotation.
 pub fn revision_hash(template: &PodTemplateSpec) -> String {
     let mut unstamped = template.clone();
     if let Some(meta) = unstamped.metadata.as_mut()
@@ -26,7 +26,10 @@ pub fn revision_hash(template: &PodTemplateSpec) -> String {
     }
     // Serializing plain k8s-openapi structs cannot fail; an empty body would
     // still hash deterministically.
-    let bytes = serde_json::to_vec(&unstamped).unwrap_or_default();
+    let canonical = serde_json::to_value(&unstamped)
+        .map(crate::resource::sorted_keys)
+        .unwrap_or_default();
+    let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
     let digest = Sha256::digest(&bytes);
     digest
         .iter()
