@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use futures::stream::{SplitSink, SplitStream};
+use futures::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +35,10 @@ const OUTBOX: usize = 4096;
 const GAP_WAIT: Duration = Duration::from_millis(50);
 /// Out-of-order chat held per room before the gap is filled at once.
 const MAX_PENDING: usize = 1024;
+/// Chat messages of one connection waiting for durability at once; reading
+/// pauses beyond that. Pipelining keeps a connection's throughput from being
+/// one message per fsync.
+const MAX_INFLIGHT: usize = 256;
 /// Time a new connection has to send `hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Close codes.
@@ -152,6 +156,7 @@ pub async fn serve(
         overflow: overflow.clone(),
     };
     let mut conn = Conn {
+        inflight: std::sync::Mutex::new(None),
         bucket: TokenBucket::new(
             state.config.rate_per_connection,
             state.config.rate_per_connection * 2.0,
@@ -352,8 +357,22 @@ async fn handshake(
     }
 }
 
+/// A chat message on its way to durability.
+struct ChatOutcome {
+    room: String,
+    id: String,
+    started: Instant,
+    result: Result<crate::store::Appended, SignalingError>,
+}
+
+type PendingChat = std::pin::Pin<Box<dyn std::future::Future<Output = ChatOutcome> + Send>>;
+
 struct Conn {
     state: AppState,
+    /// Chat awaiting durability, acked in the order received. Created on the
+    /// first chat so idle connections do not pay for it. The mutex only makes
+    /// `Conn` `Sync`; it is reached through `get_mut`, never locked.
+    inflight: std::sync::Mutex<Option<FuturesOrdered<PendingChat>>>,
     session: SessionState,
     tx: mpsc::Sender<Delivery>,
     ip: IpAddr,
@@ -394,8 +413,23 @@ impl Conn {
         let mut drain = self.state.drain_watch();
         let mut told_drain = false;
         loop {
+            let inflight = match self.inflight.get_mut() {
+                Ok(Some(f)) => f.len(),
+                _ => 0,
+            };
             let next = tokio::select! {
-                next = tokio::time::timeout(idle, stream.next()) => next,
+                next = tokio::time::timeout(idle, stream.next()), if inflight < MAX_INFLIGHT => next,
+                done = async {
+                    match self.inflight.get_mut() {
+                        Ok(Some(f)) => f.next().await,
+                        _ => None,
+                    }
+                }, if inflight > 0 => {
+                    if let Some(outcome) = done {
+                        self.complete_chat(outcome).await;
+                    }
+                    continue;
+                }
                 changed = drain.changed(), if !told_drain => {
                     if changed.is_ok() && *drain.borrow() {
                         told_drain = true;
@@ -883,20 +917,47 @@ impl Conn {
                 Some(id),
             ));
         }
+        let chat = NewChat {
+            room: room.clone(),
+            peer: self.session.peer.clone(),
+            client_id: id.clone(),
+            name,
+            body,
+            ts: now_rfc3339(),
+        };
+        let store = self.state.store.clone();
         let started = Instant::now();
-        let appended = self
-            .state
-            .store
-            .append_chat(NewChat {
-                room: room.clone(),
-                peer: self.session.peer.clone(),
-                client_id: id.clone(),
-                name,
-                body,
-                ts: now_rfc3339(),
-            })
-            .await
-            .map_err(|e| with_ref(internal(&e, "storing the message"), &id))?;
+        let pending: PendingChat = Box::pin(async move {
+            let result = store.append_chat(chat).await;
+            ChatOutcome {
+                room,
+                id,
+                started,
+                result,
+            }
+        });
+        let slot = self.inflight.get_mut().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert_with(FuturesOrdered::new)
+            .push_back(pending);
+        Ok(())
+    }
+
+    /// Acks a durable chat message and broadcasts it, or says why it is not.
+    async fn complete_chat(&self, outcome: ChatOutcome) {
+        let ChatOutcome {
+            room,
+            id,
+            started,
+            result,
+        } = outcome;
+        let appended = match result {
+            Ok(a) => a,
+            Err(e) => {
+                let e = with_ref(internal(&e, "storing the message"), &id);
+                self.send_error(&e).await;
+                return;
+            }
+        };
         self.state
             .metrics
             .ack_latency
@@ -917,7 +978,6 @@ impl Conn {
                 tracing::warn!(error = %e, %room, "publish failed");
             }
         }
-        Ok(())
     }
 
     /// `bye`: leave every room now and forget the session.
