@@ -70,6 +70,11 @@ async fn cross_instance_chat_fan_out() {
         "100000000",
         "--log",
         "error",
+        // Production defaults, not the fault tests' short ones.
+        "--chat-sweep",
+        "2s",
+        "--backend-timeout",
+        "5s",
     ];
     let a = Instance::start("a", &redis.url(), &mongo.uri(), &dir, &limits);
     let b = Instance::start("b", &redis.url(), &mongo.uri(), &dir, &limits);

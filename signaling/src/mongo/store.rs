@@ -436,6 +436,38 @@ impl MongoStore {
         Ok(last)
     }
 
+    /// Raises the hints of `rooms` to their last stored seq: one range read
+    /// above the known hints, point reads first for rooms without one.
+    async fn refresh_hints(&self, rooms: &[String]) -> Result<()> {
+        let mut clauses = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            match self.hint(room) {
+                0 => {
+                    self.read_last_seq(room).await?;
+                }
+                h => clauses.push(doc! {"room": room, "seq": {"$gt": h as i64}}),
+            }
+        }
+        if clauses.is_empty() {
+            return Ok(());
+        }
+        let newer: Vec<Document> = self
+            .call("refresh_hints", async {
+                self.messages
+                    .find(doc! {"$or": clauses})
+                    .projection(doc! {"room": 1, "seq": 1, "_id": 0})
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await
+            .map_err(unavailable)?;
+        for d in &newer {
+            self.raise_hint(&get_str(d, "room")?, get_u64(d, "seq")?);
+        }
+        Ok(())
+    }
+
     /// Writes a batch of appends in as few ordered `insert_many` calls as
     /// races allow, answering each request.
     async fn write_batch(&self, mut batch: Vec<PendingAppend>) {
@@ -446,26 +478,21 @@ impl MongoStore {
             return;
         }
         while !batch.is_empty() {
-            let mut next: HashMap<String, u64> = HashMap::new();
-            for p in &batch {
-                if !next.contains_key(&p.chat.room) {
-                    let last = match self.hint(&p.chat.room) {
-                        0 => self.read_last_seq(&p.chat.room).await,
-                        h => Ok(h),
-                    };
-                    match last {
-                        Ok(last) => {
-                            next.insert(p.chat.room.clone(), last);
-                        }
-                        Err(e) => {
-                            for p in batch {
-                                let _ = p.reply.send(Err(unavailable(&e)));
-                            }
-                            return;
-                        }
-                    }
+            // Other instances may have appended to these rooms since we
+            // last looked: one read brings every hint up to date, so the
+            // insert rarely collides.
+            let mut rooms: Vec<String> = batch.iter().map(|p| p.chat.room.clone()).collect();
+            rooms.sort();
+            rooms.dedup();
+            if let Err(e) = self.refresh_hints(&rooms).await {
+                for p in batch {
+                    let _ = p.reply.send(Err(unavailable(&e)));
                 }
+                return;
             }
+            let next: HashMap<String, u64> =
+                rooms.iter().map(|r| (r.clone(), self.hint(r))).collect();
+            let mut next = next;
             let mut seqs = Vec::with_capacity(batch.len());
             let docs: Vec<Document> = batch
                 .iter()
