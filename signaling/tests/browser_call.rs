@@ -16,6 +16,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -184,6 +185,11 @@ fn unique_dir(label: &str) -> PathBuf {
 /// and returns it with the base URL it prints (`listening on http://…`).
 /// `listen` may have port 0; `relay_block` picks a relay port range of its
 /// own, so that tests running at the same time do not compete for ports.
+/// The first of 50 relay ports for this test process and block (0..3).
+fn relay_ports(block: u16) -> u16 {
+    40_000 + ((std::process::id() % 100) as u16 * 3 + block % 3) * 50
+}
+
 fn start_server(data_dir: &Path, listen: &str, relay_block: u16) -> (Process, String) {
     start_server_with(data_dir, listen, relay_block, &[])
 }
@@ -194,7 +200,7 @@ fn start_server_with(
     relay_block: u16,
     extra: &[String],
 ) -> (Process, String) {
-    let first = 40_000 + ((std::process::id() % 200) as u16 * 2 + relay_block % 2) * 50;
+    let first = relay_ports(relay_block);
     let mut command = Command::new(env!("CARGO_BIN_EXE_videochat-signaling"));
     command
         .arg("--listen")
@@ -962,6 +968,191 @@ async fn pages_explain_an_unreachable_relay_and_missing_devices() {
     let outcome = explain_problems(&a, &b, &server, &base_url).await;
     browsers.close(vec![a, b]).await;
     drop(server);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    if let Err(message) = outcome {
+        panic!("{message}");
+    }
+}
+
+/// A UDP proxy in front of the TURN relay that drops the given share (in
+/// percent) of datagrams in both directions: a lossy network path between
+/// the browsers and the relay.
+struct LossyPath {
+    addr: std::net::SocketAddr,
+    loss_percent: Arc<AtomicU32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LossyPath {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        use std::collections::HashMap;
+        use tokio::net::UdpSocket;
+        let front = Arc::new(
+            UdpSocket::bind("127.0.0.1:0")
+                .await
+                .unwrap_or_else(|e| panic!("cannot bind the lossy proxy: {e}")),
+        );
+        let addr = front
+            .local_addr()
+            .unwrap_or_else(|e| panic!("lossy proxy address: {e}"));
+        let loss_percent = Arc::new(AtomicU32::new(0));
+        let loss = loss_percent.clone();
+        // A cheap deterministic generator: the drop pattern does not matter, its share does.
+        let dropped = move |n: &mut u64| {
+            *n = n
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((*n >> 33) % 100) < u64::from(loss.load(Ordering::Relaxed))
+        };
+        let task = tokio::spawn(async move {
+            let mut backs: HashMap<std::net::SocketAddr, Arc<UdpSocket>> = HashMap::new();
+            let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let Ok((n, client)) = front.recv_from(&mut buf).await else {
+                    return;
+                };
+                let back = match backs.get(&client) {
+                    Some(back) => back.clone(),
+                    None => {
+                        let Ok(back) = UdpSocket::bind("127.0.0.1:0").await else {
+                            continue;
+                        };
+                        if back.connect(target).await.is_err() {
+                            continue;
+                        }
+                        let back = Arc::new(back);
+                        let (front2, back2, drop2) = (front.clone(), back.clone(), dropped.clone());
+                        let mut rng2 = rng ^ 0x9e37_79b9;
+                        tokio::spawn(async move {
+                            let mut buf = vec![0u8; 65_536];
+                            while let Ok(n) = back2.recv(&mut buf).await {
+                                if !drop2(&mut rng2) {
+                                    let _ = front2.send_to(&buf[..n], client).await;
+                                }
+                            }
+                        });
+                        backs.insert(client, back.clone());
+                        back
+                    }
+                };
+                if !dropped(&mut rng) {
+                    let _ = back.send(&buf[..n]).await;
+                }
+            }
+        });
+        Self {
+            addr,
+            loss_percent,
+            task,
+        }
+    }
+
+    fn set_loss(&self, percent: u32) {
+        self.loss_percent.store(percent, Ordering::Relaxed);
+    }
+}
+
+impl Drop for LossyPath {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Frames decoded from the one remote peer of a page.
+fn frames(state: &Value) -> u64 {
+    only_peer(state)
+        .and_then(|(_, p)| p["framesDecoded"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Heavy loss on the path to the relay: the server's `adapt` turns video off
+/// (audio continues, the page says why), and once the path is clean again
+/// video comes back by itself.
+async fn adapt_to_loss(
+    a: &Peer,
+    b: &Peer,
+    server: &Process,
+    base_url: &str,
+    path: &LossyPath,
+) -> Result<(), String> {
+    let room = format!("lossy-{}", std::process::id());
+    join_call(a, b, server, base_url, &room).await?;
+
+    path.set_loss(35);
+    wait_all(&[a, b], server, "audio-only under 35% loss", |s| {
+        if s["adapt"]["audioOnly"] != json!(true) {
+            return Some(format!("adapt is {}", s["adapt"]));
+        }
+        banner_problem(s, "too weak for video")
+    })
+    .await?;
+    // Video has stopped: after what was in flight, at most a few frames in
+    // 4 s (normally about 120).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut before = Vec::new();
+    for peer in [a, b] {
+        before.push(frames(&page_state(&peer.browser).await?));
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (i, peer) in [a, b].iter().enumerate() {
+        let now = frames(&page_state(&peer.browser).await?);
+        if now > before[i] + 12 {
+            return Err(format!(
+                "{}: {} frames decoded in 4 s of audio-only, expected video to stop\n{}",
+                peer.label,
+                now - before[i],
+                diagnostics(&[a, b], server).await
+            ));
+        }
+    }
+
+    path.set_loss(0);
+    let stalled = before.clone();
+    wait_all(&[a, b], server, "video back on a clean path", |s| {
+        let i = usize::from(s["name"] != json!("A"));
+        if s["adapt"]["audioOnly"] != json!(false) {
+            return Some(format!("adapt is {}", s["adapt"]));
+        }
+        let now = frames(s);
+        (now < stalled[i] + 30)
+            .then(|| format!("only {} new frames", now.saturating_sub(stalled[i])))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_pauses_on_a_lossy_path_and_comes_back() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let data_dir = unique_dir("lossy-data");
+    let secret = format!("lossy-path-secret-{}", std::process::id());
+    let secret_file = data_dir.join("turn-secret");
+    std::fs::write(&secret_file, format!("{secret}\n"))
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", secret_file.display()));
+    let mut relay_config = videochat_turn::RelayConfig::local(secret);
+    relay_config.relay_min_port = relay_ports(2);
+    relay_config.relay_max_port = relay_ports(2) + 49;
+    let relay = videochat_turn::Relay::start(relay_config)
+        .await
+        .unwrap_or_else(|e| panic!("cannot start the TURN relay: {e}"));
+    let path = LossyPath::start(relay.udp_addr()).await;
+    let extra = [
+        "--no-embedded-turn".to_owned(),
+        "--turn-uri".to_owned(),
+        format!("turn:{}?transport=udp", path.addr),
+        "--turn-secret-file".to_owned(),
+        secret_file.display().to_string(),
+    ];
+    let (server, base_url) = start_server_with(&data_dir, "127.0.0.1:0", 0, &extra);
+    let mut browsers = Browsers::start();
+    let a = browsers.open("A").await;
+    let b = browsers.open("B").await;
+    let outcome = adapt_to_loss(&a, &b, &server, &base_url, &path).await;
+    browsers.close(vec![a, b]).await;
+    drop(server);
+    drop(path);
+    relay.shutdown().await;
     let _ = std::fs::remove_dir_all(&data_dir);
     if let Err(message) = outcome {
         panic!("{message}");

@@ -70,12 +70,7 @@ class Call {
     this.chat = new Chat({ send: (m) => this.client.send(m) });
     this.quality = new QualityMonitor({
       mesh: this.mesh,
-      sendStats: (s) =>
-        this.client.send({
-          type: "stats",
-          room: this.room,
-          data: { rtt_ms: s.rtt_ms, loss: s.loss, bitrate_kbps: s.bitrate_kbps },
-        }),
+      sendStats: (s) => this.sendStats(s),
     });
     this.localTile = new Tile({ id: "local", name: name + " (you)", local: true });
     this.localTile.setStream(stream);
@@ -107,6 +102,15 @@ class Call {
       tile.setVideoShown(hasVideo && e.detail.sample.videoFlowing);
     });
     this.quality.addEventListener("summary", (e) => setQuality(e.detail, { inCall: true }));
+  }
+
+  sendStats(summary) {
+    const data = { rtt_ms: summary.rtt_ms, loss: summary.loss };
+    // While adapt keeps our video paused we send audio only, and the
+    // browser's bandwidth estimate shrinks to fit that: it says nothing about
+    // what the path could carry. Leave it out; loss and round trip decide.
+    if (!(this.adapt.audioOnly && hasTrack(this.stream, "video"))) data.bitrate_kbps = summary.bitrate_kbps;
+    this.client.send({ type: "stats", room: this.room, data });
   }
 
   start() {

@@ -69,6 +69,7 @@ function derive(previous, current, seconds) {
     rttMs: current.rttMs,
     loss: 0,
     sendKbps: 0,
+    availableKbps: current.availableOutgoingKbps,
     recvKbps: 0,
     framesPerSecond: current.framesPerSecond,
     videoFlowing: true,
@@ -141,22 +142,29 @@ export class QualityMonitor extends EventTarget {
     }
   }
 
-  // The worst round trip and loss over all peers, and what we send in total:
-  // what the server needs to advise our sending rate.
+  // What the server needs to advise our sending rate: the worst round trip
+  // and loss over all peers, and as bitrate the smallest bandwidth estimate
+  // of the browser's congestion control (the one cap applies to every
+  // peer). Not the rate we send: a still picture or audio-only sends
+  // little, and advice based on that would never let video back.
+  // `send_kbps` (what we send in total) is for display.
   summary() {
     if (this.samples.size === 0) return null;
     let rtt = 0;
     let loss = 0;
-    let bitrate = 0;
+    let sent = 0;
+    let estimate = Infinity;
     for (const s of this.samples.values()) {
       rtt = Math.max(rtt, s.rttMs || 0);
       loss = Math.max(loss, s.loss || 0);
-      bitrate += s.sendKbps || 0;
+      sent += s.sendKbps || 0;
+      if (s.availableKbps > 0) estimate = Math.min(estimate, s.availableKbps);
     }
     const summary = {
       rtt_ms: Math.round(rtt),
       loss: Math.round(loss * 1000) / 1000,
-      bitrate_kbps: Math.round(bitrate),
+      bitrate_kbps: Math.round(Number.isFinite(estimate) ? estimate : sent),
+      send_kbps: Math.round(sent),
     };
     return { ...summary, level: level({ rttMs: summary.rtt_ms, loss: summary.loss }) };
   }

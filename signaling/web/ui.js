@@ -59,7 +59,7 @@ export function setQuality(summary, { inCall = false } = {}) {
   }
   elements.quality.dataset.level = summary.level;
   elements.qualityText.textContent =
-    `${summary.level} · ${summary.rtt_ms} ms · ${(summary.loss * 100).toFixed(1)}% loss · ${summary.bitrate_kbps} kbps`;
+    `${summary.level} · ${summary.rtt_ms} ms · ${(summary.loss * 100).toFixed(1)}% loss · ${summary.send_kbps} kbps`;
 }
 
 export function showCall(room) {
