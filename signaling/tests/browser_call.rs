@@ -607,6 +607,10 @@ async fn screenshots(peers: &[&Peer], name: &str) {
 async fn call_and_chat(a: &Peer, b: &Peer, server: &Process, base_url: &str) -> Result<(), String> {
     let room = format!("call-{}", std::process::id());
     join_call(a, b, server, base_url, &room).await?;
+    for peer in [a, b] {
+        expect_shown(peer, "#join-panel", false).await?;
+        expect_shown(peer, "#chat", true).await?;
+    }
     let from_a = "hello from A";
     let from_b = "hello back from B";
     send_chat(a, from_a).await?;
@@ -642,7 +646,34 @@ async fn call_and_chat(a: &Peer, b: &Peer, server: &Process, base_url: &str) -> 
         (s["joined"] != json!(false)).then(|| format!("joined is {}", s["joined"]))
     })
     .await?;
+    expect_shown(a, "#join-panel", true).await?;
+    expect_shown(a, "#call", false).await?;
     Ok(())
+}
+
+/// Whether an element is visible on the page, as a person would see it.
+async fn expect_shown(peer: &Peer, css: &str, shown: bool) -> Result<(), String> {
+    let visible = peer
+        .browser
+        .find(Locator::Css(css))
+        .await
+        .map_err(|e| format!("{}: no {css}: {e}", peer.label))?
+        .is_displayed()
+        .await
+        .map_err(|e| format!("{}: cannot tell whether {css} is shown: {e}", peer.label))?;
+    if visible == shown {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {css} is {}",
+            peer.label,
+            if visible {
+                "shown, expected hidden"
+            } else {
+                "hidden, expected shown"
+            }
+        ))
+    }
 }
 
 /// How the server goes away in the middle of a call.
