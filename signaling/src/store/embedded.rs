@@ -29,7 +29,7 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const CACHE_BYTES: usize = 32 << 20;
 
 /// Most requests committed together.
-const MAX_GROUP: usize = 1024;
+const MAX_GROUP: usize = 8192;
 
 enum WriteOp {
     Append(NewChat, oneshot::Sender<Result<Appended>>),
