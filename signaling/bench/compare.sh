@@ -2,12 +2,12 @@
 # Runs videochat-bench against videochat-signaling (embedded store, fsync per
 # commit group) and the Node.js reference server, same machine, same load.
 # Prints one JSON line per run. Usage: signaling/bench/compare.sh [out.jsonl]
-#   BENCH_RATES="5000 15000 30000"  BENCH_CLIENTS=400  BENCH_ROOM=4
+#   BENCH_RATES="5000 15000 30000 60000"  BENCH_CLIENTS=400  BENCH_ROOM=4
 #   BENCH_IDLE=5000  BENCH_DURATION=10s  NODE_BASELINE=<dir of server.js>
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-/dev/stdout}
-RATES=${BENCH_RATES:-"5000 15000 30000"}
+RATES=${BENCH_RATES:-"5000 15000 30000 60000"}
 CLIENTS=${BENCH_CLIENTS:-400}
 ROOM=${BENCH_ROOM:-4}
 IDLE=${BENCH_IDLE:-5000}
