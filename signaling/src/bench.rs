@@ -131,7 +131,8 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(url: &str, room: &str, name: &str) -> anyhow::Result<(Ws, String)> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    // TCP_NODELAY, as browsers do: no Nagle delay on small frames.
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
     ws.send(Message::Text(r#"{"type":"hello"}"#.into())).await?;
     let mut peer = String::new();
     loop {

@@ -194,6 +194,13 @@ pub async fn start_with_backends(config: Config, backends: Backends) -> Result<R
     }
     let shutdown = CancellationToken::new();
     let router = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // Small frames go out at once: with Nagle's algorithm a frame can wait
+    // for the peer's delayed ACK (40 ms on Linux).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     let stop = shutdown.clone();
     let serve = tokio::spawn(async move {
         let result = axum::serve(listener, router)

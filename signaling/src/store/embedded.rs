@@ -28,6 +28,9 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// redb page cache.
 const CACHE_BYTES: usize = 32 << 20;
 
+/// Commits slower than this are logged.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Most requests committed together.
 const MAX_GROUP: usize = 8192;
 
@@ -117,7 +120,18 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteOp>, healthy: &AtomicB
                 Err(_) => break,
             }
         }
-        match commit_group(db, &mut group) {
+        let started = std::time::Instant::now();
+        let committed = commit_group(db, &mut group);
+        let elapsed = started.elapsed();
+        if elapsed >= SLOW_COMMIT {
+            // Acks wait for this; a slow disk shows up here first.
+            tracing::warn!(
+                group = group.len(),
+                elapsed_ms = elapsed.as_millis() as u64,
+                "slow store commit"
+            );
+        }
+        match committed {
             Ok(results) => {
                 healthy.store(true, Ordering::Relaxed);
                 for (op, result) in group.drain(..).zip(results) {
