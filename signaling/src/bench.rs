@@ -270,7 +270,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
         );
         let receiver = tokio::spawn(async move {
             let mut local = Samples::default();
-            while let Some(Ok(msg)) = stream.next().await {
+            // Stop reading at the deadline even when the server is still
+            // sending a backlog, and keep the samples taken so far.
+            let deadline = tokio::time::Instant::from_std(measure_to + Duration::from_secs(2));
+            loop {
+                let msg = tokio::select! {
+                    m = stream.next() => m,
+                    _ = tokio::time::sleep_until(deadline) => None,
+                };
+                let Some(Ok(msg)) = msg else { break };
                 let Message::Text(t) = msg else { continue };
                 let now = Instant::now();
                 let in_window = now >= measure_from && now < measure_to;
@@ -303,9 +311,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
                     }
                     _ => {}
                 }
-                if now > measure_to + Duration::from_secs(2) {
-                    break;
-                }
             }
             let mut s = samples.lock().await;
             s.ack_us.extend(local.ack_us);
@@ -321,7 +326,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     for (s, r) in tasks {
         s.abort();
-        r.abort();
         let _ = r.await;
     }
     let secs = args.duration.as_secs_f64();
