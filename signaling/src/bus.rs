@@ -7,11 +7,12 @@
 //! delivered when it resumes.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
@@ -50,11 +51,126 @@ pub struct JoinedRoom {
     pub cursor: u64,
 }
 
+/// A connection's outgoing queue: bounded, and without storage while empty
+/// (a tokio mpsc channel keeps a 32-slot block per connection, which is most
+/// of an idle connection's memory). One consumer: the connection's writer.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<OutboxInner>,
+}
+
+struct OutboxInner {
+    queue: Mutex<VecDeque<Delivery>>,
+    capacity: usize,
+    /// Wakes the writer.
+    filled: Notify,
+    /// Wakes a sender waiting for room.
+    drained: Notify,
+    closed: AtomicBool,
+}
+
+/// The writer's end of an [`Outbox`]; dropping it closes the outbox.
+pub struct OutboxReceiver {
+    inner: Arc<OutboxInner>,
+}
+
+/// A bounded outbox holding at most `capacity` deliveries.
+pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
+    let inner = Arc::new(OutboxInner {
+        queue: Mutex::new(VecDeque::new()),
+        capacity,
+        filled: Notify::new(),
+        drained: Notify::new(),
+        closed: AtomicBool::new(false),
+    });
+    (
+        Outbox {
+            inner: inner.clone(),
+        },
+        OutboxReceiver { inner },
+    )
+}
+
+impl OutboxInner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Delivery>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn pop(&self) -> Option<Delivery> {
+        let d = self.lock().pop_front();
+        if d.is_some() {
+            self.drained.notify_one();
+        }
+        d
+    }
+}
+
+impl Outbox {
+    /// Queues without waiting; `Full` when the writer is `capacity` behind.
+    pub fn try_send(&self, d: Delivery) -> Result<(), mpsc::error::TrySendError<Delivery>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(mpsc::error::TrySendError::Closed(d));
+        }
+        {
+            let mut q = self.inner.lock();
+            if q.len() >= self.inner.capacity {
+                return Err(mpsc::error::TrySendError::Full(d));
+            }
+            q.push_back(d);
+        }
+        self.inner.filled.notify_one();
+        Ok(())
+    }
+
+    /// Queues, waiting for room; gives the delivery back when closed.
+    pub async fn send(&self, mut d: Delivery) -> Result<(), Delivery> {
+        loop {
+            let drained = self.inner.drained.notified();
+            match self.try_send(d) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(back)) => return Err(back),
+                Err(mpsc::error::TrySendError::Full(back)) => d = back,
+            }
+            drained.await;
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+}
+
+impl OutboxReceiver {
+    pub fn try_recv(&mut self) -> Option<Delivery> {
+        self.inner.pop()
+    }
+
+    /// The next delivery. It never ends by itself (the bus keeps a sender):
+    /// the writer stops on its cancellation token.
+    pub async fn recv(&mut self) -> Option<Delivery> {
+        loop {
+            let filled = self.inner.filled.notified();
+            if let Some(d) = self.inner.pop() {
+                return Some(d);
+            }
+            filled.await;
+        }
+    }
+}
+
+impl Drop for OutboxReceiver {
+    fn drop(&mut self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.lock().clear();
+        self.inner.drained.notify_waiters();
+    }
+}
+
 /// A connection's inbox as the bus sees it.
 #[derive(Clone)]
 pub struct Inbox {
     pub connection: u64,
-    pub sender: mpsc::Sender<Delivery>,
+    pub sender: Outbox,
     /// Cancelled when the inbox overflows: the connection closes and the
     /// client resumes, receiving what it missed from the store.
     pub overflow: CancellationToken,
@@ -225,5 +341,61 @@ impl Bus for InProcessBus {
 
     fn kind(&self) -> &'static str {
         "in-process"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u64) -> Delivery {
+        Delivery::Chat {
+            room: Arc::from("r"),
+            seq: n,
+            frame: Utf8Bytes::from(n.to_string()),
+        }
+    }
+
+    fn seq(d: Delivery) -> u64 {
+        match d {
+            Delivery::Chat { seq, .. } => seq,
+            _ => 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn outbox_is_bounded_fifo_and_closes_with_its_receiver() {
+        let (tx, mut rx) = outbox(2);
+        tx.try_send(d(1)).unwrap();
+        tx.try_send(d(2)).unwrap();
+        assert!(matches!(
+            tx.try_send(d(3)),
+            Err(mpsc::error::TrySendError::Full(_))
+        ));
+        // A waiting sender gets in once the writer takes one.
+        let waiting = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.send(d(3)).await.is_ok() })
+        };
+        assert_eq!(rx.recv().await.map(seq), Some(1));
+        assert!(waiting.await.unwrap());
+        assert_eq!(rx.recv().await.map(seq), Some(2));
+        assert_eq!(rx.try_recv().map(seq), Some(3));
+        assert!(rx.try_recv().is_none());
+        // The writer wakes for a later delivery.
+        let tx2 = tx.clone();
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tx2.try_send(d(4)).unwrap();
+        });
+        assert_eq!(rx.recv().await.map(seq), Some(4));
+        later.await.unwrap();
+        drop(rx);
+        assert!(tx.is_closed());
+        assert!(matches!(
+            tx.try_send(d(5)),
+            Err(mpsc::error::TrySendError::Closed(_))
+        ));
+        assert!(tx.send(d(6)).await.is_err());
     }
 }

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, Claims};
-use crate::bus::{Delivery, Inbox, JoinedRoom};
+use crate::bus::{Delivery, Inbox, JoinedRoom, Outbox, OutboxReceiver, outbox};
 use crate::error::SignalingError;
 use crate::protocol::{
     ChatMessage, ClientMessage, Decoded, ErrorCode, PeerInfo, ProtocolError, ServerMessage,
@@ -131,7 +131,7 @@ pub async fn serve(
     else {
         return;
     };
-    let (tx, rx) = mpsc::channel(OUTBOX);
+    let (tx, rx) = outbox(OUTBOX);
     let overflow = CancellationToken::new();
     let stop = CancellationToken::new();
     let (sink, stream) = socket.split();
@@ -374,7 +374,7 @@ struct Conn {
     /// `Conn` `Sync`; it is reached through `get_mut`, never locked.
     inflight: std::sync::Mutex<Option<FuturesOrdered<PendingChat>>>,
     session: SessionState,
-    tx: mpsc::Sender<Delivery>,
+    tx: Outbox,
     ip: IpAddr,
     claims: Option<Claims>,
     bucket: TokenBucket,
@@ -1185,7 +1185,7 @@ impl Writer {
 async fn write_loop(
     state: AppState,
     sink: Sink,
-    mut rx: mpsc::Receiver<Delivery>,
+    mut rx: OutboxReceiver,
     stop: CancellationToken,
 ) -> HashMap<Arc<str>, u64> {
     let mut ping = tokio::time::interval(state.config.heartbeat);
@@ -1211,13 +1211,13 @@ async fn write_loop(
                     let mut more = 0;
                     while more < 64 {
                         match rx.try_recv() {
-                            Ok(d) => {
+                            Some(d) => {
                                 if !w.handle(d).await? {
                                     return Ok(());
                                 }
                                 more += 1;
                             }
-                            Err(_) => break,
+                            None => break,
                         }
                     }
                     w.sink.flush().await?;
