@@ -1212,3 +1212,40 @@ async fn store_failures_answer_unavailable_or_internal_and_never_ack() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_three_heartbeats() {
+    let server = start(videochat_signaling::Config {
+        heartbeat: Duration::from_millis(100),
+        resume_window: Duration::from_millis(300),
+        ..test_config()
+    })
+    .await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    a.join("hb", "A").await;
+    b.join("hb", "B").await;
+    let b_peer = b.peer.clone();
+    // From now on B reads nothing, so it answers no WebSocket pings and sends
+    // nothing; A keeps talking, so only B is silent.
+    let started = std::time::Instant::now();
+    let gone = 'wait: loop {
+        a.send(&json!({"type":"ping"})).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while let Some(v) = a.try_recv(Duration::from_millis(1)).await {
+            if v["type"] == "peer-left" {
+                break 'wait v;
+            }
+        }
+        assert!(started.elapsed() < WAIT, "B was never dropped");
+    };
+    assert_eq!(gone["peer"], b_peer.as_str());
+    // three heartbeats of silence, then the resume window
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(b);
+    server.shutdown().await;
+}
