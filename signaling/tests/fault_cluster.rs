@@ -126,10 +126,13 @@ async fn sender(
     first: usize,
     live: Arc<Mutex<Vec<String>>>,
     stop: CancellationToken,
+    joined: Arc<tokio::sync::Barrier>,
 ) -> SenderReport {
     let url = live.lock().unwrap()[first].clone();
     let mut client = WsClient::connect(&url, None).await.expect("connect");
     client.join(ROOM, &name).await.expect("join");
+    // Everyone is in the room before the first message, so everyone gets all.
+    joined.wait().await;
     let mut acked = BTreeMap::new();
     let mut resumes = 0;
     let mut n = 0u64;
@@ -224,10 +227,17 @@ async fn acked_chat_survives_instance_kill_redis_restart_and_store_outage() {
     listener.join(ROOM, "listener").await.unwrap();
     let live = Arc::new(Mutex::new(vec![a.ws_url(), b.ws_url(), c.ws_url()]));
     let stop = CancellationToken::new();
+    let joined = Arc::new(tokio::sync::Barrier::new(4));
     let senders: Vec<_> = [("s0", 0), ("s1", 0), ("s2", 1), ("s3", 2)]
         .into_iter()
         .map(|(name, first)| {
-            tokio::spawn(sender(name.to_owned(), first, live.clone(), stop.clone()))
+            tokio::spawn(sender(
+                name.to_owned(),
+                first,
+                live.clone(),
+                stop.clone(),
+                joined.clone(),
+            ))
         })
         .collect();
 
@@ -258,16 +268,25 @@ async fn acked_chat_survives_instance_kill_redis_restart_and_store_outage() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // Every acked message is in history exactly once, with its acked seq.
-    let (status, body) = http(
-        &b.addr,
-        "GET",
-        &format!("/api/messages?room={ROOM}&after=0&limit=100000"),
-        None,
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let history = body["messages"].as_array().cloned().unwrap();
+    // History in pages (the API returns at most 1,000 per call).
+    let mut history: Vec<Value> = Vec::new();
+    loop {
+        let after = history.last().and_then(|m| m["seq"].as_u64()).unwrap_or(0);
+        let (status, body) = http(
+            &b.addr,
+            "GET",
+            &format!("/api/messages?room={ROOM}&after={after}&limit=1000"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let page = body["messages"].as_array().cloned().unwrap();
+        if page.is_empty() {
+            break;
+        }
+        history.extend(page);
+    }
     let n = history.len() as u64;
     let seqs: Vec<u64> = history.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=n).collect::<Vec<u64>>(), "seq has no gaps");
