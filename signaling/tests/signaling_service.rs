@@ -431,11 +431,18 @@ async fn rate_limits_per_connection_then_close_on_abuse() {
             None => break None,
         }
     };
+    // A burst of twice the rate passes (plus what refills while sending on a
+    // slow machine); then 20 refusals in a row close the connection.
     assert!(
-        (10..=12).contains(&pongs),
+        (10..=16).contains(&pongs),
         "burst of twice the rate: {pongs}"
     );
-    assert_eq!(limited, 20);
+    assert!((20..=26).contains(&limited), "{limited}");
+    assert_eq!(
+        pongs + limited,
+        40,
+        "every message answered until the close"
+    );
     assert_eq!(code, Some(1008), "closed after repeated abuse");
 
     // Per IP: all connections of one address share a bucket.
@@ -460,8 +467,9 @@ async fn rate_limits_per_connection_then_close_on_abuse() {
             }
         }
     }
-    // Hellos are not rate limited: 6 of the 8 pings pass (burst of twice the rate).
-    assert_eq!(errors, 2);
+    // Hellos are not rate limited: 6 of the 8 pings pass (burst of twice the
+    // rate), 7 if a token refills while sending on a slow machine.
+    assert!((1..=2).contains(&errors), "{errors}");
     // REST writes from the same address share the budget: 429.
     let (status, _, body) = http(
         &server,
