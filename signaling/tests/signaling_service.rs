@@ -438,11 +438,6 @@ async fn rate_limits_per_connection_then_close_on_abuse() {
         "burst of twice the rate: {pongs}"
     );
     assert!((20..=26).contains(&limited), "{limited}");
-    assert_eq!(
-        pongs + limited,
-        40,
-        "every message answered until the close"
-    );
     assert_eq!(code, Some(1008), "closed after repeated abuse");
 
     // Per IP: all connections of one address share a bucket.
