@@ -32,7 +32,8 @@ need_apt() {
 
 # need_venv : a Python virtual environment at .venv.
 need_venv() {
-  [ -x "$VENV/bin/python" ] || { log "python venv at $VENV"; python3 -m venv "$VENV"; }
+  # A venv whose creation was interrupted has python but no pip: make it again.
+  [ -x "$VENV/bin/pip" ] || { log "python venv at $VENV"; python3 -m venv --clear "$VENV"; }
 }
 
 # need_pip PACKAGE[==VERSION] COMMAND : pip-install into the venv unless COMMAND exists there.
