@@ -247,15 +247,28 @@ impl RedisSessions {
     /// the same name (a restarted pod keeps its name) are detached with a
     /// fresh resume window; call before accepting connections.
     pub async fn adopt_previous_life(&self) -> Result<()> {
+        let n = self.detach_sessions_of(&self.instance).await?;
+        if n > 0 {
+            tracing::info!(
+                sessions = n,
+                "sessions of this instance's previous process may now resume"
+            );
+        }
+        Ok(())
+    }
+
+    /// Detaches every session attached to `instance`, giving each a fresh
+    /// resume window; returns how many were detached.
+    async fn detach_sessions_of(&self, instance: &str) -> Result<i64> {
         let expires = now_ms() + self.window.as_millis() as u64;
         let (on, detached, instances, prefix) = (
-            self.on_key(&self.instance),
+            self.on_key(instance),
             self.k("sessions:detached"),
             self.k("instances"),
             self.k("session:"),
         );
         let script = self.scripts[6].clone();
-        let me = self.instance.clone();
+        let instance = instance.to_owned();
         let n: i64 = self
             .redis
             .call(|mut c| async move {
@@ -265,18 +278,12 @@ impl RedisSessions {
                     .key(&instances)
                     .arg(expires)
                     .arg(&prefix)
-                    .arg(&me)
+                    .arg(&instance)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
-        if n > 0 {
-            tracing::info!(
-                sessions = n,
-                "sessions of this instance's previous process may now resume"
-            );
-        }
-        Ok(())
+        Ok(n)
     }
 
     /// Detaches the sessions of instances whose heartbeat expired.
@@ -291,8 +298,7 @@ impl RedisSessions {
             }
             *last = Some(Instant::now());
         }
-        let instances_key = self.k("instances");
-        let key = instances_key.clone();
+        let key = self.k("instances");
         let instances: Vec<String> = self
             .redis
             .call(|mut c| async move { redis::cmd("SMEMBERS").arg(&key).query_async(&mut c).await })
@@ -308,29 +314,7 @@ impl RedisSessions {
             if exists {
                 continue;
             }
-            let expires = now_ms() + self.window.as_millis() as u64;
-            let (on, detached, instances, prefix) = (
-                self.on_key(&other),
-                self.k("sessions:detached"),
-                instances_key.clone(),
-                self.k("session:"),
-            );
-            let script = self.scripts[6].clone();
-            let other_id = other.clone();
-            let n: i64 = self
-                .redis
-                .call(|mut c| async move {
-                    script
-                        .key(&on)
-                        .key(&detached)
-                        .key(&instances)
-                        .arg(expires)
-                        .arg(&prefix)
-                        .arg(&other_id)
-                        .invoke_async(&mut c)
-                        .await
-                })
-                .await?;
+            let n = self.detach_sessions_of(&other).await?;
             tracing::warn!(instance = %other, sessions = n, "instance stopped sending heartbeats; its sessions may resume elsewhere within the resume window");
         }
         Ok(())
