@@ -24,22 +24,15 @@ async fn peers_on_different_instances_share_rooms_signals_chat_and_resume() {
     let c = Instance::start("c", &redis.url(), &mongo.uri(), &dir, &[]);
     for i in [&a, &b, &c] {
         // Ready once Redis and MongoDB answered.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let (status, body) = http(&i.addr, "GET", "/readyz", None, None).await;
-            if status == 200 && body["bus"]["up"] == true {
-                assert_eq!(body["store"]["kind"], "mongodb");
-                assert_eq!(body["bus"]["kind"], "redis");
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} not ready: {body}\n{}",
-                i.id,
-                i.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let body = wait_ready(
+            i,
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            |body| format!("{} not ready: {body}\n{}", i.id, i.log_text()),
+        )
+        .await;
+        assert_eq!(body["store"]["kind"], "mongodb");
+        assert_eq!(body["bus"]["kind"], "redis");
     }
 
     let mut alice = WsClient::connect(&a.ws_url(), None).await.unwrap();
@@ -331,19 +324,13 @@ async fn crashed_instance_peers_leave_and_local_rooms_survive_redis_outage() {
     // Redis is back: both report healthy again.
     redis.start_again();
     for i in [&a, &strict] {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            let (status, body) = http(&i.addr, "GET", "/readyz", None, None).await;
-            if status == 200 && body["bus"]["up"] == true {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} did not recover: {body}",
-                i.id
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_ready(
+            i,
+            Duration::from_secs(15),
+            Duration::from_millis(100),
+            |body| format!("{} did not recover: {body}", i.id),
+        )
+        .await;
     }
     assert_eq!(
         alice.chat("r2", "after-outage", "ok", WAIT).await.unwrap(),
@@ -430,22 +417,35 @@ async fn bad_settings_stop_at_start_and_unreachable_backends_are_awaited() {
     );
     redis.start_again();
     mongo.start_again();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = http(&i.addr, "GET", "/readyz", None, None).await;
-        if status == 200 && body["bus"]["up"] == true {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never became ready: {body}\n{}",
-            i.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(
+        &i,
+        Duration::from_secs(20),
+        Duration::from_millis(200),
+        |body| format!("never became ready: {body}\n{}", i.log_text()),
+    )
+    .await;
     let mut c = WsClient::connect(&i.ws_url(), None).await.unwrap();
     c.join("late", "Late").await.unwrap();
     assert_eq!(c.chat("late", "x1", "hello", WAIT).await.unwrap(), Ok(1));
+}
+
+/// Polls `/readyz` of `i` every `every` until it answers 200 with the bus
+/// up and returns that body; after `within`, fails with `failure(last body)`.
+async fn wait_ready(
+    i: &Instance,
+    within: Duration,
+    every: Duration,
+    failure: impl Fn(&serde_json::Value) -> String,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let (status, body) = http(&i.addr, "GET", "/readyz", None, None).await;
+        if status == 200 && body["bus"]["up"] == true {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", failure(&body));
+        tokio::time::sleep(every).await;
+    }
 }
 
 async fn reqwest_text(addr: &str, path: &str) -> String {
