@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::TempDir;
+use super::{TempDir, kill_child};
 
 /// One `videochat-signaling` process in cluster mode.
 pub struct Instance {
@@ -118,10 +118,7 @@ impl Instance {
 
     /// kill -9.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     pub fn is_running(&self) -> bool {

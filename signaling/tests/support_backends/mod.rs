@@ -91,6 +91,23 @@ fn terminate(child: &mut Child, within: Duration) {
     let _ = child.wait();
 }
 
+/// Graceful stop of a server's process, if running: SIGTERM with `grace`
+/// to exit, then waits for its `port` to close.
+fn stop_child(child: &mut Option<Child>, port: u16, grace: Duration) {
+    if let Some(mut child) = child.take() {
+        terminate(&mut child, grace);
+    }
+    wait_port_closed(port, Duration::from_secs(5));
+}
+
+/// kill -9 of a server's process, if running, and reaps it.
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 fn redis_server_bin() -> String {
     std::env::var("VIDEOCHAT_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_string())
 }
@@ -165,18 +182,12 @@ impl RedisServer {
 
     /// Graceful stop (SIGTERM): Redis flushes its AOF.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, Duration::from_secs(10));
-        }
-        wait_port_closed(self.port, Duration::from_secs(5));
+        stop_child(&mut self.child, self.port, Duration::from_secs(10));
     }
 
     /// kill -9: whatever was written to the AOF survives, as after a crash.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
         wait_port_closed(self.port, Duration::from_secs(5));
     }
 
@@ -194,10 +205,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 }
 
@@ -265,17 +273,11 @@ impl MongoServer {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child, Duration::from_secs(15));
-        }
-        wait_port_closed(self.port, Duration::from_secs(5));
+        stop_child(&mut self.child, self.port, Duration::from_secs(15));
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
         wait_port_closed(self.port, Duration::from_secs(5));
     }
 
@@ -287,9 +289,6 @@ impl MongoServer {
 
 impl Drop for MongoServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_child(&mut self.child);
     }
 }
