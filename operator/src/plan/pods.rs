@@ -3,8 +3,9 @@
 
 use crate::resource::SecretKeyRef;
 use k8s_openapi::api::core::v1::{
-    Capabilities, EmptyDirVolumeSource, KeyToPath, PodSecurityContext, ResourceRequirements,
-    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, PodSecurityContext,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::BTreeMap;
@@ -80,6 +81,22 @@ pub fn secret_volume(volume: &str, reference: &SecretKeyRef, file: &str) -> Volu
             ..SecretVolumeSource::default()
         }),
         ..Volume::default()
+    }
+}
+
+/// An environment variable read from `key` of the Secret `secret`.
+pub fn env_from_secret(env: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: env.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                ..SecretKeySelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
     }
 }
 

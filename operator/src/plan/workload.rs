@@ -1,15 +1,18 @@
 //! Deployments and StatefulSets: revision hashes, replica counts, rollout
 //! strategy.
 
-use super::Ctx;
 use super::hash::short_hash;
+use super::{Built, Ctx, pods, to_dynamic};
+use crate::error::Result;
 use crate::labels::{self, Component};
+use crate::resource::StorageSpec;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
     StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodTemplateSpec, VolumeResourceRequirements,
+    Container, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Service,
+    ServicePort, ServiceSpec, Volume, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -91,7 +94,64 @@ pub(crate) fn deployment(
     }
 }
 
-pub(crate) fn stateful_set(
+/// A managed database: its single container in a one-replica StatefulSet
+/// with a `data` volume claim (plus the given scratch `volumes`), and a
+/// headless Service exposing the container's TCP port `port_name`.
+pub(crate) fn database(
+    ctx: &Ctx<'_>,
+    component: Component,
+    container: Container,
+    volumes: Vec<Volume>,
+    storage: &StorageSpec,
+    port_name: &str,
+    port: i32,
+) -> Result<Built> {
+    let name = component.workload_name(&ctx.name);
+    let template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels::selector(&ctx.name, component)),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(volumes),
+            security_context: Some(pods::pod_security(pods::DATABASE_UID)),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            ..PodSpec::default()
+        }),
+    };
+    let (template, revision) = with_revision(template);
+    let stateful_set = stateful_set(
+        ctx,
+        component,
+        template,
+        &storage.size,
+        storage.storage_class_name.as_ref(),
+    );
+    let service = Service {
+        metadata: ctx.meta(name, Some(component)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(labels::selector(&ctx.name, component)),
+            ports: Some(vec![ServicePort {
+                name: Some(port_name.into()),
+                port,
+                target_port: Some(IntOrString::String(port_name.into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    Ok(Built {
+        objects: vec![to_dynamic(&service)?, to_dynamic(&stateful_set)?],
+        revision,
+    })
+}
+
+fn stateful_set(
     ctx: &Ctx<'_>,
     component: Component,
     template: PodTemplateSpec,
