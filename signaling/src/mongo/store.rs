@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Result, SignalingError};
 use crate::protocol::ChatMessage;
+use crate::redis::breaker::spawn_probe_loop;
 use crate::redis::{CircuitBreaker, redact_url};
 use crate::store::{Appended, NewChat, RoomRecord, Store};
 
@@ -340,29 +341,21 @@ impl MongoStore {
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut backoff = interval;
-            let mut warned = false;
-            loop {
-                let wait = if this.probe().await {
-                    warned = false;
-                    backoff = interval;
-                    interval
-                } else {
-                    if !warned {
-                        tracing::warn!(uri = %this.redacted_uri, "mongodb not reachable; retrying with backoff");
-                        warned = true;
-                    }
-                    let w = backoff;
-                    backoff = (backoff * 2).min(max_backoff);
-                    w
-                };
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
+        let uri = self.redacted_uri.clone();
+        spawn_probe_loop(
+            interval,
+            max_backoff,
+            shutdown,
+            move || {
+                let this = this.clone();
+                async move { this.probe().await }
+            },
+            move |first, _retry_in| {
+                if first {
+                    tracing::warn!(uri = %uri, "mongodb not reachable; retrying with backoff");
                 }
-            }
-        })
+            },
+        )
     }
 
     fn hint(&self, room: &str) -> u64 {

@@ -2,6 +2,8 @@
 //! after `failure_threshold` consecutive failures the breaker opens and
 //! calls fail at once for `open_for`; then one trial call is let through
 //! (half-open) and its outcome closes or re-opens the breaker.
+//! Also the health-probe loop with backoff that the Redis and MongoDB
+//! backends share.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,6 +114,45 @@ impl CircuitBreaker {
     pub fn is_tripped(&self) -> bool {
         self.tripped.load(Ordering::Relaxed)
     }
+}
+
+/// Runs `probe` every `interval` while it succeeds and, while it fails, with
+/// exponential backoff capped at `max_backoff`, until `shutdown`.
+/// `on_failure(first, retry_in)` hears of each failed probe: `first` is true
+/// for the first failure since the start or the last success, `retry_in` is
+/// the wait before the next probe.
+pub(crate) fn spawn_probe_loop<P, Fut>(
+    interval: Duration,
+    max_backoff: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+    probe: P,
+    on_failure: impl Fn(bool, Duration) + Send + 'static,
+) -> tokio::task::JoinHandle<()>
+where
+    P: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    tokio::spawn(async move {
+        let mut backoff = interval;
+        let mut failing = false;
+        loop {
+            let wait = if probe().await {
+                failing = false;
+                backoff = interval;
+                interval
+            } else {
+                on_failure(!failing, backoff);
+                failing = true;
+                let w = backoff;
+                backoff = (backoff * 2).min(max_backoff);
+                w
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio_util::sync::CancellationToken;
 
-use super::breaker::CircuitBreaker;
+use super::breaker::{CircuitBreaker, spawn_probe_loop};
 use super::error::BackendError;
 use super::secret::redact_url;
 
@@ -214,33 +214,22 @@ impl RedisConnection {
         shutdown: CancellationToken,
     ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
-        tokio::spawn(async move {
-            let mut backoff = interval;
-            let mut logged_start_failure = false;
-            loop {
-                let ok = this.probe().await;
-                let wait = if ok {
-                    backoff = interval;
-                    interval
-                } else {
-                    if !logged_start_failure {
-                        tracing::warn!(url = %this.inner.redacted_url, "redis not reachable yet; retrying with backoff");
-                        logged_start_failure = true;
-                    }
-                    tracing::debug!(url = %this.inner.redacted_url, retry_in_ms = backoff.as_millis() as u64, "redis probe failed");
-                    let w = backoff;
-                    backoff = (backoff * 2).min(max_backoff);
-                    w
-                };
-                if ok {
-                    logged_start_failure = false;
+        let url = self.inner.redacted_url.clone();
+        spawn_probe_loop(
+            interval,
+            max_backoff,
+            shutdown,
+            move || {
+                let this = this.clone();
+                async move { this.probe().await }
+            },
+            move |first, retry_in| {
+                if first {
+                    tracing::warn!(url = %url, "redis not reachable yet; retrying with backoff");
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-        })
+                tracing::debug!(url = %url, retry_in_ms = retry_in.as_millis() as u64, "redis probe failed");
+            },
+        )
     }
 }
 
