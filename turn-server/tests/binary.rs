@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use turn::client::{Client, ClientConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_videochat-turn");
 
@@ -342,21 +341,7 @@ async fn sigterm_drains_keeps_live_allocation_then_exits_zero() {
                     .await
                     .expect("bind"),
             );
-            let client = Client::new(ClientConfig {
-                stun_serv_addr: udp.to_string(),
-                turn_serv_addr: udp.to_string(),
-                username: c.username,
-                password: c.password,
-                realm: "videochat".into(),
-                software: String::new(),
-                rto_in_ms: 0,
-                conn,
-                vnet: None,
-            })
-            .await
-            .expect("client");
-            client.listen().await.expect("listen");
-            client
+            client_at(udp, conn, &c).await
         }
     };
     let live = new_client("live").await;

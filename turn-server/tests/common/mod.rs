@@ -59,6 +59,18 @@ pub async fn client(relay: &Relay, transport: Transport, c: &Credential) -> Test
             )
         }
     };
+    TestClient {
+        client: client_at(server, conn, c).await,
+    }
+}
+
+/// A listening `turn` crate client of the relay at `server`, talking over
+/// `conn` with credential `c`.
+pub async fn client_at(
+    server: SocketAddr,
+    conn: Arc<dyn Conn + Send + Sync>,
+    c: &Credential,
+) -> Client {
     let client = Client::new(ClientConfig {
         stun_serv_addr: server.to_string(),
         turn_serv_addr: server.to_string(),
@@ -73,7 +85,7 @@ pub async fn client(relay: &Relay, transport: Transport, c: &Credential) -> Test
     .await
     .expect("client");
     client.listen().await.expect("listen");
-    TestClient { client }
+    client
 }
 
 /// Sends `payload` through the relay to a fresh peer socket and back;
