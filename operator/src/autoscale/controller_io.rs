@@ -36,6 +36,14 @@ const SCRAPE_CONCURRENCY: usize = 16;
 /// Key of the token in that Secret.
 pub const ADMIN_TOKEN_KEY: &str = "token";
 
+/// Where a cluster's servers find the admin bearer token.
+pub fn admin_token_ref(cluster: &str) -> crate::resource::SecretKeyRef {
+    crate::resource::SecretKeyRef {
+        name: admin_token_secret_name(cluster),
+        key: ADMIN_TOKEN_KEY.into(),
+    }
+}
+
 fn component_of(pod: &Pod) -> Option<Component> {
     let name = pod.metadata.labels.as_ref()?.get(labels::COMPONENT)?;
     Component::ALL.into_iter().find(|c| c.as_str() == name)

@@ -8,14 +8,13 @@ use crate::labels::{self, Component};
 use crate::resource::Endpoints;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, HTTPGetAction, PodSpec,
-    PodTemplateSpec, Probe, Service, ServicePort, ServiceSpec,
+    ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, PodSpec,
+    PodTemplateSpec, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
@@ -119,10 +118,7 @@ pub(crate) fn desired(ctx: &Ctx<'_>, secrets: &Secrets, endpoints: &Endpoints) -
         ..ConfigMap::default()
     };
 
-    let admin_token = crate::resource::SecretKeyRef {
-        name: crate::autoscale::controller_io::admin_token_secret_name(&ctx.name),
-        key: crate::autoscale::controller_io::ADMIN_TOKEN_KEY.into(),
-    };
+    let admin_token = crate::autoscale::controller_io::admin_token_ref(&ctx.name);
     let mut volumes = vec![
         pods::secret_volume("turn-secret", &secrets.turn_ref, "secret"),
         pods::secret_volume("admin-token", &admin_token, "token"),
@@ -142,17 +138,8 @@ pub(crate) fn desired(ctx: &Ctx<'_>, secrets: &Secrets, endpoints: &Endpoints) -
         mounts.push(pods::mount("auth", AUTH_DIR, true));
     }
 
-    let probe = |path: &str, period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("http".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        timeout_seconds: Some(2),
-        ..Probe::default()
-    };
+    let probe =
+        |path: &str, period: i32, failures: i32| pods::http_probe("http", path, period, failures);
     let container = Container {
         name: "signaling".into(),
         image: Some(spec.image.clone()),
@@ -182,15 +169,12 @@ pub(crate) fn desired(ctx: &Ctx<'_>, secrets: &Secrets, endpoints: &Endpoints) -
         ..Container::default()
     };
     let template = PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels::selector(&ctx.name, component)),
-            annotations: Some(BTreeMap::from([
-                (labels::CONFIG_HASH_ANNOTATION.to_string(), config_hash),
-                ("prometheus.io/scrape".to_string(), "true".to_string()),
-                ("prometheus.io/port".to_string(), CONTAINER_PORT.to_string()),
-            ])),
-            ..ObjectMeta::default()
-        }),
+        metadata: Some(workload::scraped_pod_metadata(
+            ctx,
+            component,
+            config_hash,
+            CONTAINER_PORT,
+        )),
         spec: Some(PodSpec {
             containers: vec![container],
             volumes: Some(volumes),

@@ -8,10 +8,8 @@ use crate::resource::{SecretKeyRef, ServiceType};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe, Service, ServicePort,
-    ServiceSpec,
+    ObjectFieldSelector, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
@@ -133,17 +131,8 @@ pub(crate) fn desired(ctx: &Ctx<'_>, secret: &SecretKeyRef) -> Result<Built> {
         }]
     });
 
-    let probe = |path: &str, period: i32, failures: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String("admin".into()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        timeout_seconds: Some(2),
-        ..Probe::default()
-    };
+    let probe =
+        |path: &str, period: i32, failures: i32| pods::http_probe("admin", path, period, failures);
     let port = |name: &str, port: i32, protocol: &str| ContainerPort {
         name: Some(name.into()),
         container_port: port,
@@ -183,20 +172,14 @@ pub(crate) fn desired(ctx: &Ctx<'_>, secret: &SecretKeyRef) -> Result<Built> {
         ..Container::default()
     };
     let host_network = spec.exposure.host_network;
-    let admin_token = crate::resource::SecretKeyRef {
-        name: crate::autoscale::controller_io::admin_token_secret_name(&ctx.name),
-        key: crate::autoscale::controller_io::ADMIN_TOKEN_KEY.into(),
-    };
+    let admin_token = crate::autoscale::controller_io::admin_token_ref(&ctx.name);
     let template = PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels::selector(&ctx.name, component)),
-            annotations: Some(BTreeMap::from([
-                (labels::CONFIG_HASH_ANNOTATION.to_string(), config_hash),
-                ("prometheus.io/scrape".to_string(), "true".to_string()),
-                ("prometheus.io/port".to_string(), ADMIN_PORT.to_string()),
-            ])),
-            ..ObjectMeta::default()
-        }),
+        metadata: Some(workload::scraped_pod_metadata(
+            ctx,
+            component,
+            config_hash,
+            ADMIN_PORT,
+        )),
         spec: Some(PodSpec {
             containers: vec![container],
             volumes: Some(vec![

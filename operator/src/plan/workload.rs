@@ -19,6 +19,26 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
+/// Pod template metadata of a component whose metrics Prometheus scrapes on
+/// `metrics_port`; the configuration hash rolls the pods when the
+/// configuration changes.
+pub(crate) fn scraped_pod_metadata(
+    ctx: &Ctx<'_>,
+    component: Component,
+    config_hash: String,
+    metrics_port: i32,
+) -> ObjectMeta {
+    ObjectMeta {
+        labels: Some(labels::selector(&ctx.name, component)),
+        annotations: Some(BTreeMap::from([
+            (labels::CONFIG_HASH_ANNOTATION.to_string(), config_hash),
+            ("prometheus.io/scrape".to_string(), "true".to_string()),
+            ("prometheus.io/port".to_string(), metrics_port.to_string()),
+        ])),
+        ..ObjectMeta::default()
+    }
+}
+
 /// Stamps the template with the hash of its content. Any change to the
 /// template (image, configuration hash, resources) changes the revision, so
 /// pods roll and the rollback logic can tell revisions apart.
