@@ -648,12 +648,7 @@ impl Conn {
         if self.session.rooms.contains_key(&room) {
             // Already a member: send the room's state again (a client re-syncing).
             let others = self.others(&room).await?;
-            let last = state
-                .store
-                .last_seq(&room)
-                .await
-                .map_err(|e| internal(&e, "join"))?;
-            let (replay, cursor) = self.replay(&room, last_seq, last).await?;
+            let (last, replay, cursor) = self.catch_up(&room, last_seq, "join").await?;
             self.send_joined(room_arc, &others, last, replay, cursor)
                 .await;
             return Ok(());
@@ -723,12 +718,7 @@ impl Conn {
                 .await
                 .map_err(|e| internal(&e, "join"))?;
         }
-        let last = state
-            .store
-            .last_seq(&room)
-            .await
-            .map_err(|e| internal(&e, "join"))?;
-        let (replay, cursor) = self.replay(&room, last_seq, last).await?;
+        let (last, replay, cursor) = self.catch_up(&room, last_seq, "join").await?;
         self.session.rooms.insert(
             room.clone(),
             RoomMembership {
@@ -754,6 +744,24 @@ impl Conn {
             .into_iter()
             .filter(|p| p.peer != self.session.peer)
             .collect())
+    }
+
+    /// The room's last `seq` (a store failure is reported as during
+    /// `context`), then [`Self::replay`] of the chat after `after`.
+    async fn catch_up(
+        &self,
+        room: &str,
+        after: Option<u64>,
+        context: &'static str,
+    ) -> Result<(u64, Vec<(u64, Utf8Bytes)>, u64), ProtocolError> {
+        let last = self
+            .state
+            .store
+            .last_seq(room)
+            .await
+            .map_err(|e| internal(&e, context))?;
+        let (replay, cursor) = self.replay(room, after, last).await?;
+        Ok((last, replay, cursor))
     }
 
     /// Chat after `after` (when given) up to the replay limit, and the highest
@@ -853,13 +861,8 @@ impl Conn {
                     .await
                     .map_err(|e| internal(&e, "resume"))?;
                 let others = self.others(&room).await?;
-                let last = self
-                    .state
-                    .store
-                    .last_seq(&room)
-                    .await
-                    .map_err(|e| internal(&e, "resume"))?;
-                let (replay, cursor) = self.replay(&room, Some(delivered), last).await?;
+                let (last, replay, cursor) =
+                    self.catch_up(&room, Some(delivered), "resume").await?;
                 self.send_joined(room_arc, &others, last, replay, cursor)
                     .await;
                 Ok::<_, ProtocolError>(())
