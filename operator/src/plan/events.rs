@@ -18,7 +18,8 @@ pub struct PlannedEvent {
     pub note: String,
 }
 
-fn event(warning: bool, reason: &str, action: &str, note: String) -> PlannedEvent {
+/// An event, its note cut to what the Events API accepts.
+pub(crate) fn event(warning: bool, reason: &str, action: &str, note: String) -> PlannedEvent {
     PlannedEvent {
         type_: if warning { "Warning" } else { "Normal" }.into(),
         reason: reason.into(),

@@ -19,7 +19,9 @@ mod workload;
 
 pub use diff::is_subset;
 pub use events::PlannedEvent;
+pub(crate) use events::event;
 pub use secrets::{FreshSecrets, TURN_SECRET_KEY};
+pub(crate) use status::condition;
 
 use crate::error::{Error, Result};
 use crate::labels::{self, Component};

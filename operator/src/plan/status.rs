@@ -390,7 +390,9 @@ pub(crate) fn invalid_spec(
     }
 }
 
-fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
+/// A condition without its generation and transition time, which are filled in
+/// against the previous status.
+pub(crate) fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
     Condition {
         type_: type_.into(),
         status: if status { "True" } else { "False" }.into(),

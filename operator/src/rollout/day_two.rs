@@ -14,7 +14,7 @@ use super::order::Component;
 use crate::autoscale::drain::{ScaleAction, ScalingPlan};
 use crate::autoscale::in_plan::apply_autoscaling;
 use crate::error::{Error, Result};
-use crate::plan::{Action, Ctx, PlannedEvent};
+use crate::plan::{Action, Ctx, PlannedEvent, condition, event};
 use crate::resource::{Condition, Phase, VideoChatClusterStatus};
 use crate::rotation::{RotationOutcome, RotationStep, apply_rotation};
 
@@ -58,15 +58,6 @@ pub(crate) fn decide(
     })
 }
 
-fn event(warning: bool, reason: &str, action: &str, note: String) -> PlannedEvent {
-    PlannedEvent {
-        type_: if warning { "Warning" } else { "Normal" }.into(),
-        reason: reason.into(),
-        action: action.into(),
-        note: note.chars().take(1000).collect(),
-    }
-}
-
 fn set_condition(
     status: &mut VideoChatClusterStatus,
     previous: &[Condition],
@@ -86,17 +77,6 @@ fn set_condition(
     {
         Some(existing) => *existing = condition,
         None => status.conditions.push(condition),
-    }
-}
-
-fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if status { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: String::new(),
-        observed_generation: None,
     }
 }
 
