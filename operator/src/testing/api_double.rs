@@ -132,6 +132,30 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response<Body> {
     respond(code, &body)
 }
 
+fn not_found(target: &Target) -> Response<Body> {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!(
+            "{} \"{}\" not found",
+            target.plural,
+            target.name.as_deref().unwrap_or_default()
+        ),
+    )
+}
+
+/// The answer to a write whose object changed in the meantime.
+fn conflict(target: &Target) -> Response<Body> {
+    status(
+        StatusCode::CONFLICT,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {}: the object has been modified",
+            target.plural
+        ),
+    )
+}
+
 fn respond(code: StatusCode, body: &Value) -> Response<Body> {
     let mut response = Response::new(Body::from(serde_json::to_vec(body).unwrap_or_default()));
     *response.status_mut() = code;
@@ -209,6 +233,14 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// `metadata.generation`, 1 when absent.
+fn generation_of(object: &Value) -> i64 {
+    object
+        .pointer("/metadata/generation")
+        .and_then(|g| g.as_i64())
+        .unwrap_or(1)
+}
+
 /// The parts of an object whose change bumps `metadata.generation`.
 fn spec_like(object: &Value) -> Value {
     let mut copy = object.clone();
@@ -277,6 +309,14 @@ impl ApiDouble {
             meta.entry("creationTimestamp")
                 .or_insert(Value::String("2026-01-01T00:00:00Z".into()));
         }
+    }
+
+    /// Stores a changed object under the next resourceVersion and answers with it.
+    fn store_update(state: &mut State, key: String, mut object: Value) -> Response<Body> {
+        state.resource_version += 1;
+        object["metadata"]["resourceVersion"] = Value::String(state.resource_version.to_string());
+        state.objects.insert(key, object.clone());
+        respond(StatusCode::OK, &object)
     }
 
     /// The stored object, if any.
@@ -399,14 +439,7 @@ impl ApiDouble {
             && *left > 0
         {
             *left -= 1;
-            return status(
-                StatusCode::CONFLICT,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {}: the object has been modified",
-                    target.plural
-                ),
-            );
+            return conflict(&target);
         }
 
         match (method, key) {
@@ -440,15 +473,7 @@ impl ApiDouble {
             }
             (Method::GET, Some(key)) => match state.objects.get(&key) {
                 Some(object) => respond(StatusCode::OK, object),
-                None => status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    format!(
-                        "{} \"{}\" not found",
-                        target.plural,
-                        target.name.unwrap_or_default()
-                    ),
-                ),
+                None => not_found(&target),
             },
             (Method::POST, _) => {
                 let Some(mut object) = body else {
@@ -491,15 +516,7 @@ impl ApiDouble {
                 let existing = state.objects.get(&key).cloned();
                 let mut object = match (existing, on_status, is_apply) {
                     (None, true, _) | (None, false, false) => {
-                        return status(
-                            StatusCode::NOT_FOUND,
-                            "NotFound",
-                            format!(
-                                "{} \"{}\" not found",
-                                target.plural,
-                                target.name.unwrap_or_default()
-                            ),
-                        );
+                        return not_found(&target);
                     }
                     (None, false, true) => {
                         let mut object = patch.clone();
@@ -540,18 +557,10 @@ impl ApiDouble {
                         }
                     }
                     if spec_like(&object) != before {
-                        let generation = object
-                            .pointer("/metadata/generation")
-                            .and_then(|g| g.as_i64())
-                            .unwrap_or(1);
-                        object["metadata"]["generation"] = json!(generation + 1);
+                        object["metadata"]["generation"] = json!(generation_of(&object) + 1);
                     }
                 }
-                state.resource_version += 1;
-                object["metadata"]["resourceVersion"] =
-                    Value::String(state.resource_version.to_string());
-                state.objects.insert(key, object.clone());
-                respond(StatusCode::OK, &object)
+                Self::store_update(&mut state, key, object)
             }
             (Method::PUT, Some(key)) => {
                 // Replace, with the real server's optimistic concurrency: a
@@ -560,15 +569,7 @@ impl ApiDouble {
                     return status(StatusCode::BAD_REQUEST, "BadRequest", "empty body".into());
                 };
                 let Some(existing) = state.objects.get(&key).cloned() else {
-                    return status(
-                        StatusCode::NOT_FOUND,
-                        "NotFound",
-                        format!(
-                            "{} \"{}\" not found",
-                            target.plural,
-                            target.name.unwrap_or_default()
-                        ),
-                    );
+                    return not_found(&target);
                 };
                 let given = object
                     .pointer("/metadata/resourceVersion")
@@ -579,14 +580,7 @@ impl ApiDouble {
                     .and_then(|v| v.as_str())
                     .map(str::to_string);
                 if given.is_some() && given != stored {
-                    return status(
-                        StatusCode::CONFLICT,
-                        "Conflict",
-                        format!(
-                            "Operation cannot be fulfilled on {}: the object has been modified",
-                            target.plural
-                        ),
-                    );
+                    return conflict(&target);
                 }
                 for field in ["uid", "creationTimestamp", "generation", "namespace"] {
                     if let Some(value) = existing["metadata"].get(field) {
@@ -594,29 +588,13 @@ impl ApiDouble {
                     }
                 }
                 if spec_like(&object) != spec_like(&existing) {
-                    let generation = existing
-                        .pointer("/metadata/generation")
-                        .and_then(|g| g.as_i64())
-                        .unwrap_or(1);
-                    object["metadata"]["generation"] = json!(generation + 1);
+                    object["metadata"]["generation"] = json!(generation_of(&existing) + 1);
                 }
-                state.resource_version += 1;
-                object["metadata"]["resourceVersion"] =
-                    Value::String(state.resource_version.to_string());
-                state.objects.insert(key, object.clone());
-                respond(StatusCode::OK, &object)
+                Self::store_update(&mut state, key, object)
             }
             (Method::DELETE, Some(key)) => match state.objects.remove(&key) {
                 Some(object) => respond(StatusCode::OK, &object),
-                None => status(
-                    StatusCode::NOT_FOUND,
-                    "NotFound",
-                    format!(
-                        "{} \"{}\" not found",
-                        target.plural,
-                        target.name.unwrap_or_default()
-                    ),
-                ),
+                None => not_found(&target),
             },
             (method, _) => status(
                 StatusCode::METHOD_NOT_ALLOWED,
