@@ -7,6 +7,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::error::SignalingError;
 use crate::sessions::constant_time_eq;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,20 +24,6 @@ impl Claims {
     pub fn allows_room(&self, room: &str) -> bool {
         matches!(self.room.as_deref(), Some("*")) || self.room.as_deref() == Some(room)
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("token is missing")]
-    Missing,
-    #[error("token is malformed")]
-    Malformed,
-    #[error("token algorithm must be HS256")]
-    Algorithm,
-    #[error("token signature does not match")]
-    Signature,
-    #[error("token has expired")]
-    Expired,
 }
 
 /// Longest token accepted; real ones are a few hundred bytes.
@@ -58,41 +45,41 @@ fn mac(secret: &[u8], signing_input: &str) -> Vec<u8> {
 }
 
 /// Checks signature and expiry; returns the claims.
-pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<Claims, TokenError> {
+pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<Claims, SignalingError> {
     if token.is_empty() {
-        return Err(TokenError::Missing);
+        return Err(SignalingError::TokenMissing);
     }
     if token.len() > MAX_TOKEN_LEN {
-        return Err(TokenError::Malformed);
+        return Err(SignalingError::TokenMalformed);
     }
     let mut parts = token.split('.');
     let (Some(h), Some(c), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(TokenError::Malformed);
+        return Err(SignalingError::TokenMalformed);
     };
     let header: Header = URL_SAFE_NO_PAD
         .decode(h)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(TokenError::Malformed)?;
+        .ok_or(SignalingError::TokenMalformed)?;
     if header.alg != "HS256" {
-        return Err(TokenError::Algorithm);
+        return Err(SignalingError::TokenAlgorithm);
     }
     let signature = URL_SAFE_NO_PAD
         .decode(s)
-        .map_err(|_| TokenError::Malformed)?;
+        .map_err(|_| SignalingError::TokenMalformed)?;
     let expected = mac(secret, &token[..h.len() + 1 + c.len()]);
     if !constant_time_eq(&signature, &expected) {
-        return Err(TokenError::Signature);
+        return Err(SignalingError::TokenSignature);
     }
     let claims: Claims = URL_SAFE_NO_PAD
         .decode(c)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(TokenError::Malformed)?;
+        .ok_or(SignalingError::TokenMalformed)?;
     if claims.exp <= now_unix {
-        return Err(TokenError::Expired);
+        return Err(SignalingError::TokenExpired);
     }
     Ok(claims)
 }
@@ -119,24 +106,39 @@ mod tests {
         assert_eq!(claims.room.as_deref(), Some("r1"));
         assert_eq!(claims.name.as_deref(), Some("Ann"));
         assert!(claims.allows_room("r1") && !claims.allows_room("r2"));
-        assert_eq!(verify(b"other", token, 0), Err(TokenError::Signature));
-        assert_eq!(
+        assert!(matches!(
+            verify(b"other", token, 0),
+            Err(SignalingError::TokenSignature)
+        ));
+        assert!(matches!(
             verify(b"s3cret", token, 4_102_444_800),
-            Err(TokenError::Expired)
-        );
+            Err(SignalingError::TokenExpired)
+        ));
     }
 
     #[test]
     fn refuses_malformed_and_other_algorithms() {
-        assert_eq!(verify(b"k", "", 0), Err(TokenError::Missing));
-        assert_eq!(verify(b"k", "a.b", 0), Err(TokenError::Malformed));
-        assert_eq!(verify(b"k", "a.b.c.d", 0), Err(TokenError::Malformed));
+        assert!(matches!(
+            verify(b"k", "", 0),
+            Err(SignalingError::TokenMissing)
+        ));
+        assert!(matches!(
+            verify(b"k", "a.b", 0),
+            Err(SignalingError::TokenMalformed)
+        ));
+        assert!(matches!(
+            verify(b"k", "a.b.c.d", 0),
+            Err(SignalingError::TokenMalformed)
+        ));
         let none = format!(
             "{}.{}.",
             URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#),
             URL_SAFE_NO_PAD.encode(br#"{"exp":99999999999}"#)
         );
-        assert_eq!(verify(b"k", &none, 0), Err(TokenError::Algorithm));
+        assert!(matches!(
+            verify(b"k", &none, 0),
+            Err(SignalingError::TokenAlgorithm)
+        ));
         let t = sign(
             b"k",
             &Claims {

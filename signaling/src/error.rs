@@ -21,6 +21,17 @@ pub enum SignalingError {
     BusUnavailable(String),
     #[error("TURN relay: {0}")]
     Turn(String),
+    /// A room token is refused (no token, or one that does not verify).
+    #[error("token is missing")]
+    TokenMissing,
+    #[error("token is malformed")]
+    TokenMalformed,
+    #[error("token algorithm must be HS256")]
+    TokenAlgorithm,
+    #[error("token signature does not match")]
+    TokenSignature,
+    #[error("token has expired")]
+    TokenExpired,
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
