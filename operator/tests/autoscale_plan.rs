@@ -7,7 +7,6 @@ use kube::api::DynamicObject;
 use serde_json::{Value, json};
 use support::*;
 use videochat_operator::VideoChatCluster;
-use videochat_operator::cli::{PlanArgs, PlanOutput, plan_command};
 use videochat_operator::observed::Observed;
 
 fn cluster() -> VideoChatCluster {
@@ -84,14 +83,7 @@ fn run_plan(cluster: &VideoChatCluster, observed: &[Value], tag: &str) -> Value 
     }
     let file = dir.join("input.yaml");
     std::fs::write(&file, text).expect("write");
-    let output = plan_command(&PlanArgs {
-        files: vec![file],
-        output: PlanOutput::Plan,
-        show_secrets: false,
-        secrets_complete: false,
-        now: Some("2026-01-01T00:10:00Z".into()),
-    })
-    .expect("plan runs");
+    let output = run_plan_command(vec![file], "2026-01-01T00:10:00Z");
     let _ = std::fs::remove_dir_all(&dir);
     serde_yaml::from_str(&output).expect("YAML")
 }
@@ -218,14 +210,7 @@ fn the_documented_example_plans_as_documented() {
     let observed = dir.join("observed.yaml");
     std::fs::write(&cluster, doc_example("autoscale-cluster")).expect("write");
     std::fs::write(&observed, doc_example("autoscale-observed")).expect("write");
-    let output = plan_command(&PlanArgs {
-        files: vec![cluster, observed],
-        output: PlanOutput::Plan,
-        show_secrets: false,
-        secrets_complete: false,
-        now: Some("2026-11-21T12:00:00Z".into()),
-    })
-    .expect("plan runs");
+    let output = run_plan_command(vec![cluster, observed], "2026-11-21T12:00:00Z");
     let _ = std::fs::remove_dir_all(&dir);
     let plan: Value = serde_yaml::from_str(&output).expect("YAML");
     let drains: Vec<Value> = actions(&plan, "drain")

@@ -565,12 +565,7 @@ fn status_comes_from_observed_workloads_and_load_balancers() {
     // Everything rolled out, but the TURN load balancer has no address yet.
     let mut waiting_cluster = cluster.clone();
     let (waiting, _, _) = settle(&mut waiting_cluster, false, 8);
-    let ready = waiting
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .expect("Ready");
+    let ready = condition(&waiting.status, "Ready");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("False", "WaitingForEndpoints")
@@ -614,12 +609,7 @@ fn status_comes_from_observed_workloads_and_load_balancers() {
             "turn:198.51.100.8:3478?transport=tcp"
         ]
     );
-    let ready = running
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .expect("Ready");
+    let ready = condition(&running.status, "Ready");
     assert_eq!(
         (ready.status.as_str(), ready.reason.as_str()),
         ("True", "AllComponentsReady")
@@ -656,12 +646,7 @@ fn progress_deadline_exceeded_is_degraded_with_reason() {
     });
     let observed = Observed::new([serde_json::from_value(value).expect("deployment")]);
     let plan = plan_with(&cluster, &observed, "a", NOW);
-    let degraded = plan
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .expect("Degraded");
+    let degraded = condition(&plan.status, "Degraded");
     assert_eq!(
         (degraded.status.as_str(), degraded.reason.as_str()),
         ("True", "ProgressDeadlineExceeded")
@@ -685,12 +670,7 @@ fn missing_referenced_secret_is_reported_when_secrets_were_looked_up() {
     let mut observed = Observed::default();
     observed.secrets_complete = true;
     let plan = plan_with(&cluster, &observed, "a", NOW);
-    let degraded = plan
-        .status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .expect("Degraded");
+    let degraded = condition(&plan.status, "Degraded");
     assert_eq!(degraded.reason, "SecretNotFound");
     assert!(
         degraded.message.contains("videochat-redis/url")
@@ -756,12 +736,7 @@ fn bad_resources_are_refused_by_the_schema_rules_and_reported_degraded() {
             plan.objects.is_empty() && plan.actions.is_empty(),
             "{what}: nothing applied"
         );
-        let degraded = plan
-            .status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Degraded")
-            .expect("Degraded");
+        let degraded = condition(&plan.status, "Degraded");
         assert_eq!(
             (degraded.status.as_str(), degraded.reason.as_str()),
             ("True", "InvalidSpec"),

@@ -261,11 +261,7 @@ async fn an_invalid_spec_is_reported_degraded_and_nothing_is_applied() {
 
     assert!(children(&double).is_empty(), "nothing applied");
     let status = stored_cluster(&double, "demo").status.expect("status");
-    let degraded = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .expect("Degraded");
+    let degraded = condition(&status, "Degraded");
     assert_eq!(
         (degraded.status.as_str(), degraded.reason.as_str()),
         ("True", "InvalidSpec")
@@ -298,11 +294,7 @@ async fn external_secret_lookup_and_ready_children_reach_status() {
     reconcile(&double, &ctx, "shared-db").await;
     settle(&double, &ctx, "shared-db").await;
     let status = stored_cluster(&double, "shared-db").status.expect("status");
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .expect("Ready");
+    let ready = condition(&status, "Ready");
     assert_eq!(ready.status, "True", "{ready:?}");
     assert_eq!(status.phase.map(|p| p.as_str()), Some("Running"));
     assert_eq!(

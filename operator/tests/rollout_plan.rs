@@ -9,8 +9,8 @@ use kube::api::DynamicObject;
 use serde_json::{Value, json};
 use support::*;
 use videochat_operator::VideoChatCluster;
-use videochat_operator::cli::{PlanArgs, PlanOutput, plan_command};
 use videochat_operator::observed::Observed;
+use videochat_operator::plan::Plan;
 
 const GOOD_IMAGE: &str = "ghcr.io/videochat-dev/videochat-signaling:0.1.0";
 const BAD_IMAGE: &str = "ghcr.io/videochat-dev/videochat-signaling:0.1.1-broken";
@@ -55,17 +55,14 @@ fn write_yaml(path: &std::path::Path, documents: &[Value]) {
     std::fs::write(path, text).expect("write");
 }
 
-#[test]
-fn plan_prints_the_rollback_of_a_failed_rollout() {
-    // Generation 1 runs and becomes good (its template kept in a
-    // ControllerRevision).
-    let mut cluster: VideoChatCluster = sample("minimal");
-    cluster.spec.signaling.image = GOOD_IMAGE.into();
-    cluster.spec.rollout.stabilization_seconds = 0;
-    let first = plan_with(&cluster, &Observed::default(), "a", "2026-01-01T00:00:00Z");
+/// Generation 1 is planned, rolls out ready and is planned again, which
+/// records it as good; the observed objects then include its
+/// ControllerRevisions. Returns that second plan and the observed objects.
+fn run_first_generation(cluster: &mut VideoChatCluster) -> (Plan, Observed) {
+    let first = plan_with(cluster, &Observed::default(), "a", "2026-01-01T00:00:00Z");
     cluster.status = Some(first.status.clone());
     let mut observed = Observed::new(ready(&first.objects));
-    let good = plan_with(&cluster, &observed, "a", "2026-01-01T00:01:00Z");
+    let good = plan_with(cluster, &observed, "a", "2026-01-01T00:01:00Z");
     cluster.status = Some(good.status.clone());
     for object in good
         .objects
@@ -74,6 +71,17 @@ fn plan_prints_the_rollback_of_a_failed_rollout() {
     {
         observed.insert(object.clone());
     }
+    (good, observed)
+}
+
+#[test]
+fn plan_prints_the_rollback_of_a_failed_rollout() {
+    // Generation 1 runs and becomes good (its template kept in a
+    // ControllerRevision).
+    let mut cluster: VideoChatCluster = sample("minimal");
+    cluster.spec.signaling.image = GOOD_IMAGE.into();
+    cluster.spec.rollout.stabilization_seconds = 0;
+    let (good, mut observed) = run_first_generation(&mut cluster);
     let good_revision = good
         .status
         .components
@@ -111,14 +119,7 @@ fn plan_prints_the_rollback_of_a_failed_rollout() {
         &observed_file,
         &observed.iter().map(json).collect::<Vec<_>>(),
     );
-    let output = plan_command(&PlanArgs {
-        files: vec![cluster_file, observed_file],
-        output: PlanOutput::Plan,
-        show_secrets: false,
-        secrets_complete: false,
-        now: Some("2026-01-01T00:10:00Z".into()),
-    })
-    .expect("plan runs");
+    let output = run_plan_command(vec![cluster_file, observed_file], "2026-01-01T00:10:00Z");
     let _ = std::fs::remove_dir_all(&dir);
     let plan: Value = serde_yaml::from_str(&output).expect("plan output is YAML");
 
@@ -171,18 +172,7 @@ fn plan_prints_the_rollback_of_a_failed_rollout() {
 fn a_crash_looping_database_is_rolled_back_and_its_stuck_pod_replaced() {
     let mut cluster: VideoChatCluster = sample("minimal");
     cluster.spec.rollout.stabilization_seconds = 0;
-    let first = plan_with(&cluster, &Observed::default(), "a", "2026-01-01T00:00:00Z");
-    cluster.status = Some(first.status.clone());
-    let mut observed = Observed::new(ready(&first.objects));
-    let good = plan_with(&cluster, &observed, "a", "2026-01-01T00:01:00Z");
-    cluster.status = Some(good.status.clone());
-    for object in good
-        .objects
-        .iter()
-        .filter(|o| kind_of(o) == "ControllerRevision")
-    {
-        observed.insert(object.clone());
-    }
+    let (_, mut observed) = run_first_generation(&mut cluster);
 
     // Generation 2: a Redis image that crashes at start.
     if let Some(managed) = cluster.spec.redis.managed.as_mut() {

@@ -4,9 +4,11 @@
 use kube::api::DynamicObject;
 use serde_json::Value;
 use std::path::PathBuf;
-use videochat_operator::VideoChatCluster;
+use videochat_operator::cli::{PlanArgs, PlanOutput, plan_command};
 use videochat_operator::observed::{Observed, parse_yaml_objects};
 use videochat_operator::plan::{self, FreshSecrets, Plan, PlanInput};
+use videochat_operator::resource::Condition;
+use videochat_operator::{VideoChatCluster, VideoChatClusterStatus};
 
 pub const NOW: &str = "2026-01-01T00:00:00Z";
 pub const LATER: &str = "2026-01-01T00:05:00Z";
@@ -68,4 +70,26 @@ pub fn find<'a>(plan: &'a Plan, kind: &str, name: &str) -> &'a DynamicObject {
 
 pub fn json(object: &DynamicObject) -> Value {
     serde_json::to_value(object).expect("json")
+}
+
+/// The condition of `type_`; panics when the status lacks it.
+pub fn condition<'a>(status: &'a VideoChatClusterStatus, type_: &str) -> &'a Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("{type_}"))
+}
+
+/// The output of `videochat-operator plan` (plan format, secrets hidden) on
+/// the given files at `now`.
+pub fn run_plan_command(files: Vec<PathBuf>, now: &str) -> String {
+    plan_command(&PlanArgs {
+        files,
+        output: PlanOutput::Plan,
+        show_secrets: false,
+        secrets_complete: false,
+        now: Some(now.into()),
+    })
+    .expect("plan runs")
 }
