@@ -181,10 +181,10 @@ mod tests {
         let user = list[0].username.clone().unwrap();
         assert!(user.ends_with(":p-1"));
         let pass = list[0].credential.clone().unwrap();
-        assert_eq!(
+        assert!(matches!(
             videochat_turn::credentials::verify(&[b"new"], &user, &pass, unix_now()),
             Ok(0)
-        );
+        ));
         assert!(videochat_turn::credentials::verify(&[b"old"], &user, &pass, unix_now()).is_err());
         let _ = std::fs::remove_dir_all(dir);
     }

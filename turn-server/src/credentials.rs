@@ -6,20 +6,13 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
+use crate::error::TurnError;
+
 /// A username and password that a client presents to the relay.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
     pub username: String,
     pub password: String,
-}
-
-/// Why a username cannot be accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum CredentialError {
-    #[error("username does not start with a unix expiry time")]
-    Malformed,
-    #[error("username has expired")]
-    Expired,
 }
 
 /// Makes the password for `username` under `secret`.
@@ -42,9 +35,10 @@ pub fn generate(secret: &[u8], user: Option<&str>, now_unix: u64, ttl_secs: u64)
 }
 
 /// Reads the expiry out of a REST API username (`<expiry>` or `<expiry>:<user>`).
-pub fn expiry_of(username: &str) -> Result<u64, CredentialError> {
+pub fn expiry_of(username: &str) -> Result<u64, TurnError> {
     let head = username.split(':').next().unwrap_or_default();
-    head.parse::<u64>().map_err(|_| CredentialError::Malformed)
+    head.parse::<u64>()
+        .map_err(|_| TurnError::UsernameMalformed)
 }
 
 /// The user part of a REST API username, when present (used for per-user quotas).
@@ -53,10 +47,10 @@ pub fn user_of(username: &str) -> Option<&str> {
 }
 
 /// Checks that `username` is well formed and not expired at `now_unix`.
-pub fn check_username(username: &str, now_unix: u64) -> Result<u64, CredentialError> {
+pub fn check_username(username: &str, now_unix: u64) -> Result<u64, TurnError> {
     let expiry = expiry_of(username)?;
     if expiry < now_unix {
-        return Err(CredentialError::Expired);
+        return Err(TurnError::UsernameExpired);
     }
     Ok(expiry)
 }
@@ -68,8 +62,8 @@ pub fn verify<S: AsRef<[u8]>>(
     username: &str,
     password_given: &str,
     now_unix: u64,
-) -> Result<usize, VerifyError> {
-    check_username(username, now_unix).map_err(VerifyError::Username)?;
+) -> Result<usize, TurnError> {
+    check_username(username, now_unix)?;
     secrets
         .iter()
         .position(|s| {
@@ -78,16 +72,7 @@ pub fn verify<S: AsRef<[u8]>>(
                 password_given.as_bytes(),
             )
         })
-        .ok_or(VerifyError::BadPassword)
-}
-
-/// Why a credential was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum VerifyError {
-    #[error(transparent)]
-    Username(CredentialError),
-    #[error("password does not match any secret")]
-    BadPassword,
+        .ok_or(TurnError::BadPassword)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -112,30 +97,39 @@ mod tests {
         let c = generate(b"s1", Some("p-1"), 1_000, 60);
         assert_eq!(c.username, "1060:p-1");
         assert_eq!(user_of(&c.username), Some("p-1"));
-        assert_eq!(verify(&[b"s1"], &c.username, &c.password, 1_060), Ok(0));
-        assert_eq!(
+        assert!(matches!(
+            verify(&[b"s1"], &c.username, &c.password, 1_060),
+            Ok(0)
+        ));
+        assert!(matches!(
             verify(&[b"s1"], &c.username, &c.password, 1_061),
-            Err(VerifyError::Username(CredentialError::Expired))
-        );
+            Err(TurnError::UsernameExpired)
+        ));
     }
 
     #[test]
     fn any_of_several_secrets_verifies() {
         let c = generate(b"new", None, 0, 100);
         assert_eq!(c.username, "100");
-        assert_eq!(
+        assert!(matches!(
             verify(&[&b"old"[..], &b"new"[..]], &c.username, &c.password, 5),
             Ok(1)
-        );
-        assert_eq!(
+        ));
+        assert!(matches!(
             verify(&[b"old"], &c.username, &c.password, 5),
-            Err(VerifyError::BadPassword)
-        );
+            Err(TurnError::BadPassword)
+        ));
     }
 
     #[test]
     fn malformed_username_is_refused() {
-        assert_eq!(check_username("alice", 0), Err(CredentialError::Malformed));
-        assert_eq!(check_username("", 0), Err(CredentialError::Malformed));
+        assert!(matches!(
+            check_username("alice", 0),
+            Err(TurnError::UsernameMalformed)
+        ));
+        assert!(matches!(
+            check_username("", 0),
+            Err(TurnError::UsernameMalformed)
+        ));
     }
 }

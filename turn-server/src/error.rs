@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Everything that can go wrong when configuring or starting the relay.
+/// Everything that can go wrong when configuring or starting the relay, or
+/// when a client's credential is checked.
 ///
 /// Configuration errors name the setting (as its command-line flag) and why,
 /// so `main` can print them as one line.
@@ -23,6 +24,14 @@ pub enum TurnError {
         #[source]
         source: std::io::Error,
     },
+    /// A REST API username does not start with a unix expiry time.
+    #[error("username does not start with a unix expiry time")]
+    UsernameMalformed,
+    #[error("username has expired")]
+    UsernameExpired,
+    /// The password matches none of the current secrets.
+    #[error("password does not match any secret")]
+    BadPassword,
     #[error("TURN server: {0}")]
     Server(#[from] turn::Error),
     #[error("I/O: {0}")]

@@ -27,7 +27,8 @@ use stun::textattrs::TextAttribute;
 use tokio::net::UdpSocket;
 use webrtc_util::Conn;
 
-use crate::credentials::{CredentialError, check_username, password};
+use crate::credentials::{check_username, password};
+use crate::error::TurnError;
 use crate::metrics::{AuthFailure, BadPacket, QuotaRefusal};
 use crate::state::{Shared, user_key};
 use crate::tcp::{TcpEvent, TcpMux};
@@ -286,8 +287,8 @@ impl GuardedConn {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         check_username(username, now).map_err(|e| match e {
-            CredentialError::Expired => AuthFailure::Expired,
-            CredentialError::Malformed => AuthFailure::MalformedUsername,
+            TurnError::UsernameExpired => AuthFailure::Expired,
+            _ => AuthFailure::MalformedUsername,
         })?;
         for secret in self.shared.secrets.current().iter() {
             let pass = password(secret, username);
