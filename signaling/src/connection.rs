@@ -126,7 +126,7 @@ pub async fn serve(
     query_token: Option<String>,
 ) {
     let conn_id = guard.id;
-    let Some((session, resumed, claims)) =
+    let Some((session, resumed, claims, client_seqs)) =
         Box::pin(handshake(&state, &mut socket, ip, query_token, conn_id)).await
     else {
         return;
@@ -172,7 +172,7 @@ pub async fn serve(
         tracing::warn!(error = %e, "bus attach failed");
     }
     if resumed {
-        Box::pin(conn.restore_rooms()).await;
+        Box::pin(conn.restore_rooms(&client_seqs)).await;
     }
     tracing::debug!(peer = %conn.session.peer, session = %conn.session.session, resumed, %ip, "session open");
 
@@ -254,7 +254,7 @@ async fn handshake(
     ip: IpAddr,
     query_token: Option<String>,
     owner: u64,
-) -> Option<(SessionState, bool, Option<Claims>)> {
+) -> Option<(SessionState, bool, Option<Claims>, BTreeMap<String, u64>)> {
     let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
     loop {
         let msg = match tokio::time::timeout_at(deadline, socket.recv()).await {
@@ -282,7 +282,25 @@ async fn handshake(
             return None;
         }
         let (token, resume) = match decode(&text) {
-            Ok(Decoded::Message(ClientMessage::Hello { token, resume })) => (token, resume),
+            Ok(Decoded::Message(ClientMessage::Hello { token, resume })) => {
+                let entries = resume
+                    .as_ref()
+                    .and_then(|r| r.last_seq.as_ref())
+                    .map_or(0, BTreeMap::len);
+                if entries > state.config.max_rooms_per_connection {
+                    let e = ProtocolError::new(
+                        ErrorCode::BadRequest,
+                        format!(
+                            "field `resume.last_seq` has more than {} rooms",
+                            state.config.max_rooms_per_connection
+                        ),
+                        Some("hello".into()),
+                    );
+                    send_now(socket, state, &e).await;
+                    continue;
+                }
+                (token, resume)
+            }
             Ok(Decoded::Message(ClientMessage::Ping)) => {
                 let _ = socket
                     .send(Message::Text(ServerMessage::Pong.to_json().into()))
@@ -329,7 +347,7 @@ async fn handshake(
             match state.sessions.resume(&r.session, &r.token, owner).await {
                 Ok(ResumeOutcome::Resumed(s)) => {
                     state.metrics.resumes.inc();
-                    return Some((s, true, claims));
+                    return Some((s, true, claims, r.last_seq.unwrap_or_default()));
                 }
                 Ok(ResumeOutcome::Refused) => {
                     state.metrics.resume_failures.inc();
@@ -353,7 +371,7 @@ async fn handshake(
             send_now(socket, state, &e).await;
             return None;
         }
-        return Some((session, false, claims));
+        return Some((session, false, claims, BTreeMap::new()));
     }
 }
 
@@ -815,8 +833,10 @@ impl Conn {
     }
 
     /// Rooms of a resumed session: re-subscribe, then `joined` plus the chat
-    /// the client missed while away.
-    async fn restore_rooms(&mut self) {
+    /// the client missed while away: after the saved position, or after the
+    /// client's own last `seq` for the room when that is further (capped at
+    /// the room's last `seq`; rooms the session is not in are ignored).
+    async fn restore_rooms(&mut self, client_seqs: &BTreeMap<String, u64>) {
         let rooms: Vec<(String, u64, String)> = self
             .session
             .rooms
@@ -861,8 +881,16 @@ impl Conn {
                     .await
                     .map_err(|e| internal(&e, "resume"))?;
                 let others = self.others(&room).await?;
-                let (last, replay, cursor) =
-                    self.catch_up(&room, Some(delivered), "resume").await?;
+                let last = self
+                    .state
+                    .store
+                    .last_seq(&room)
+                    .await
+                    .map_err(|e| internal(&e, "resume"))?;
+                let after = client_seqs
+                    .get(&room)
+                    .map_or(delivered, |&seen| delivered.max(seen.min(last)));
+                let (replay, cursor) = self.replay(&room, Some(after), last).await?;
                 self.send_joined(room_arc, &others, last, replay, cursor)
                     .await;
                 Ok::<_, ProtocolError>(())

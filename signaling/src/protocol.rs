@@ -77,6 +77,10 @@ impl ProtocolError {
 pub struct ResumeRequest {
     pub session: String,
     pub token: String,
+    /// Extension: the client's last seen chat `seq` per room; replay of a
+    /// room starts after the larger of this and the saved position.
+    #[serde(default)]
+    pub last_seq: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -241,6 +245,9 @@ fn validate(message: &ClientMessage) -> Result<(), String> {
         ClientMessage::Hello { resume, .. } => {
             if let Some(r) = resume {
                 check_name("resume.session", &r.session)?;
+                for room in r.last_seq.iter().flat_map(|m| m.keys()) {
+                    check_name("resume.last_seq room", room)?;
+                }
             }
         }
         ClientMessage::Ping | ClientMessage::Bye => {}
@@ -407,6 +414,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn decodes_resume_last_seq_and_rejects_bad_values() {
+        let m = decode(
+            r#"{"type":"hello","resume":{"session":"s-1","token":"t","last_seq":{"r1":42}}}"#,
+        )
+        .unwrap();
+        let Decoded::Message(ClientMessage::Hello {
+            resume: Some(r), ..
+        }) = m
+        else {
+            panic!("{m:?}");
+        };
+        assert_eq!(r.last_seq, Some([("r1".to_owned(), 42)].into()));
+        let old = decode(r#"{"type":"hello","resume":{"session":"s-1","token":"t"}}"#).unwrap();
+        assert!(matches!(
+            old,
+            Decoded::Message(ClientMessage::Hello {
+                resume: Some(ResumeRequest { last_seq: None, .. }),
+                ..
+            })
+        ));
+        for bad in [r#"{"r1":-1}"#, r#"{"r1":"1"}"#, r#"{"":1}"#, "[1]", "7"] {
+            let text = format!(
+                r#"{{"type":"hello","resume":{{"session":"s-1","token":"t","last_seq":{bad}}}}}"#
+            );
+            assert_eq!(
+                decode(&text).unwrap_err().code,
+                ErrorCode::BadRequest,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn decodes_chat_and_rejects_bad_shapes() {
         let m = decode(r#"{"type":"chat","room":"r1","id":"c-1","body":"hi"}"#).unwrap();
         assert_eq!(
@@ -519,6 +559,14 @@ mod fuzz {
             "room", "to", "id", "body", "name", "last_seq", "after", "limit", "data", "token",
             "resume", "session",
         ]);
+        let scalar = prop_oneof![
+            scalar,
+            Just(r#"{"session":"s-1","token":"t"}"#.to_owned()),
+            Just(r#"{"session":"s-1","token":"t","last_seq":{"r1":42}}"#.to_owned()),
+            Just(r#"{"session":"s-1","token":"t","last_seq":{"r1":-1}}"#.to_owned()),
+            Just(r#"{"session":"s-1","token":"t","last_seq":{"":1}}"#.to_owned()),
+            Just(r#"{"session":"s-1","token":"t","last_seq":[1]}"#.to_owned()),
+        ];
         (kind, prop::collection::vec((field, scalar), 0..6)).prop_map(|(k, fields)| {
             let mut s = format!("{{\"type\":{k}");
             for (f, v) in fields {

@@ -327,8 +327,8 @@ async fn acked_chat_survives_instance_kill_redis_restart_and_store_outage() {
         (1..=n).collect::<Vec<u64>>(),
         "listener saw every message once, in order"
     );
-    // The senders, after their resumes: every message, in order (a client
-    // drops by seq what a resume replays twice, as the demo page does).
+    // The senders, after their resumes: every message, in order, none twice
+    // (the resume names the last seq the client saw).
     for r in &reports {
         let got: Vec<u64> = r
             .client
@@ -353,6 +353,7 @@ async fn acked_chat_survives_instance_kill_redis_restart_and_store_outage() {
             r.resumes,
             repeats
         );
+        assert_eq!(repeats, 0, "{}: chat replayed twice after a resume", r.name);
     }
 
     // Nothing failed for good.

@@ -322,6 +322,107 @@ async fn resume_keeps_peer_and_rooms_and_replays_missed_chat_and_signals() {
 }
 
 #[tokio::test]
+async fn resume_with_last_seq_replays_only_newer_chat_exactly_once() {
+    let server = start(videochat_signaling::Config {
+        resume_window: Duration::from_secs(3),
+        ..test_config()
+    })
+    .await;
+    let mut a = Client::connect(&server).await;
+    let mut b = Client::connect(&server).await;
+    a.join("r", "Alice").await;
+    b.join("r", "Bob").await;
+    a.recv_type("peer-joined").await;
+    a.chat("r", "m1", "one").await;
+    assert_eq!(b.recv_type("chat").await["seq"], 1);
+    let (b_session, b_token) = (b.session.clone(), b.resume_token.clone());
+    b.drop_hard();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 2..=5 {
+        a.chat("r", &format!("m{i}"), "while away").await;
+    }
+
+    // The client says it already has up to 3 (the server saved 1); a room
+    // the session is not in is ignored.
+    let mut b2 = Client::raw(&ws_url(&server)).await;
+    let w = b2
+        .hello(
+            json!({"type":"hello","resume":{"session":b_session,"token":b_token,
+            "last_seq":{"r":3,"elsewhere":99}}}),
+        )
+        .await;
+    assert_eq!(w["resumed"], true);
+    let joined = b2.recv_type("joined").await;
+    assert_eq!(joined["room"], "r");
+    assert_eq!(joined["last_seq"], 5);
+    let mut chats = Vec::new();
+    while let Some(v) = b2.try_recv(Duration::from_millis(300)).await {
+        if v["type"] == "chat" {
+            chats.push(v["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(chats, vec![4, 5], "only chat after the client's seq, once");
+    let (b_session, b_token) = (b2.session.clone(), b2.resume_token.clone());
+    b2.drop_hard();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A value past the room's last seq replays nothing and loses nothing.
+    let mut b3 = Client::raw(&ws_url(&server)).await;
+    let w = b3
+        .hello(
+            json!({"type":"hello","resume":{"session":b_session,"token":b_token,
+            "last_seq":{"r":1000}}}),
+        )
+        .await;
+    assert_eq!(w["resumed"], true);
+    assert_eq!(b3.recv_type("joined").await["last_seq"], 5);
+    while let Some(v) = b3.try_recv(Duration::from_millis(300)).await {
+        assert_ne!(v["type"], "chat", "{v}");
+    }
+    a.chat("r", "m6", "live").await;
+    assert_eq!(b3.recv_type("chat").await["seq"], 6);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn resume_with_a_bad_last_seq_is_a_bad_request() {
+    let server = start(videochat_signaling::Config {
+        max_rooms_per_connection: 2,
+        ..test_config()
+    })
+    .await;
+    let mut b = Client::connect(&server).await;
+    b.join("r", "Bob").await;
+    let (session, token) = (b.session.clone(), b.resume_token.clone());
+    b.drop_hard();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut b2 = Client::raw(&ws_url(&server)).await;
+    for bad in [
+        r#"{"r":-1}"#,
+        r#"{"r":"3"}"#,
+        r#"{"r":1.5}"#,
+        r#"{"r":18446744073709551616}"#,
+        r#"{"":1}"#,
+        r#"{"r":1,"s":2,"t":3}"#,
+        r#"[1]"#,
+    ] {
+        b2.send_text(&format!(
+            r#"{{"type":"hello","resume":{{"session":"{session}","token":"{token}","last_seq":{bad}}}}}"#
+        ))
+        .await;
+        let e = b2.recv().await;
+        assert_eq!(e["type"], "error", "{bad}: {e}");
+        assert_eq!(e["code"], "bad_request", "{bad}: {e}");
+    }
+    // The old form still resumes.
+    let w = b2
+        .hello(json!({"type":"hello","resume":{"session":session,"token":token}}))
+        .await;
+    assert_eq!(w["resumed"], true);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn peer_left_only_after_the_resume_window_or_at_once_on_bye() {
     let server = start(test_config()).await; // 1 s window
     let mut a = Client::connect(&server).await;

@@ -61,7 +61,14 @@ class Call {
     this.adapt = { audioOnly: false, maxBitrateKbps: 0 };
     this.tiles = new Map();
     this.peerNames = new Map();
-    this.client = new SignalingClient({ url: settings.serverUrl, token: settings.token });
+    this.client = new SignalingClient({
+      url: settings.serverUrl,
+      token: settings.token,
+      lastSeqs: () => {
+        const seq = this.chat ? this.chat.lastSeq(this.room) : 0;
+        return seq > 0 ? { [this.room]: seq } : null;
+      },
+    });
     this.mesh = new PeerMesh({
       localStream: stream,
       relayOnly: settings.relayOnly,

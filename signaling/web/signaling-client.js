@@ -10,10 +10,13 @@ const BACKOFF_MAX_MS = 10000;
 const OUTBOX_LIMIT = 200;
 
 export class SignalingClient extends EventTarget {
-  constructor({ url, token }) {
+  // `lastSeqs`, when given, returns the last chat seq seen per room
+  // ({ room: seq }); a resume sends it so the server replays only newer chat.
+  constructor({ url, token, lastSeqs }) {
     super();
     this.url = url;
     this.token = token || null;
+    this.lastSeqs = lastSeqs || null;
     this.ws = null;
     this.session = null;
     this.peer = null;
@@ -101,6 +104,8 @@ export class SignalingClient extends EventTarget {
       if (this.token) hello.token = this.token;
       if (this.session && this.resumeToken) {
         hello.resume = { session: this.session, token: this.resumeToken };
+        const seen = this.lastSeqs ? this.lastSeqs() : null;
+        if (seen && Object.keys(seen).length > 0) hello.resume.last_seq = seen;
       }
       ws.send(JSON.stringify(hello));
     };

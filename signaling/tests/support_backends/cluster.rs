@@ -248,7 +248,20 @@ impl WsClient {
             resumed: false,
         };
         let hello = match previous {
-            Some(p) => json!({"type":"hello","resume":{"session":p.session,"token":p.token}}),
+            Some(p) => {
+                // The last seq seen per room, so the resume replays only newer chat.
+                let mut last_seq = serde_json::Map::new();
+                for chat in p.chats.lock().unwrap().iter() {
+                    if let (Some(room), Some(seq)) = (chat["room"].as_str(), chat["seq"].as_u64()) {
+                        let entry = last_seq.entry(room).or_insert(json!(0));
+                        if entry.as_u64().unwrap_or(0) < seq {
+                            *entry = json!(seq);
+                        }
+                    }
+                }
+                json!({"type":"hello","resume":{"session":p.session,"token":p.token,
+                    "last_seq":last_seq}})
+            }
             None => json!({"type":"hello"}),
         };
         c.send(&hello).await?;
