@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use service::*;
+use videochat_signaling::RunningServer;
 use videochat_signaling::auth::{Claims, sign};
 
 #[tokio::test]
@@ -255,6 +256,33 @@ async fn each_connection_gets_a_rooms_chat_in_seq_order_under_concurrent_senders
     server.shutdown().await;
 }
 
+/// What a client needs to resume a session whose socket dropped.
+struct Dropped {
+    peer: String,
+    session: String,
+    token: String,
+}
+
+/// Alice and Bob join room "r", Alice's first chat (seq 1) reaches Bob, then
+/// Bob's socket drops without a goodbye. Returns Alice and Bob's resume data.
+async fn alice_and_bob_who_dropped_after_one_chat(server: &RunningServer) -> (Client, Dropped) {
+    let mut a = Client::connect(server).await;
+    let mut b = Client::connect(server).await;
+    a.join("r", "Alice").await;
+    b.join("r", "Bob").await;
+    a.recv_type("peer-joined").await;
+    a.chat("r", "m1", "one").await;
+    assert_eq!(b.recv_type("chat").await["seq"], 1);
+    let dropped = Dropped {
+        peer: b.peer.clone(),
+        session: b.session.clone(),
+        token: b.resume_token.clone(),
+    };
+    b.drop_hard();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (a, dropped)
+}
+
 #[tokio::test]
 async fn resume_keeps_peer_and_rooms_and_replays_missed_chat_and_signals() {
     let server = start(videochat_signaling::Config {
@@ -262,16 +290,14 @@ async fn resume_keeps_peer_and_rooms_and_replays_missed_chat_and_signals() {
         ..test_config()
     })
     .await;
-    let mut a = Client::connect(&server).await;
-    let mut b = Client::connect(&server).await;
-    a.join("r", "Alice").await;
-    b.join("r", "Bob").await;
-    a.recv_type("peer-joined").await;
-    a.chat("r", "m1", "one").await;
-    assert_eq!(b.recv_type("chat").await["seq"], 1);
-    let (b_peer, b_session, b_token) = (b.peer.clone(), b.session.clone(), b.resume_token.clone());
-    b.drop_hard();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (
+        mut a,
+        Dropped {
+            peer: b_peer,
+            session: b_session,
+            token: b_token,
+        },
+    ) = alice_and_bob_who_dropped_after_one_chat(&server).await;
     for i in 2..=4 {
         a.chat("r", &format!("m{i}"), "while away").await;
     }
@@ -328,16 +354,14 @@ async fn resume_with_last_seq_replays_only_newer_chat_exactly_once() {
         ..test_config()
     })
     .await;
-    let mut a = Client::connect(&server).await;
-    let mut b = Client::connect(&server).await;
-    a.join("r", "Alice").await;
-    b.join("r", "Bob").await;
-    a.recv_type("peer-joined").await;
-    a.chat("r", "m1", "one").await;
-    assert_eq!(b.recv_type("chat").await["seq"], 1);
-    let (b_session, b_token) = (b.session.clone(), b.resume_token.clone());
-    b.drop_hard();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (
+        mut a,
+        Dropped {
+            session: b_session,
+            token: b_token,
+            ..
+        },
+    ) = alice_and_bob_who_dropped_after_one_chat(&server).await;
     for i in 2..=5 {
         a.chat("r", &format!("m{i}"), "while away").await;
     }
