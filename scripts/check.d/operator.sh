@@ -20,7 +20,7 @@ need_tool VIDEOCHAT_KUBERNETES_VALIDATE "kubernetes-validate"
 need_tool VIDEOCHAT_PYTHON "python venv with jsonschema"
 
 K8S_VERSION=1.37.0
-OPERATOR=target/debug/videochat-operator
+OPERATOR=${CARGO_TARGET_DIR:-target}/debug/videochat-operator
 [ -x "$OPERATOR" ] || fail "$OPERATOR missing; build it with: cargo build -p videochat-operator"
 CHART=charts/videochat-operator
 WORK=$(mktemp -d)
