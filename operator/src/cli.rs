@@ -127,8 +127,11 @@ pub struct PlanArgs {
         required = true
     )]
     pub files: Vec<PathBuf>,
-    /// What to print: the whole plan, or only the objects as a YAML stream
-    /// (for `kubectl apply` or validation).
+    /// What to print: the whole plan, or only the objects as a YAML stream,
+    /// for review and for manifest validation. Not for `kubectl apply`:
+    /// offline, Secret values are placeholders (unless --show-secrets, which
+    /// prints freshly generated ones) and owner references carry a
+    /// placeholder uid; the operator applies the real objects itself.
     #[arg(long, env = "VIDEOCHAT_PLAN_OUTPUT", value_enum, default_value_t = PlanOutput::Plan)]
     pub output: PlanOutput,
     /// Print Secret values instead of a placeholder.
@@ -197,9 +200,27 @@ pub fn plan_command(args: &PlanArgs) -> Result<String> {
             found.len()
         ),
     })?;
-    let mut cluster: VideoChatCluster = serde_json::to_value(&cluster)
-        .and_then(serde_json::from_value)
-        .map_err(|e| Error::Parse {
+    let cluster = serde_json::to_value(&cluster).map_err(|e| Error::Parse {
+        what: "VideoChatCluster".into(),
+        message: e.to_string(),
+    })?;
+    // Refuse what the API server would refuse, with the field path.
+    let refusals = crate::admission::refusals(&cluster, None);
+    if !refusals.is_empty() {
+        return Err(Error::Refused {
+            what: format!(
+                "VideoChatCluster {}",
+                cluster["metadata"]["name"].as_str().unwrap_or("<unnamed>")
+            ),
+            reasons: refusals
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    let mut cluster: VideoChatCluster =
+        serde_json::from_value(cluster).map_err(|e| Error::Parse {
             what: "VideoChatCluster".into(),
             message: e.to_string(),
         })?;
