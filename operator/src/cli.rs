@@ -57,8 +57,17 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
     /// Take part in leader election, so several replicas can run and one
-    /// reconciles (`false` for a single replica outside a cluster).
-    #[arg(long, env = "VIDEOCHAT_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    /// reconciles. On by default; `--leader-election=false` for a single
+    /// replica outside a cluster.
+    #[arg(
+        long,
+        env = "VIDEOCHAT_LEADER_ELECTION",
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
     pub leader_election: bool,
     /// Namespace of the leader Lease (the operator's own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
@@ -293,5 +302,39 @@ mod erased {
                 message: e.to_string(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cmd = <Cli as clap::CommandFactory>::command().mut_args(|a| a.env(None::<&str>));
+        let cmd = cmd.mut_subcommand("run", |run| run.mut_args(|a| a.env(None::<&str>)));
+        let argv = ["videochat-operator", "run"]
+            .into_iter()
+            .chain(args.iter().copied());
+        let matches = cmd.try_get_matches_from(argv)?;
+        match <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?.command {
+            Some(Command::Run(run)) => Ok(run),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn leader_election_is_a_switch_that_also_takes_a_value() {
+        assert!(run_args(&[]).expect("defaults").leader_election);
+        assert!(
+            run_args(&["--leader-election"])
+                .expect("bare switch")
+                .leader_election
+        );
+        assert!(
+            !run_args(&["--leader-election=false"])
+                .expect("=false")
+                .leader_election
+        );
+        assert!(run_args(&["--leader-election=sometimes"]).is_err());
     }
 }
