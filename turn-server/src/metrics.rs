@@ -183,7 +183,10 @@ impl Metrics {
             relayed_bytes,
             relayed_packets,
             tcp_connections_active: Gauge::default(),
-            tcp_connections_refused: family("reason", &StreamRefusal::ALL.map(StreamRefusal::label)),
+            tcp_connections_refused: family(
+                "reason",
+                &StreamRefusal::ALL.map(StreamRefusal::label),
+            ),
             tcp_connections_closed: family("reason", &StreamClose::ALL.map(StreamClose::label)),
             draining: Gauge::default(),
             secrets_loaded: Gauge::default(),
@@ -310,7 +313,12 @@ impl Metrics {
         Self::labelled(&self.tcp_connections_closed, "reason", why.label()).inc();
     }
     pub fn secret_reload(&self, ok: bool) {
-        Self::labelled(&self.secret_reloads, "result", if ok { "ok" } else { "error" }).inc();
+        Self::labelled(
+            &self.secret_reloads,
+            "result",
+            if ok { "ok" } else { "error" },
+        )
+        .inc();
     }
     pub fn tls_reload(&self, ok: bool) {
         Self::labelled(&self.tls_reloads, "result", if ok { "ok" } else { "error" }).inc();
@@ -361,7 +369,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE videochat_turn_allocations_active gauge"));
-        assert!(text.contains("\nvideochat_turn_allocations_total 0\n"), "{text}");
+        assert!(
+            text.contains("\nvideochat_turn_allocations_total 0\n"),
+            "{text}"
+        );
         assert!(text.contains("videochat_turn_auth_failures_total{reason=\"expired\"} 1"));
         assert!(text.contains("videochat_turn_auth_failures_total{reason=\"bad_password\"} 0"));
         assert!(text.contains("videochat_turn_permission_refusals_total{reason=\"link_local\"} 1"));

@@ -212,12 +212,12 @@ async fn serve_client(stream: TcpStream, peer: SocketAddr, slot: Slot, listening
     metrics.tcp_connections_active.inc();
     let auth_deadline = Instant::now() + slot.limits.auth_timeout;
     match listening.tls.clone() {
-        None => serve_stream(stream, peer, auth_deadline, listening).await,
+        None => serve_stream(stream, peer, auth_deadline, false, listening).await,
         Some(tls) => {
             let mut shutdown = listening.shutdown.clone();
             tokio::select! {
                 accepted = tokio::time::timeout_at(auth_deadline, tls.accept(stream)) => match accepted {
-                    Ok(Ok(tls_stream)) => serve_stream(tls_stream, peer, auth_deadline, listening).await,
+                    Ok(Ok(tls_stream)) => serve_stream(tls_stream, peer, auth_deadline, true, listening).await,
                     Ok(Err(err)) => {
                         metrics.stream_closed(StreamClose::TlsHandshake);
                         tracing::debug!(%peer, error = %err, "TLS handshake failed");
@@ -235,8 +235,17 @@ async fn serve_client(stream: TcpStream, peer: SocketAddr, slot: Slot, listening
     drop(slot);
 }
 
-async fn serve_stream<S>(stream: S, peer: SocketAddr, auth_deadline: Instant, listening: Listening)
-where
+/// Serves frames on one client stream. With `record_per_frame` (TLS) every
+/// frame goes out in its own TLS record: some clients (coturn's
+/// `turnutils_uclient` among them) take one STUN message per record read
+/// and drop the rest of a record that carries several.
+async fn serve_stream<S>(
+    stream: S,
+    peer: SocketAddr,
+    auth_deadline: Instant,
+    record_per_frame: bool,
+    listening: Listening,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let Listening {
@@ -257,19 +266,28 @@ where
         },
     );
 
-    // Writer: batches whatever is queued into one write.
+    // Writer: whatever is queued goes out together, then one flush.
     let writer = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(16 * 1024);
         while let Some(first) = wrx.recv().await {
-            batch.clear();
-            batch.extend_from_slice(&first);
-            while batch.len() < 64 * 1024 {
+            let mut written = if record_per_frame {
+                w.write_all(&first).await
+            } else {
+                batch.clear();
+                batch.extend_from_slice(&first);
+                Ok(())
+            };
+            while written.is_ok() && batch.len() < 64 * 1024 {
                 match wrx.try_recv() {
+                    Ok(more) if record_per_frame => written = w.write_all(&more).await,
                     Ok(more) => batch.extend_from_slice(&more),
                     Err(_) => break,
                 }
             }
-            if w.write_all(&batch).await.is_err() || w.flush().await.is_err() {
+            if !record_per_frame && written.is_ok() {
+                written = w.write_all(&batch).await;
+            }
+            if written.is_err() || w.flush().await.is_err() {
                 break;
             }
         }

@@ -283,7 +283,10 @@ pub(crate) async fn watch_cert_files(
                 unreadable_logged = false;
                 metrics.tls_reload(true);
                 metrics.tls_cert_expiry.set(not_after);
-                tracing::info!(not_after, "TLS certificate changed, now serving the new one");
+                tracing::info!(
+                    not_after,
+                    "TLS certificate changed, now serving the new one"
+                );
             }
             Reload::Refused(err) => {
                 unreadable_logged = false;
