@@ -130,11 +130,11 @@ pub struct RelayConfig {
 
     // TLS (turns:) and the limits on client streams.
     /// PEM certificate chain for TLS listeners (leaf first); re-read when it changes.
-    #[arg(long, env = "VIDEOCHAT_TURN_TLS_CERT_FILE", requires = "tls_key_file")]
+    #[arg(long, env = "VIDEOCHAT_TURN_TLS_CERT_FILE")]
     pub tls_cert_file: Option<PathBuf>,
 
     /// PEM private key of the certificate (PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, env = "VIDEOCHAT_TURN_TLS_KEY_FILE", requires = "tls_cert_file")]
+    #[arg(long, env = "VIDEOCHAT_TURN_TLS_KEY_FILE")]
     pub tls_key_file: Option<PathBuf>,
 
     /// TLS listening ports (comma-separated); 5349 when a certificate is given
@@ -289,6 +289,21 @@ impl RelayConfig {
     }
 
     fn validate_tls(&self) -> Result<(), TurnError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return Err(TurnError::config(
+                    "--tls-key-file",
+                    "--tls-cert-file needs --tls-key-file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(TurnError::config(
+                    "--tls-cert-file",
+                    "--tls-key-file needs --tls-cert-file",
+                ));
+            }
+            _ => {}
+        }
         if self.tls_cert_file.is_none() && !self.tls_ports.is_empty() {
             return Err(TurnError::config(
                 "--tls-ports",

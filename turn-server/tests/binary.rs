@@ -161,6 +161,8 @@ fn bad_configuration_exits_with_one_line_naming_the_setting() {
     );
     let e = run(&["--secret-file", secret, "--tls-ports", "5349"]);
     assert!(e.contains("--tls-ports"), "{e}");
+    let e = run(&["--secret-file", secret, "--tls-cert-file", cert]);
+    assert!(e.starts_with("videochat-turn: --tls-key-file:"), "{e}");
 }
 
 /// A running binary, killed when dropped.
