@@ -51,7 +51,7 @@ impl IceConfig {
     /// URIs with a secret held in memory (the in-process relay).
     pub fn with_secret(uris: Vec<String>, secret: Vec<u8>) -> Self {
         Self {
-            uris,
+            uris: in_browser_order(uris),
             secrets: Some(Secrets::Fixed(secret)),
         }
     }
@@ -60,7 +60,7 @@ impl IceConfig {
     pub fn with_secret_file(uris: Vec<String>, path: PathBuf) -> Result<Self> {
         let (newest, modified) = read_file(&path)?;
         Ok(Self {
-            uris,
+            uris: in_browser_order(uris),
             secrets: Some(Secrets::File {
                 path,
                 state: RwLock::new(FileState {
@@ -148,6 +148,37 @@ fn read_file(path: &PathBuf) -> Result<(Vec<u8>, Option<SystemTime>)> {
     Ok((newest, modified))
 }
 
+/// Orders URIs the way browsers should try them: `stun:`, then `turn:` over
+/// UDP, `turn:` over TCP, and `turns:` (TLS over TCP) last; the order of
+/// equal kinds is kept.
+///
+/// Browsers gather candidates from every URI at once, but rank relay
+/// candidates by the order of the servers in the list as well as by
+/// transport (Chromium lowers the local preference of each later server).
+/// UDP has no head-of-line blocking and costs no TLS per packet, so it comes
+/// first; TCP next; TLS, often on 443, is the fallback for networks that
+/// block everything but web ports and is used only when nothing above it
+/// connects. A URI without `?transport=` is UDP for `turn:` and TCP for
+/// `turns:` (RFC 7065).
+pub fn in_browser_order(mut uris: Vec<String>) -> Vec<String> {
+    uris.sort_by_key(|u| uri_rank(u));
+    uris
+}
+
+fn uri_rank(uri: &str) -> u8 {
+    let lower = uri.to_ascii_lowercase();
+    let tcp = lower.contains("transport=tcp");
+    if lower.starts_with("stun:") || lower.starts_with("stuns:") {
+        0
+    } else if lower.starts_with("turns:") {
+        3
+    } else if tcp {
+        2
+    } else {
+        1
+    }
+}
+
 /// `turn:` URIs for UDP and TCP of a relay at `host:port`.
 pub fn turn_uris(host: &str, udp_port: u16, tcp_port: Option<u16>) -> Vec<String> {
     let mut uris = vec![format!("turn:{host}:{udp_port}?transport=udp")];
@@ -187,6 +218,30 @@ mod tests {
         ));
         assert!(videochat_turn::credentials::verify(&[b"old"], &user, &pass, unix_now()).is_err());
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn turns_uris_come_after_turn_udp_and_tcp() {
+        let ice = IceConfig::with_secret(
+            vec![
+                "turns:turn.example.com:443?transport=tcp".into(),
+                "turn:turn.example.com:3478?transport=tcp".into(),
+                "turns:turn.example.com:5349".into(),
+                "turn:turn.example.com:3478".into(),
+                "stun:turn.example.com:3478".into(),
+            ],
+            b"s".to_vec(),
+        );
+        assert_eq!(
+            ice.ice_servers(Some("p"), Duration::from_secs(60))[0].urls,
+            vec![
+                "stun:turn.example.com:3478",
+                "turn:turn.example.com:3478",
+                "turn:turn.example.com:3478?transport=tcp",
+                "turns:turn.example.com:443?transport=tcp",
+                "turns:turn.example.com:5349",
+            ]
+        );
     }
 
     #[test]

@@ -36,30 +36,37 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         s.shared.metrics.render(),
     )
 }
 
+/// Drains on request. Without a configured token the route is refused
+/// outright (403): the admin port listens on every interface by default, and
+/// an open write there would let anyone who reaches it take the relay out
+/// of service. Reads (health, readiness, metrics) stay open.
 async fn drain(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Some(token) = &s.drain_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            tracing::warn!("POST /drain refused: missing or wrong bearer token");
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "unauthorized: POST /drain needs Authorization: Bearer <admin token>\n",
-            )
-                .into_response();
-        }
+    let Some(token) = &s.drain_token else {
+        tracing::warn!("POST /drain refused: no --admin-token-file configured");
+        return (
+            StatusCode::FORBIDDEN,
+            "forbidden: POST /drain is disabled until --admin-token-file is set\n",
+        )
+            .into_response();
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        tracing::warn!("POST /drain refused: missing or wrong bearer token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "unauthorized: POST /drain needs Authorization: Bearer <admin token>\n",
+        )
+            .into_response();
     }
     s.shared.begin_drain();
     (StatusCode::ACCEPTED, "draining\n").into_response()
@@ -137,16 +144,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn drain_is_open_without_a_token_and_metrics_show_it() {
+    async fn drain_is_refused_without_a_configured_token() {
         let s = state(None);
         assert_eq!(call(&s, "GET", "/healthz", None).await.0, StatusCode::OK);
-        assert_eq!(
-            call(&s, "POST", "/drain", None).await.0,
-            StatusCode::ACCEPTED
-        );
+        for auth in [None, Some("Bearer "), Some("Bearer anything")] {
+            let (status, body) = call(&s, "POST", "/drain", auth).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{auth:?}");
+            assert!(body.contains("--admin-token-file"), "{body}");
+        }
+        assert!(!s.shared.is_draining());
+        assert_eq!(call(&s, "GET", "/readyz", None).await.0, StatusCode::OK);
         let (status, body) = call(&s, "GET", "/metrics", None).await;
         assert_eq!(status, StatusCode::OK);
-        assert!(body.contains("\nvideochat_turn_draining 1\n"), "{body}");
+        assert!(body.contains("\nvideochat_turn_draining 0\n"), "{body}");
         assert!(
             body.contains("\nvideochat_turn_allocations_active 0\n"),
             "{body}"

@@ -12,6 +12,7 @@ use crate::peer_policy::{PeerPolicy, parse_cidr};
 
 pub const DEFAULT_PORT: u16 = 3478;
 pub const DEFAULT_ADMIN_PORT: u16 = 9641;
+pub const DEFAULT_TLS_PORT: u16 = 5349;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RelayConfig {
@@ -126,6 +127,37 @@ pub struct RelayConfig {
     /// After SIGTERM, how long live allocations may keep relaying before exit.
     #[arg(long, env = "VIDEOCHAT_TURN_DRAIN_TIMEOUT", default_value = "600s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+
+    // TLS (turns:) and the limits on client streams.
+    /// PEM certificate chain for TLS listeners (leaf first); re-read when it changes.
+    #[arg(long, env = "VIDEOCHAT_TURN_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of the certificate (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "VIDEOCHAT_TURN_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// TLS listening ports (comma-separated); 5349 when a certificate is given
+    /// and none are named; 0 picks a free one.
+    #[arg(long, env = "VIDEOCHAT_TURN_TLS_PORTS", value_delimiter = ',')]
+    pub tls_ports: Vec<u16>,
+
+    /// How often the certificate and key files are checked for changes.
+    #[arg(long, env = "VIDEOCHAT_TURN_TLS_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// A TCP or TLS client that has not sent an authenticated request this
+    /// long after connecting is disconnected (TLS handshake included).
+    #[arg(long, env = "VIDEOCHAT_TURN_STREAM_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub stream_auth_timeout: Duration,
+
+    /// Most TCP and TLS connections open at once from one client IP address; 0 means no limit.
+    #[arg(
+        long,
+        env = "VIDEOCHAT_TURN_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 64
+    )]
+    pub max_connections_per_address: u32,
 }
 
 impl Default for RelayConfig {
@@ -156,6 +188,12 @@ impl Default for RelayConfig {
             no_admin: false,
             admin_token_file: None,
             drain_timeout: Duration::from_secs(600),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ports: Vec::new(),
+            tls_reload_interval: Duration::from_secs(2),
+            stream_auth_timeout: Duration::from_secs(5),
+            max_connections_per_address: 64,
         }
     }
 }
@@ -231,10 +269,57 @@ impl RelayConfig {
                 "must be an address clients can reach, not 0.0.0.0 or ::",
             ));
         }
-        if self.max_tcp_connections == 0 && !self.no_tcp {
+        if self.max_tcp_connections == 0 && (!self.no_tcp || self.tls_cert_file.is_some()) {
             return Err(TurnError::config(
                 "--max-tcp-connections",
-                "must be 1 or more (or give --no-tcp)",
+                "must be 1 or more (or give --no-tcp and no TLS certificate)",
+            ));
+        }
+        self.validate_tls()?;
+        Ok(())
+    }
+
+    /// TLS ports to listen on: the given ones, or 5349 with a certificate.
+    pub fn tls_listen_ports(&self) -> Vec<u16> {
+        match (&self.tls_cert_file, self.tls_ports.is_empty()) {
+            (None, _) => Vec::new(),
+            (Some(_), true) => vec![DEFAULT_TLS_PORT],
+            (Some(_), false) => self.tls_ports.clone(),
+        }
+    }
+
+    fn validate_tls(&self) -> Result<(), TurnError> {
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return Err(TurnError::config(
+                    "--tls-key-file",
+                    "--tls-cert-file needs --tls-key-file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(TurnError::config(
+                    "--tls-cert-file",
+                    "--tls-key-file needs --tls-cert-file",
+                ));
+            }
+            _ => {}
+        }
+        if self.tls_cert_file.is_none() && !self.tls_ports.is_empty() {
+            return Err(TurnError::config(
+                "--tls-ports",
+                "TLS ports need --tls-cert-file and --tls-key-file",
+            ));
+        }
+        if self.tls_reload_interval < Duration::from_millis(10) {
+            return Err(TurnError::config(
+                "--tls-reload-interval",
+                "must be at least 10ms",
+            ));
+        }
+        if self.stream_auth_timeout < Duration::from_millis(100) {
+            return Err(TurnError::config(
+                "--stream-auth-timeout",
+                "must be at least 100ms",
             ));
         }
         Ok(())

@@ -6,9 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Mutex;
 
 /// The largest frame accepted: the same as the UDP path's datagram buffer.
@@ -64,11 +63,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Ok(true))
 }
 
-/// A TURN client's TCP connection presented as a `Conn`, so the `turn`
-/// crate's client (or any `Conn` user) can speak TURN over TCP.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A TURN client's TCP (or TLS) connection presented as a `Conn`, so the
+/// `turn` crate's client (or any `Conn` user) can speak TURN over a stream.
 pub struct TcpClientConn {
-    reader: Mutex<(OwnedReadHalf, Vec<u8>)>,
-    writer: Mutex<OwnedWriteHalf>,
+    reader: Mutex<(ReadHalf, Vec<u8>)>,
+    writer: Mutex<WriteHalf>,
     local: SocketAddr,
     remote: SocketAddr,
 }
@@ -78,13 +80,22 @@ impl TcpClientConn {
         let stream = TcpStream::connect(server).await?;
         stream.set_nodelay(true)?;
         let local = stream.local_addr()?;
-        let (r, w) = stream.into_split();
-        Ok(Arc::new(TcpClientConn {
-            reader: Mutex::new((r, Vec::with_capacity(MAX_FRAME))),
-            writer: Mutex::new(w),
+        Ok(Self::over(stream, local, server))
+    }
+
+    /// Frames STUN over an already connected stream, e.g. a TLS client
+    /// stream for `turns:`.
+    pub fn over<S>(stream: S, local: SocketAddr, remote: SocketAddr) -> Arc<Self>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (r, w) = tokio::io::split(stream);
+        Arc::new(TcpClientConn {
+            reader: Mutex::new((Box::new(r), Vec::with_capacity(MAX_FRAME))),
+            writer: Mutex::new(Box::new(w)),
             local,
-            remote: server,
-        }))
+            remote,
+        })
     }
 }
 
@@ -114,7 +125,10 @@ impl webrtc_util::Conn for TcpClientConn {
         }
     }
     async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        self.writer.lock().await.write_all(buf).await?;
+        let mut w = self.writer.lock().await;
+        w.write_all(buf).await?;
+        // A TLS writer buffers records until flushed.
+        w.flush().await?;
         Ok(buf.len())
     }
     async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {

@@ -30,10 +30,11 @@ use webrtc_util::Conn;
 use crate::credentials::{check_username, password};
 use crate::error::TurnError;
 use crate::metrics::{AuthFailure, BadPacket, QuotaRefusal};
-use crate::state::{Shared, user_key};
+use crate::state::Shared;
 use crate::tcp::{TcpEvent, TcpMux};
 
 const CODE_ALLOC_QUOTA_REACHED: ErrorCode = ErrorCode(486);
+const CODE_WRONG_CREDENTIALS: ErrorCode = ErrorCode(441);
 /// The crate reads into a buffer of this size; a datagram that fills it was
 /// probably truncated by the kernel.
 const INBOUND_MTU: usize = 1500;
@@ -97,70 +98,81 @@ impl GuardedConn {
         matches!(self.transport, Transport::Tcp(_))
     }
 
-    fn bad(&self, why: BadPacket) -> Verdict {
-        self.shared.metrics.bad_packet(why);
+    fn bad(&self, why: BadPacket, from: SocketAddr) -> Verdict {
+        self.shared.bad_packet(why, from);
         Verdict::Drop
     }
 
     /// Decides what to do with one packet from a client.
     fn inspect(&self, pkt: &[u8], from: SocketAddr) -> Verdict {
         let Some(&first) = pkt.first() else {
-            return self.bad(BadPacket::Malformed);
+            return self.bad(BadPacket::Malformed, from);
         };
         match first >> 6 {
-            // ChannelData: the hot path; only the length is checked here.
+            // ChannelData: the hot path; the length and that the client
+            // holds an allocation are checked here (the crate would log an
+            // error line for each packet without one).
             1 => {
                 if pkt.len() < 4 {
-                    return self.bad(BadPacket::Malformed);
+                    return self.bad(BadPacket::Malformed, from);
                 }
                 let len = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
                 if 4 + len > pkt.len() {
-                    return self.bad(if pkt.len() >= INBOUND_MTU {
-                        BadPacket::Oversized
-                    } else {
-                        BadPacket::Malformed
-                    });
+                    return self.bad(
+                        if pkt.len() >= INBOUND_MTU {
+                            BadPacket::Oversized
+                        } else {
+                            BadPacket::Malformed
+                        },
+                        from,
+                    );
+                }
+                if !self.shared.has_allocation((from, self.local)) {
+                    return self.bad(BadPacket::NoAllocation, from);
                 }
                 Verdict::Pass
             }
             0 => self.inspect_stun(pkt, from),
-            _ => self.bad(BadPacket::Malformed),
+            _ => self.bad(BadPacket::Malformed, from),
         }
     }
 
     fn inspect_stun(&self, pkt: &[u8], from: SocketAddr) -> Verdict {
         if pkt.len() < 20 || pkt[4..8] != MAGIC_COOKIE.to_be_bytes() {
-            return self.bad(BadPacket::Malformed);
+            return self.bad(BadPacket::Malformed, from);
         }
         let len = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
         if 20 + len > pkt.len() {
-            return self.bad(if pkt.len() >= INBOUND_MTU {
-                BadPacket::Oversized
-            } else {
-                BadPacket::Malformed
-            });
+            return self.bad(
+                if pkt.len() >= INBOUND_MTU {
+                    BadPacket::Oversized
+                } else {
+                    BadPacket::Malformed
+                },
+                from,
+            );
         }
         let mut m = Message {
             raw: pkt.to_vec(),
             ..Default::default()
         };
         if m.decode().is_err() {
-            return self.bad(BadPacket::Malformed);
+            return self.bad(BadPacket::Malformed, from);
         }
         if m.typ.class == CLASS_INDICATION {
             if m.typ.method != METHOD_SEND {
-                return self.bad(BadPacket::UnknownMethod);
+                return self.bad(BadPacket::UnknownMethod, from);
             }
             // A Send indication cannot be answered; a refused peer is dropped.
             return match self.check_peers(&m) {
                 Ok(()) => Verdict::Pass,
-                Err(PeerCheck::Unparsable) => self.bad(BadPacket::Malformed),
+                Err(PeerCheck::Unparsable) => self.bad(BadPacket::Malformed, from),
                 Err(PeerCheck::Refused) => Verdict::Drop,
             };
         }
         if m.typ.class != CLASS_REQUEST {
             // Responses have no business arriving at a server.
-            return self.bad(BadPacket::Malformed);
+            return self.bad(BadPacket::Malformed, from);
         }
         let method = m.typ.method;
         if method == METHOD_BINDING {
@@ -174,7 +186,7 @@ impl GuardedConn {
         ]
         .contains(&method)
         {
-            self.shared.metrics.bad_packet(BadPacket::UnknownMethod);
+            self.shared.bad_packet(BadPacket::UnknownMethod, from);
             return reply(&m, method, CODE_BAD_REQUEST, "unknown method", None);
         }
         if method == METHOD_ALLOCATE
@@ -211,6 +223,24 @@ impl GuardedConn {
             }
         };
 
+        if method != METHOD_ALLOCATE
+            && let Some(owner) = self.shared.allocation_owner((from, self.local))
+            && owner != username.text
+        {
+            // RFC 5766 4: every request on an allocation carries the
+            // credentials it was created with; anyone else's, however valid,
+            // must not refresh, extend or delete it.
+            self.shared.metrics.auth_failure(AuthFailure::WrongUser);
+            tracing::debug!(%from, "request signed by another user than the allocation's");
+            return reply(
+                &m,
+                method,
+                CODE_WRONG_CREDENTIALS,
+                "Wrong Credentials: not the allocation's user",
+                Some(&key),
+            );
+        }
+
         if method == METHOD_ALLOCATE {
             if self.shared.is_draining() {
                 self.shared.metrics.drain_refusals.inc();
@@ -222,8 +252,10 @@ impl GuardedConn {
                     Some(&key),
                 );
             }
-            let user = user_key(&username.text);
-            if let Err(why) = self.shared.reserve_allocation(user, m.transaction_id.0) {
+            if let Err(why) = self
+                .shared
+                .reserve_allocation(&username.text, m.transaction_id.0)
+            {
                 self.shared.metrics.quota_refused(why);
                 tracing::debug!(%from, reason = ?why, "allocation quota reached");
                 let text = match why {
@@ -236,7 +268,7 @@ impl GuardedConn {
             match self.check_peers(&m) {
                 Ok(()) => {}
                 Err(PeerCheck::Unparsable) => {
-                    self.shared.metrics.bad_packet(BadPacket::Malformed);
+                    self.shared.bad_packet(BadPacket::Malformed, from);
                     return reply(
                         &m,
                         method,
@@ -270,6 +302,9 @@ impl GuardedConn {
                     key: key.clone(),
                 },
             );
+        }
+        if let Transport::Tcp(mux) = &self.transport {
+            mux.mark_authenticated(from);
         }
         self.shared.put_key(from, &username.text, key);
         Verdict::Pass
@@ -401,7 +436,8 @@ impl GuardedConn {
         if success {
             self.shared.remember_allocate_response(to, txid, pkt);
         }
-        self.shared.allocate_answered(&txid, success);
+        self.shared
+            .allocate_answered((to, self.local), &txid, success);
     }
 
     /// A Refresh with lifetime 0 on behalf of a TCP client that went away,
@@ -453,6 +489,7 @@ fn auth_reason(why: AuthFailure) -> &'static str {
         AuthFailure::Expired => "credentials expired",
         AuthFailure::MalformedUsername => "username is not <expiry>[:<user>]",
         AuthFailure::BadPassword => "bad credentials",
+        AuthFailure::WrongUser => "Wrong Credentials",
     }
 }
 

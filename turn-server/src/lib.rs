@@ -16,6 +16,7 @@ mod relay_ports;
 pub mod secrets;
 mod state;
 mod tcp;
+pub mod tls;
 
 pub use config::RelayConfig;
 pub use error::TurnError;

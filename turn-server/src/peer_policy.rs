@@ -45,10 +45,6 @@ impl PeerRefusal {
             PeerRefusal::Reserved => "reserved",
         }
     }
-
-    pub(crate) fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// The peer policy of one relay.
@@ -61,8 +57,27 @@ pub struct PeerPolicy {
 
 impl PeerPolicy {
     /// Ok when relaying to `ip` is allowed, else the reason it is not.
+    ///
+    /// An IPv6 address that carries an IPv4 address (mapped, compatible,
+    /// translated, 6to4, NAT64, Teredo) reaches that IPv4 host through a
+    /// translator or tunnel, so each IPv4 address it may carry is judged
+    /// instead, and the address is refused when any of them is.
     pub fn check(&self, ip: IpAddr) -> Result<(), PeerRefusal> {
-        let ip = canonical(ip);
+        match ip {
+            IpAddr::V4(_) => self.check_one(ip),
+            IpAddr::V6(v6) => {
+                let embedded = embedded_ipv4(v6);
+                if embedded.is_empty() {
+                    return self.check_one(ip);
+                }
+                embedded
+                    .into_iter()
+                    .try_for_each(|v4| self.check_one(IpAddr::V4(v4)))
+            }
+        }
+    }
+
+    fn check_one(&self, ip: IpAddr) -> Result<(), PeerRefusal> {
         if self.allow.iter().any(|n| n.contains(&ip)) {
             return Ok(());
         }
@@ -77,25 +92,52 @@ impl PeerPolicy {
     }
 }
 
-/// IPv4-mapped and IPv4-compatible IPv6 addresses reach IPv4 hosts, so they
-/// are judged as the IPv4 address they carry.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                // NAT64 well-known prefix 64:ff9b::/96 also reaches IPv4 hosts.
-                let s = v6.segments();
-                if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
-                    let o = v6.octets();
-                    IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]))
-                } else {
-                    IpAddr::V6(v6)
-                }
-            }
-        },
-        v4 => v4,
+/// The IPv4 addresses an IPv6 address can lead to:
+/// - IPv4-mapped `::ffff:a.b.c.d` (`::ffff:0:0/96`);
+/// - IPv4-compatible `::a.b.c.d` (`::/96`, deprecated but still routed by
+///   some stacks), except `::` and `::1`, which are IPv6's own unspecified
+///   and loopback addresses;
+/// - IPv4-translated `::ffff:0:a.b.c.d` (`::ffff:0:0:0/96`, SIIT);
+/// - 6to4 `2002:AABB:CCDD::/48` (`2002::/16`);
+/// - NAT64 well-known prefix `64:ff9b::a.b.c.d` (`64:ff9b::/96`);
+/// - NAT64 local-use prefix `64:ff9b:1::/48` (RFC 8215), whose translator
+///   may use any RFC 6052 prefix length (48, 56, 64 or 96): every position
+///   the IPv4 address could sit in is returned;
+/// - Teredo `2001:0::/32`: the client's IPv4 address, inverted, in the last
+///   32 bits, and the Teredo server's in bits 32..64.
+pub fn embedded_ipv4(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
+    let o = ip.octets();
+    let s = ip.segments();
+    let v4 = |a: &[u8]| Ipv4Addr::new(a[0], a[1], a[2], a[3]);
+    let last32 = v4(&o[12..16]);
+    let zero_prefix = s[..5] == [0, 0, 0, 0, 0];
+    if zero_prefix && (s[5] == 0xffff || (s[5] == 0 && u32::from(last32) > 1)) {
+        return vec![last32];
     }
+    if s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0 {
+        return vec![last32];
+    }
+    if s[0] == 0x2002 {
+        return vec![v4(&o[2..6])];
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return vec![last32];
+    }
+    if s[..3] == [0x64, 0xff9b, 1] {
+        // RFC 6052 2.2: octet 8 (bits 64..71, "u") never carries address bits.
+        // Longest prefix first, so the reason names the likeliest address.
+        return vec![
+            last32,
+            v4(&o[9..13]),
+            v4(&[o[7], o[9], o[10], o[11]]),
+            v4(&[o[6], o[7], o[9], o[10]]),
+        ];
+    }
+    if s[..2] == [0x2001, 0] {
+        let client = !u32::from(last32);
+        return vec![Ipv4Addr::from(client), v4(&o[4..8])];
+    }
+    Vec::new()
 }
 
 fn builtin_refusal(ip: IpAddr) -> Option<PeerRefusal> {
@@ -187,11 +229,36 @@ mod tests {
             ("::ffff:127.0.0.1", PeerRefusal::Loopback),
             ("::ffff:169.254.169.254", PeerRefusal::LinkLocal),
             ("64:ff9b::a00:1", PeerRefusal::Private),
+            // Every embedded IPv4 form of an internal address.
+            ("::7f00:1", PeerRefusal::Loopback),
+            ("::127.0.0.1", PeerRefusal::Loopback),
+            ("::169.254.169.254", PeerRefusal::LinkLocal),
+            ("::ffff:0:a00:1", PeerRefusal::Private),
+            ("2002:7f00:1::", PeerRefusal::Loopback),
+            ("2002:a9fe:a9fe::1", PeerRefusal::LinkLocal),
+            ("64:ff9b::7f00:1", PeerRefusal::Loopback),
+            ("64:ff9b::169.254.169.254", PeerRefusal::LinkLocal),
+            // 64:ff9b:1::/48 with a /96 translator prefix ...
+            ("64:ff9b:1::a00:1", PeerRefusal::Private),
+            // Teredo: client 127.0.0.1 inverted is 80ff:fffe.
+            ("2001:0:cb00:7101::80ff:fffe", PeerRefusal::Loopback),
         ];
         for (addr, want) in cases {
             assert_eq!(p.check(ip(addr)), Err(want), "{addr}");
         }
-        for public in ["8.8.8.8", "100.128.0.1", "172.32.0.1", "2001:4860::8888"] {
+        // 64:ff9b:1::/48 with a /48 translator prefix: 10.0.0.1 split around
+        // the u octet (the reason may name another candidate position).
+        assert!(p.check(ip("64:ff9b:1:a00:0:100::")).is_err());
+        for public in [
+            "8.8.8.8",
+            "100.128.0.1",
+            "172.32.0.1",
+            "2001:4860::8888",
+            "::ffff:8.8.8.8",
+            "::8.8.8.8",
+            "2002:808:808::1",
+            "64:ff9b::8.8.8.8",
+        ] {
             assert_eq!(p.check(ip(public)), Ok(()), "{public}");
         }
     }

@@ -20,7 +20,8 @@ use crate::metrics::Metrics;
 use crate::relay_ports::{RelayPorts, udp_socket};
 use crate::secrets::{SecretStore, watch_secret_file};
 use crate::state::Shared;
-use crate::tcp::TcpMux;
+use crate::tcp::{StreamLimits, TcpMux};
+use crate::tls::{CertFiles, TlsServer, watch_cert_files};
 
 /// A running TURN relay.
 pub struct Relay {
@@ -28,6 +29,7 @@ pub struct Relay {
     server: Server,
     udp_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     relay_ip: IpAddr,
     shutdown: watch::Sender<bool>,
@@ -82,6 +84,16 @@ impl Relay {
             config.secret_file.clone(),
         )?);
         metrics.secrets_loaded.set(secrets.current().len() as i64);
+        // A certificate that is missing, unreadable, expired or not matching
+        // its key stops the start, like any other bad setting.
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(TlsServer::load(CertFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })?),
+            // validate() refused one without the other.
+            _ => None,
+        };
         let drain_token = match &config.admin_token_file {
             Some(path) => Some(read_token(path)?),
             None => None,
@@ -149,6 +161,21 @@ impl Relay {
             Some(listener)
         };
 
+        let mut tls_listeners = Vec::new();
+        if tls.is_some() {
+            for port in config.tls_listen_ports() {
+                let addr = SocketAddr::new(config.listen_address, port);
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| TurnError::Bind {
+                        setting: "--tls-ports",
+                        addr,
+                        source,
+                    })?;
+                tls_listeners.push(listener);
+            }
+        }
+
         let admin_listener = match config.admin_addr() {
             Some(addr) => {
                 Some(
@@ -183,13 +210,32 @@ impl Relay {
                 relay_addr_generator: Box::new(ports(&metrics)),
             });
         }
+        let stream_limits = Arc::new(StreamLimits::new(
+            config.max_tcp_connections,
+            config.max_connections_per_address,
+            config.stream_auth_timeout,
+        ));
         let mut tcp_addr = None;
-        if let Some(listener) = tcp {
-            tcp_addr = Some(listener.local_addr()?);
+        let mut tls_addrs = Vec::new();
+        let (tls_server, tls_seen) = match tls {
+            Some((server, seen)) => (Some(server), Some(seen)),
+            None => (None, None),
+        };
+        let stream_listeners = tcp
+            .map(|l| (l, None))
+            .into_iter()
+            .chain(tls_listeners.into_iter().map(|l| (l, tls_server.clone())));
+        for (listener, tls) in stream_listeners {
+            let local = listener.local_addr()?;
+            match tls {
+                None => tcp_addr = Some(local),
+                Some(_) => tls_addrs.push(local),
+            }
             let (mux, task) = TcpMux::start(
                 listener,
+                tls,
                 Arc::clone(&metrics),
-                config.max_tcp_connections,
+                Arc::clone(&stream_limits),
                 shutdown_rx.clone(),
             )?;
             tasks.push(task);
@@ -201,6 +247,14 @@ impl Relay {
                 )?),
                 relay_addr_generator: Box::new(ports(&metrics)),
             });
+        }
+        if let (Some(server), Some(seen)) = (tls_server, tls_seen) {
+            tasks.push(tokio::spawn(watch_cert_files(
+                server,
+                seen,
+                Arc::clone(&metrics),
+                config.tls_reload_interval,
+            )));
         }
 
         let (closed_tx, closed_rx) = mpsc::channel::<AllocationInfo>(4096);
@@ -248,6 +302,7 @@ impl Relay {
         tracing::info!(
             udp = %udp_addr,
             tcp = ?tcp_addr,
+            tls = ?tls_addrs,
             admin = ?admin_addr,
             relay_address = %relay_ip,
             relay_ports = %format!("{}-{}", config.relay_min_port, config.relay_max_port),
@@ -261,6 +316,7 @@ impl Relay {
             server,
             udp_addr,
             tcp_addr,
+            tls_addrs,
             admin_addr,
             relay_ip,
             shutdown,
@@ -273,6 +329,10 @@ impl Relay {
     }
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+    /// The TLS (`turns:`) listeners' addresses, empty without a certificate.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
@@ -320,7 +380,10 @@ impl Relay {
 
 async fn count_closed_allocations(mut rx: mpsc::Receiver<AllocationInfo>, shared: Arc<Shared>) {
     while let Some(info) = rx.recv().await {
-        shared.allocation_closed(&info.username);
+        shared.allocation_closed(
+            (info.five_tuple.src_addr, info.five_tuple.dst_addr),
+            &info.username,
+        );
     }
 }
 

@@ -103,8 +103,7 @@ impl Conn for RelaySocket {
     }
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         let (n, from) = self.sock.recv_from(buf).await?;
-        self.metrics.relayed_packets_from_peer.inc();
-        self.metrics.relayed_bytes_from_peer.add(n as u64);
+        self.metrics.relayed_from_peer(n);
         Ok((n, from))
     }
     async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
@@ -112,8 +111,7 @@ impl Conn for RelaySocket {
     }
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         let n = self.sock.send_to(buf, target).await?;
-        self.metrics.relayed_packets_to_peer.inc();
-        self.metrics.relayed_bytes_to_peer.add(n as u64);
+        self.metrics.relayed_to_peer(n);
         Ok(n)
     }
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {

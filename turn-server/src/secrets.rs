@@ -113,7 +113,7 @@ pub(crate) async fn watch_secret_file(
         tick.tick().await;
         match store.reload() {
             Ok(true) => {
-                metrics.secret_reloads_ok.inc();
+                metrics.secret_reload(true);
                 metrics.secrets_loaded.set(store.current().len() as i64);
                 tracing::info!(
                     secrets = store.current().len(),
@@ -122,7 +122,7 @@ pub(crate) async fn watch_secret_file(
             }
             Ok(false) => {}
             Err(err) => {
-                metrics.secret_reloads_failed.inc();
+                metrics.secret_reload(false);
                 tracing::warn!(error = %err, "secret file reload failed, keeping previous secrets");
             }
         }

@@ -26,7 +26,7 @@ fn refused(args: &[&str]) -> String {
         .env_clear()
         .output()
         .expect("run videochat-turn");
-    assert!(!out.status.success(), "should fail: {args:?}");
+    assert_eq!(out.status.code(), Some(2), "should exit 2: {args:?}");
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
     assert_eq!(
         stderr.lines().count(),
@@ -121,6 +121,48 @@ fn bad_configuration_exits_with_one_line_naming_the_setting() {
     ];
     let e = refused(&args);
     assert!(e.contains("--admin-listen") && e.contains("in use"), "{e}");
+
+    // TLS: an expired certificate, a key of another certificate, and TLS
+    // ports without a certificate.
+    let ca = common::tls::TestCa::new();
+    let expired = ca.leaf((2020, 2021));
+    let (cert, key) = (dir.join("expired.crt"), dir.join("expired.key"));
+    std::fs::write(&cert, &expired.cert_pem).expect("write");
+    std::fs::write(&key, &expired.key_pem).expect("write");
+    let (cert, key) = (cert.to_str().expect("path"), key.to_str().expect("path"));
+    let e = run(&[
+        "--secret-file",
+        secret,
+        "--tls-cert-file",
+        cert,
+        "--tls-key-file",
+        key,
+    ]);
+    assert!(
+        e.starts_with("videochat-turn: --tls-cert-file:") && e.contains("expired"),
+        "{e}"
+    );
+    let valid = ca.valid_leaf();
+    let other_key = dir.join("other.key");
+    std::fs::write(&other_key, ca.valid_leaf().key_pem).expect("write");
+    let valid_cert = dir.join("valid.crt");
+    std::fs::write(&valid_cert, &valid.cert_pem).expect("write");
+    let e = run(&[
+        "--secret-file",
+        secret,
+        "--tls-cert-file",
+        valid_cert.to_str().expect("path"),
+        "--tls-key-file",
+        other_key.to_str().expect("path"),
+    ]);
+    assert!(
+        e.contains("--tls-key-file") && e.contains("does not belong"),
+        "{e}"
+    );
+    let e = run(&["--secret-file", secret, "--tls-ports", "5349"]);
+    assert!(e.contains("--tls-ports"), "{e}");
+    let e = run(&["--secret-file", secret, "--tls-cert-file", cert]);
+    assert!(e.starts_with("videochat-turn: --tls-key-file:"), "{e}");
 }
 
 /// A running binary, killed when dropped.
@@ -128,6 +170,7 @@ struct Server {
     child: Child,
     udp: SocketAddr,
     tcp: SocketAddr,
+    tls: Vec<SocketAddr>,
     admin: Option<SocketAddr>,
 }
 
@@ -149,6 +192,18 @@ fn field_opt(line: &str, key: &str) -> Option<SocketAddr> {
     let start = line.find(&format!("\"{key}\":\"Some("))? + key.len() + 9;
     let rest = &line[start..];
     rest[..rest.find(')')?].parse().ok()
+}
+
+fn field_list(line: &str, key: &str) -> Vec<SocketAddr> {
+    // Vec fields are logged with Debug: "[127.0.0.1:1234, 127.0.0.1:5678]".
+    let Some(start) = line.find(&format!("\"{key}\":\"[")) else {
+        return Vec::new();
+    };
+    let rest = &line[start + key.len() + 5..];
+    rest[..rest.find(']').unwrap_or(0)]
+        .split(", ")
+        .filter_map(|a| a.parse().ok())
+        .collect()
 }
 
 fn spawn(extra: &[&str]) -> Server {
@@ -197,6 +252,7 @@ fn spawn(extra: &[&str]) -> Server {
     Server {
         udp: field(&line, "udp").expect("udp address in log"),
         tcp: field_opt(&line, "tcp").expect("tcp address in log"),
+        tls: field_list(&line, "tls"),
         admin: field_opt(&line, "admin"),
         child,
     }
@@ -239,18 +295,29 @@ fn uclient_path() -> PathBuf {
         })
 }
 
+/// How uclient reaches the relay.
+enum Over<'a> {
+    Udp,
+    Tcp,
+    /// TLS, verifying the relay's certificate against this CA file.
+    Tls(&'a std::path::Path),
+}
+
 /// Runs turnutils_uclient in client-to-client mode and returns
 /// (sent, received, lost) from its summary.
-fn uclient(server: &Server, tcp: bool, sessions: u32, messages: u32) -> (u64, u64, u64) {
-    let port = if tcp {
-        server.tcp.port()
-    } else {
-        server.udp.port()
-    };
+fn uclient(server: &Server, over: Over<'_>, sessions: u32, messages: u32) -> (u64, u64, u64) {
     let mut cmd = Command::new(uclient_path());
-    if tcp {
-        cmd.arg("-t");
-    }
+    let port = match over {
+        Over::Udp => server.udp.port(),
+        Over::Tcp => {
+            cmd.arg("-t");
+            server.tcp.port()
+        }
+        Over::Tls(ca) => {
+            cmd.args(["-t", "-S", "-E"]).arg(ca);
+            server.tls[0].port()
+        }
+    };
     cmd.args([
         "-y", "-c", "-W", SECRET, "-u", "interop", "-l", "172", "-z", "5",
     ])
@@ -283,12 +350,49 @@ fn uclient(server: &Server, tcp: bool, sessions: u32, messages: u32) -> (u64, u6
 fn coturn_uclient_relays_without_loss_over_udp_and_tcp() {
     let server = spawn(&["--no-admin"]);
     for tcp in [false, true] {
-        let (sent, received, lost) = uclient(&server, tcp, 20, 40);
+        let over = if tcp { Over::Tcp } else { Over::Udp };
+        let (sent, received, lost) = uclient(&server, over, 20, 40);
         let proto = if tcp { "TCP" } else { "UDP" };
         assert_eq!(sent, 20 * 40, "{proto}: all messages sent");
         assert_eq!(received, sent, "{proto}: every message came back");
         assert_eq!(lost, 0, "{proto}: no packet lost");
     }
+}
+
+#[test]
+fn coturn_uclient_relays_without_loss_over_tls() {
+    let dir = temp_dir("tls");
+    let ca = common::tls::TestCa::new();
+    let leaf = ca.valid_leaf();
+    let (ca_file, cert, key) = (dir.join("ca.pem"), dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&ca_file, ca.cert_pem()).expect("write");
+    std::fs::write(&cert, &leaf.cert_pem).expect("write");
+    std::fs::write(&key, &leaf.key_pem).expect("write");
+    let server = spawn(&[
+        "--no-admin",
+        "--tls-cert-file",
+        cert.to_str().expect("path"),
+        "--tls-key-file",
+        key.to_str().expect("path"),
+        "--tls-ports",
+        "0",
+    ]);
+    assert_eq!(server.tls.len(), 1, "one TLS listener");
+    let (sent, received, lost) = uclient(&server, Over::Tls(&ca_file), 20, 40);
+    assert_eq!(sent, 20 * 40, "TLS: all messages sent");
+    assert_eq!(received, sent, "TLS: every message came back");
+    assert_eq!(lost, 0, "TLS: no packet lost");
+}
+
+#[test]
+fn drain_is_refused_when_no_admin_token_is_configured() {
+    let server = spawn(&["--admin-listen", "127.0.0.1:0"]);
+    let admin = server.admin.expect("admin address");
+    let (code, body) = http(admin, "POST", "/drain", None);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("--admin-token-file"), "{body}");
+    assert_eq!(http(admin, "POST", "/drain", Some("guess")).0, 403);
+    assert_eq!(http(admin, "GET", "/readyz", None).0, 200, "still ready");
 }
 
 #[test]

@@ -132,3 +132,133 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no sample {sample} in metrics:\n{text}"))
 }
+
+pub mod tls;
+
+/// A TURN client made of raw STUN messages over one UDP socket, for requests
+/// the `turn` crate's client would never send (another user's credentials
+/// on an allocation, internal peers in odd IPv6 forms).
+pub struct RawTurn {
+    pub sock: UdpSocket,
+    pub server: SocketAddr,
+    nonce: Option<String>,
+}
+
+impl RawTurn {
+    pub async fn new(server: SocketAddr) -> RawTurn {
+        RawTurn {
+            sock: UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind raw client"),
+            server,
+            nonce: None,
+        }
+    }
+
+    /// Sends `method` signed with `c` (fetching a nonce first when needed)
+    /// and returns the success response, or the error code.
+    pub async fn request(
+        &mut self,
+        method: stun::message::Method,
+        c: &Credential,
+        attrs: impl Fn() -> Vec<Box<dyn stun::message::Setter>>,
+    ) -> Result<stun::message::Message, u16> {
+        use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+        use stun::integrity::MessageIntegrity;
+        use stun::message::{CLASS_REQUEST, MessageType, Setter};
+        use stun::textattrs::TextAttribute;
+        for _ in 0..3 {
+            let mut setters: Vec<Box<dyn Setter>> = vec![
+                Box::new(stun::agent::TransactionId::new()),
+                Box::new(MessageType::new(method, CLASS_REQUEST)),
+            ];
+            setters.extend(attrs());
+            if let Some(nonce) = &self.nonce {
+                setters.push(Box::new(TextAttribute::new(
+                    ATTR_USERNAME,
+                    c.username.clone(),
+                )));
+                setters.push(Box::new(TextAttribute::new(ATTR_REALM, "videochat".into())));
+                setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce.clone())));
+                setters.push(Box::new(MessageIntegrity::new_long_term_integrity(
+                    c.username.clone(),
+                    "videochat".into(),
+                    c.password.clone(),
+                )));
+            }
+            let mut m = stun::message::Message::new();
+            m.build(&setters).expect("build request");
+            let resp = self.exchange(&m).await;
+            match error_code(&resp) {
+                None => return Ok(resp),
+                // Challenge or stale nonce: take the nonce and sign again.
+                Some(401 | 438) if TextAttribute::get_from_as(&resp, ATTR_NONCE).is_ok() => {
+                    let fresh = TextAttribute::get_from_as(&resp, ATTR_NONCE)
+                        .expect("nonce")
+                        .text;
+                    if self.nonce.as_deref() == Some(fresh.as_str())
+                        && error_code(&resp) == Some(401)
+                    {
+                        return Err(401);
+                    }
+                    self.nonce = Some(fresh);
+                }
+                Some(code) => return Err(code),
+            }
+        }
+        panic!("no answer after three challenges");
+    }
+
+    async fn exchange(&self, m: &stun::message::Message) -> stun::message::Message {
+        self.sock.send_to(&m.raw, self.server).await.expect("send");
+        let mut buf = [0u8; 1500];
+        loop {
+            let (n, _) =
+                tokio::time::timeout(Duration::from_secs(5), self.sock.recv_from(&mut buf))
+                    .await
+                    .expect("relay answers within 5s")
+                    .expect("recv");
+            let mut resp = stun::message::Message {
+                raw: buf[..n].to_vec(),
+                ..Default::default()
+            };
+            if resp.decode().is_ok() && resp.transaction_id == m.transaction_id {
+                return resp;
+            }
+        }
+    }
+}
+
+/// The error code of a STUN error response, None for a success.
+pub fn error_code(m: &stun::message::Message) -> Option<u16> {
+    use stun::error_code::ErrorCodeAttribute;
+    use stun::message::{CLASS_ERROR_RESPONSE, Getter};
+    if m.typ.class != CLASS_ERROR_RESPONSE {
+        return None;
+    }
+    let mut e = ErrorCodeAttribute::default();
+    e.get_from(m).expect("ERROR-CODE in an error response");
+    Some(e.code.0)
+}
+
+/// Attributes of an Allocate for a UDP relay.
+pub fn allocate_attrs() -> Vec<Box<dyn stun::message::Setter>> {
+    vec![Box::new(turn::proto::reqtrans::RequestedTransport {
+        protocol: turn::proto::PROTO_UDP,
+    })]
+}
+
+/// A LIFETIME attribute.
+pub fn lifetime(secs: u64) -> Vec<Box<dyn stun::message::Setter>> {
+    vec![Box::new(turn::proto::lifetime::Lifetime(
+        Duration::from_secs(secs),
+    ))]
+}
+
+/// An XOR-PEER-ADDRESS attribute.
+pub fn peer(addr: SocketAddr) -> Vec<Box<dyn stun::message::Setter>> {
+    vec![Box::new(turn::proto::peeraddr::PeerAddress {
+        ip: addr.ip(),
+        port: addr.port(),
+    })]
+}
