@@ -75,16 +75,14 @@ pub fn check_immutable(
                 causes.push("spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden".to_owned());
             }
         }
-        ("apps", "Deployment") | ("apps", "ReplicaSet") => {
-            if differs("/spec/selector") {
-                let value = new
-                    .pointer("/spec/selector")
-                    .cloned()
-                    .unwrap_or(Value::Null);
-                causes.push(format!(
-                    "spec.selector: Invalid value: {value}: field is immutable"
-                ));
-            }
+        ("apps", "Deployment") | ("apps", "ReplicaSet") if differs("/spec/selector") => {
+            let value = new
+                .pointer("/spec/selector")
+                .cloned()
+                .unwrap_or(Value::Null);
+            causes.push(format!(
+                "spec.selector: Invalid value: {value}: field is immutable"
+            ));
         }
         ("", "Service") => {
             let old_ip = old.pointer("/spec/clusterIP").and_then(Value::as_str);

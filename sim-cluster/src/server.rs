@@ -3,7 +3,7 @@
 use crate::error::{Result, SimError};
 use crate::resources::{ResourceType, discovery_entry};
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::store::{ChangeKind, Part, Propagation, Store};
+use crate::store::{Applier, ChangeKind, Part, Propagation, Store};
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -119,6 +119,7 @@ async fn handle(
             error_response(&error)
         }
     };
+    tracing::trace!(%method, %path, query = uri.query().unwrap_or_default(), code = response.status().as_u16(), %field_manager, "API request");
     if let Ok(mut requests) = state.requests.lock() {
         requests.push(RecordedRequest {
             at: Instant::now(),
@@ -350,9 +351,11 @@ async fn route(
                     namespace,
                     name,
                     patch,
-                    manager,
-                    flag(query, "force"),
-                    part,
+                    Applier {
+                        manager,
+                        force: flag(query, "force"),
+                        part,
+                    },
                 )?
             } else if content_type.starts_with("application/merge-patch")
                 || content_type.starts_with("application/strategic-merge-patch")

@@ -65,6 +65,17 @@ struct Inner {
     next_cluster_ip: u32,
 }
 
+/// Who applies, whether they take fields from other managers, and where.
+#[derive(Clone, Copy, Debug)]
+pub struct Applier<'a> {
+    pub manager: &'a str,
+    pub force: bool,
+    pub part: Part,
+}
+
+/// Kept changes after a resourceVersion, and the stream of those to come.
+pub type ReplayAndLive = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>);
+
 /// How a delete treats dependents.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Propagation {
@@ -607,10 +618,17 @@ impl Store {
         namespace: Option<&str>,
         name: &str,
         mut applied: Value,
-        manager: &str,
-        force: bool,
-        part: Part,
+        applier: Applier<'_>,
     ) -> Result<Value> {
+        let Applier {
+            manager,
+            force,
+            part,
+        } = applier;
+        // As the real server: a body without a name takes the URL's.
+        if name_of(&applied).is_empty() && applied.is_object() {
+            applied["metadata"]["name"] = json!(name);
+        }
         if name_of(&applied) != name {
             return Err(SimError::bad_request(format!(
                 "the name of the object ({}) does not match the name on the URL ({name})",
@@ -798,10 +816,7 @@ impl Store {
 
     /// Changes after `since` for a watch, or 410 Gone when they are no
     /// longer kept; plus a receiver for the ones to come (no gap between).
-    pub fn changes_since(
-        &self,
-        since: u64,
-    ) -> Result<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>)> {
+    pub fn changes_since(&self, since: u64) -> Result<ReplayAndLive> {
         let inner = self.lock();
         let receiver = self.changes.subscribe();
         if let Some(oldest) = inner.log.front()
