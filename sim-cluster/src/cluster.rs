@@ -19,6 +19,8 @@ pub struct SimClusterOptions {
     pub controllers: bool,
     /// Names of the simulated nodes.
     pub nodes: Vec<String>,
+    /// Images that pull; any other fails with ErrImagePull.
+    pub images: Vec<String>,
 }
 
 impl Default for SimClusterOptions {
@@ -27,6 +29,7 @@ impl Default for SimClusterOptions {
             crds: vec![workspace_root().join("crds/videochatcluster.yaml")],
             controllers: true,
             nodes: vec!["node-a".into(), "node-b".into()],
+            images: crate::kubelet::default_images(),
         }
     }
 }
@@ -107,7 +110,10 @@ impl SimCluster {
         .await?;
         let mut tasks = vec![server_task, crate::gc::spawn(store.clone())];
         if options.controllers {
-            tasks.extend(crate::controllers::spawn_all(store.clone()));
+            tasks.extend(crate::controllers::spawn_all(
+                store.clone(),
+                options.images.clone(),
+            ));
         }
         tracing::info!(%address, "simulated cluster API serving");
         Ok(Self {

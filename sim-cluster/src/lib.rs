@@ -14,6 +14,7 @@ pub mod controllers;
 pub mod error;
 pub mod fields;
 pub mod gc;
+pub mod kubelet;
 pub mod resources;
 pub mod selector;
 pub mod server;

@@ -462,3 +462,52 @@ async fn stateful_set_pods_start_in_order_and_claims_outlive_the_set() {
         .await
         .expect("claims are kept when the set goes");
 }
+
+#[tokio::test]
+async fn an_unknown_image_fails_to_pull_and_the_rollout_exceeds_its_deadline() {
+    let sim = cluster().await;
+    let client = sim.client().expect("client");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let mut bad = deployment("bad", 1, "registry.invalid/none:0");
+    bad["spec"]["progressDeadlineSeconds"] = json!(2);
+    deployments
+        .patch("bad", &PatchParams::apply("test"), &Patch::Apply(bad))
+        .await
+        .expect("create");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    eventually("the pod reports the pull failure", LIMIT, || async {
+        let list = pods.list(&Default::default()).await.ok()?;
+        let reason = list
+            .items
+            .first()?
+            .status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .first()?
+            .state
+            .as_ref()?
+            .waiting
+            .as_ref()?
+            .reason
+            .clone()?;
+        (reason == "ErrImagePull" || reason == "ImagePullBackOff").then_some(())
+    })
+    .await;
+    let message = eventually(
+        "Progressing=False ProgressDeadlineExceeded",
+        LIMIT,
+        || async {
+            let d = deployments.get("bad").await.ok()?;
+            let status = serde_json::to_value(d.status?).ok()?;
+            status["conditions"].as_array()?.iter().find_map(|c| {
+                (c["type"] == "Progressing"
+                    && c["status"] == "False"
+                    && c["reason"] == "ProgressDeadlineExceeded")
+                    .then(|| c["message"].as_str().unwrap_or_default().to_owned())
+            })
+        },
+    )
+    .await;
+    assert!(message.contains("timed out progressing"), "{message}");
+}

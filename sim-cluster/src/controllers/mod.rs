@@ -23,7 +23,8 @@ const TICK: Duration = Duration::from_millis(250);
 /// The controller-manager's field manager.
 pub const MANAGER: &str = "kube-controller-manager";
 
-pub fn spawn_all(store: Arc<Store>) -> Vec<tokio::task::JoinHandle<()>> {
+/// Starts the controllers and, with `images`, the node agent's image pulls.
+pub fn spawn_all(store: Arc<Store>, images: Vec<String>) -> Vec<tokio::task::JoinHandle<()>> {
     let task = tokio::spawn(async move {
         let mut changes = store.subscribe();
         loop {
@@ -38,6 +39,7 @@ pub fn spawn_all(store: Arc<Store>) -> Vec<tokio::task::JoinHandle<()>> {
                 _ = tokio::time::sleep(TICK) => {}
             }
             run_pass(&store);
+            crate::kubelet::pass(&store, &images);
         }
     });
     vec![task]
