@@ -511,3 +511,42 @@ async fn an_unknown_image_fails_to_pull_and_the_rollout_exceeds_its_deadline() {
     .await;
     assert!(message.contains("timed out progressing"), "{message}");
 }
+
+#[tokio::test]
+async fn watches_that_allow_bookmarks_get_them_with_the_current_resource_version() {
+    let sim = cluster().await;
+    let client = sim.client().expect("client");
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let listed = maps.list(&Default::default()).await.expect("list");
+    let rv = listed.metadata.resource_version.expect("list rv");
+    let mut events = maps
+        .watch(&kube::api::WatchParams::default(), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    // A change elsewhere moves the global resourceVersion past the list's.
+    let other: Api<ConfigMap> = Api::namespaced(client, "elsewhere");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "x"}})).expect("cm");
+    other
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create");
+    // Bookmarks come every 2 s; other events (none here) are skipped.
+    let bookmark = tokio::time::timeout(LIMIT, async {
+        loop {
+            match events.next().await {
+                Some(Ok(kube::api::WatchEvent::Bookmark(bookmark))) => return bookmark,
+                Some(_) => continue,
+                None => panic!("the watch ended without a bookmark"),
+            }
+        }
+    })
+    .await
+    .expect("a bookmark within the limit");
+    let bookmarked: u64 = bookmark
+        .metadata
+        .resource_version
+        .parse()
+        .expect("numeric rv");
+    assert!(bookmarked > rv.parse::<u64>().expect("numeric rv"));
+}
