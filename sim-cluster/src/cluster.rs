@@ -1,0 +1,169 @@
+//! Starting a simulated cluster and talking to it.
+
+use crate::admission::CustomSchema;
+use crate::error::{Result, SimError};
+use crate::resources::{self, ResourceType};
+use crate::server::{self, ApiState, RecordedRequest};
+use crate::store::{Part, Store};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct SimClusterOptions {
+    /// CRD files served as custom resources (schema and CEL enforced).
+    pub crds: Vec<PathBuf>,
+    /// Run the Deployment, ReplicaSet, StatefulSet and endpoints controllers.
+    pub controllers: bool,
+    /// Names of the simulated nodes.
+    pub nodes: Vec<String>,
+    /// Images that pull; any other fails with ErrImagePull.
+    pub images: Vec<String>,
+}
+
+impl Default for SimClusterOptions {
+    fn default() -> Self {
+        Self {
+            crds: vec![workspace_root().join("crds/videochatcluster.yaml")],
+            controllers: true,
+            nodes: vec!["node-a".into(), "node-b".into()],
+            images: crate::kubelet::default_images(),
+        }
+    }
+}
+
+/// The workspace root (this crate's parent directory).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A running simulated cluster; stops when dropped.
+pub struct SimCluster {
+    pub address: SocketAddr,
+    pub store: Arc<Store>,
+    requests: Arc<Mutex<Vec<RecordedRequest>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn read_crd(path: &PathBuf) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|source| SimError::Crd {
+        path: path.display().to_string(),
+        source,
+    })?;
+    serde_yaml::from_str(&text).map_err(|e| SimError::CrdParse(format!("{}: {e}", path.display())))
+}
+
+impl SimCluster {
+    pub async fn start(options: SimClusterOptions) -> Result<Self> {
+        let mut types = resources::builtin_types();
+        let mut custom = Vec::new();
+        let mut crd_objects = Vec::new();
+        for path in &options.crds {
+            let crd = read_crd(path)?;
+            let resource = resources::from_crd(&crd).ok_or_else(|| {
+                SimError::CrdParse(format!("{}: no served version", path.display()))
+            })?;
+            let schema = CustomSchema::from_crd(&crd, resource.clone()).ok_or_else(|| {
+                SimError::CrdParse(format!("{}: no openAPIV3Schema", path.display()))
+            })?;
+            types.push(resource);
+            custom.push(schema);
+            crd_objects.push(crd);
+        }
+        let store = Store::new(types, custom);
+        let crd_type = store
+            .resource("apiextensions.k8s.io", "customresourcedefinitions")
+            .cloned()
+            .ok_or_else(|| SimError::CrdParse("no CRD type".into()))?;
+        for crd in crd_objects {
+            store.create(&crd_type, None, crd, "kubectl")?;
+        }
+        let node_type = store
+            .resource("", "nodes")
+            .cloned()
+            .ok_or_else(|| SimError::CrdParse("no Node type".into()))?;
+        for (index, node) in options.nodes.iter().enumerate() {
+            let object = node_object(node, index);
+            store.create(&node_type, None, object.clone(), "sim-cluster")?;
+            store.replace(&node_type, None, node, object, "sim-cluster", Part::Status)?;
+        }
+        let namespace_type = store
+            .resource("", "namespaces")
+            .cloned()
+            .ok_or_else(|| SimError::CrdParse("no Namespace type".into()))?;
+        store.create(
+            &namespace_type,
+            None,
+            serde_json::json!({"metadata": {"name": "default"}}),
+            "sim-cluster",
+        )?;
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (address, server_task) = server::serve(ApiState {
+            store: store.clone(),
+            requests: requests.clone(),
+        })
+        .await?;
+        let mut tasks = vec![server_task, crate::gc::spawn(store.clone())];
+        if options.controllers {
+            tasks.extend(crate::controllers::spawn_all(
+                store.clone(),
+                options.images.clone(),
+            ));
+        }
+        tracing::info!(%address, "simulated cluster API serving");
+        Ok(Self {
+            address,
+            store,
+            requests,
+            tasks,
+        })
+    }
+
+    /// A client as an operator or kubectl builds it from a kubeconfig.
+    pub fn client(&self) -> Result<kube::Client> {
+        let url: http::Uri = format!("http://{}", self.address)
+            .parse()
+            .map_err(|e| SimError::bad_request(format!("bad API address: {e}")))?;
+        let mut config = kube::Config::new(url);
+        config.default_namespace = "default".into();
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Every request answered so far.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    pub fn resource(&self, group: &str, plural: &str) -> Option<ResourceType> {
+        self.store.resource(group, plural).cloned()
+    }
+}
+
+impl Drop for SimCluster {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn node_object(name: &str, index: usize) -> Value {
+    let address = format!("10.200.0.{}", index + 2);
+    serde_json::json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": address},
+                {"type": "ExternalIP", "address": address},
+                {"type": "Hostname", "address": name},
+            ],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    })
+}
