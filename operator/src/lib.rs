@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod autoscale;
+pub mod cache;
 pub mod cli;
 pub mod controller;
 pub mod error;

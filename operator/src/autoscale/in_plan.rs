@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
 use serde_json::json;
 
-use super::drain::{ScalingPlan, plan_scaling};
+use super::drain::{ScalingPlan, hold_scale_down, plan_scaling};
 use super::load::{LoadMetric, cpu_millicores_of, pod_load};
 use super::policy::AutoscalePolicy;
 use crate::labels::Component;
@@ -19,6 +19,8 @@ use crate::observed::Observed;
 use crate::plan::{Ctx, type_of};
 use crate::resource::AutoscalingSpec;
 use crate::rollout::in_plan::{component_pods, component_status};
+use crate::rollout::{RolloutDecision, RolloutState, pod_revision};
+use k8s_openapi::api::core::v1::Pod;
 
 /// apiVersion of the load documents.
 pub const POD_LOAD_API_VERSION: &str = "videochat.dev/v1alpha1";
@@ -102,6 +104,7 @@ fn observed_cpu(observed: &Observed, pod: &str) -> Option<f64> {
 pub(crate) fn apply_autoscaling(
     ctx: &Ctx<'_>,
     objects: &mut [DynamicObject],
+    rollouts: &BTreeMap<Component, RolloutDecision>,
     now: Timestamp,
 ) -> BTreeMap<Component, ScalingPlan> {
     let spec = &ctx.cluster.spec.autoscaling;
@@ -123,7 +126,8 @@ pub(crate) fn apply_autoscaling(
         else {
             continue;
         };
-        let pods: Vec<_> = component_pods(ctx.observed, &ctx.name, component)
+        let pod_objects = component_pods(ctx.observed, &ctx.name, component);
+        let pods: Vec<_> = pod_objects
             .iter()
             .map(|pod| {
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
@@ -138,7 +142,10 @@ pub(crate) fn apply_autoscaling(
         let previous_status = component_status(&previous, component)
             .and_then(|s| s.autoscaling.clone())
             .unwrap_or_default();
-        let plan = plan_scaling(component, &policy, current, &pods, &previous_status, now);
+        let mut plan = plan_scaling(component, &policy, current, &pods, &previous_status, now);
+        if let Some(rolling) = rolling_out(component, rollouts.get(&component), &pod_objects) {
+            plan = hold_scale_down(plan, current, &previous_status, &rolling);
+        }
         if let Some(object) = objects.iter_mut().find(|o| {
             type_of(o).1 == "Deployment" && o.metadata.name.as_deref() == Some(name.as_str())
         }) && let Some(spec) = object.data.get_mut("spec").and_then(|s| s.as_object_mut())
@@ -148,4 +155,38 @@ pub(crate) fn apply_autoscaling(
         plans.insert(component, plan);
     }
     plans
+}
+
+/// What rolls out in `component`, when something does: its rollout decision
+/// says so, or its live pods run more than one revision (a Deployment still
+/// replacing old pods).
+pub fn rolling_out(
+    component: Component,
+    decision: Option<&RolloutDecision>,
+    pods: &[Pod],
+) -> Option<String> {
+    if let Some(decision) = decision
+        && decision.state == RolloutState::Rolling
+        && decision.waiting_for.is_none()
+    {
+        return Some(format!(
+            "{} revision {}",
+            component.as_str(),
+            decision.desired_revision
+        ));
+    }
+    let mut revisions: Vec<&str> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(pod_revision)
+        .collect();
+    revisions.sort_unstable();
+    revisions.dedup();
+    (revisions.len() > 1).then(|| {
+        format!(
+            "{} (pods of revisions {})",
+            component.as_str(),
+            revisions.join(", ")
+        )
+    })
 }

@@ -110,9 +110,11 @@ fn default_mongodb_image() -> String {
     "mongo:7.0".into()
 }
 
-/// A PersistentVolumeClaim template.
+/// A PersistentVolumeClaim template. Fixed once set: a StatefulSet's
+/// volume claim templates are immutable, so a change could never be applied.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self == oldSelf").message("storage size and storageClassName cannot change once set (a StatefulSet's volume claims are immutable); to grow a volume, edit its PersistentVolumeClaim (see docs/operator.md)"))]
 pub struct StorageSpec {
     /// Requested size, a Kubernetes quantity such as `1Gi`.
     #[serde(default = "default_storage_size")]

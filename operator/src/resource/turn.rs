@@ -94,9 +94,13 @@ fn default_credential_ttl() -> i32 {
 /// TURN shared-secret rotation.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    // CEL's duration() has no `d`: a whole day or more is long enough as is.
+    validation = Rule::new("self.interval.matches('[1-9][0-9]*d') || duration(self.interval) >= duration('60s')").message("turn.secretRotation.interval must be at least 60s")
+)]
 pub struct SecretRotationSpec {
     /// How often a new secret is added, e.g. `24h`, `7d`, `1h30m` (at least 60s).
-    #[schemars(regex(pattern = r"^([0-9]+[smhd])+$"))]
+    #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+[smhd])+$"))]
     pub interval: String,
 }
 
