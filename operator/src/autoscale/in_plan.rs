@@ -19,7 +19,7 @@ use crate::observed::Observed;
 use crate::plan::{Ctx, type_of};
 use crate::resource::AutoscalingSpec;
 use crate::rollout::in_plan::{component_pods, component_status};
-use crate::rollout::{RolloutDecision, RolloutState, pod_revision};
+use crate::rollout::{RolloutDecision, TemplateChoice, pod_revision, revision_of};
 use k8s_openapi::api::core::v1::Pod;
 
 /// apiVersion of the load documents.
@@ -119,11 +119,10 @@ pub(crate) fn apply_autoscaling(
         };
         let name = component.workload_name(&ctx.name);
         // Before the Deployment exists there is nothing to measure.
-        let Some(current) = ctx
-            .observed
-            .typed::<Deployment>("Deployment", &name)
-            .and_then(|d| d.spec.replicas)
-        else {
+        let Some(deployment) = ctx.observed.typed::<Deployment>("Deployment", &name) else {
+            continue;
+        };
+        let Some(current) = deployment.spec.replicas else {
             continue;
         };
         let pod_objects = component_pods(ctx.observed, &ctx.name, component);
@@ -143,7 +142,12 @@ pub(crate) fn apply_autoscaling(
             .and_then(|s| s.autoscaling.clone())
             .unwrap_or_default();
         let mut plan = plan_scaling(component, &policy, current, &pods, &previous_status, now);
-        if let Some(rolling) = rolling_out(component, rollouts.get(&component), &pod_objects) {
+        if let Some(rolling) = rolling_out(
+            component,
+            rollouts.get(&component),
+            &deployment,
+            &pod_objects,
+        ) {
             plan = hold_scale_down(plan, current, &previous_status, &rolling);
         }
         if let Some(object) = objects.iter_mut().find(|o| {
@@ -157,22 +161,36 @@ pub(crate) fn apply_autoscaling(
     plans
 }
 
-/// What rolls out in `component`, when something does: its rollout decision
-/// says so, or its live pods run more than one revision (a Deployment still
-/// replacing old pods).
+/// What rolls out in `component`, when something does: this plan changes
+/// the Deployment's template, the Deployment still runs pods of an older
+/// template, or the live pods carry more than one revision.
 pub fn rolling_out(
     component: Component,
     decision: Option<&RolloutDecision>,
+    deployment: &Deployment,
     pods: &[Pod],
 ) -> Option<String> {
-    if let Some(decision) = decision
-        && decision.state == RolloutState::Rolling
-        && decision.waiting_for.is_none()
+    let running = revision_of(&deployment.spec.template);
+    let applied = decision.and_then(|d| match &d.template {
+        TemplateChoice::Desired => Some(d.desired_revision.as_str()),
+        TemplateChoice::LastGood { revision } => Some(revision.as_str()),
+        TemplateChoice::Current => None,
+    });
+    // (A template without a revision was not rendered by the operator,
+    // e.g. a trimmed `plan` input: it tells nothing.)
+    if let (Some(applied), Some(running)) = (applied, running)
+        && running != applied
+    {
+        return Some(format!("{} revision {applied}", component.as_str()));
+    }
+    if let Some(status) = &deployment.status
+        && status.replicas.unwrap_or(0) > status.updated_replicas.unwrap_or(0)
     {
         return Some(format!(
-            "{} revision {}",
+            "{} (old pods still running: {} of {} updated)",
             component.as_str(),
-            decision.desired_revision
+            status.updated_replicas.unwrap_or(0),
+            status.replicas.unwrap_or(0)
         ));
     }
     let mut revisions: Vec<&str> = pods

@@ -188,14 +188,17 @@ pub struct ContainerRestarts {
 }
 
 impl ContainerRestarts {
-    /// Restarts since `since`: all of them for a pod created since; for an
-    /// older pod (a rollback to a revision whose pods still run) only its
+    /// Restarts since `since`: all of them for a pod created since (or of
+    /// unknown age); for an older pod (a rollback to a revision whose pods still run) only its
     /// last restart when that came after `since`, since earlier ones cannot
     /// be dated.
     pub fn since(&self, since: Timestamp) -> i32 {
         match self.pod_created {
-            Some(created) if created >= since => self.count,
-            _ => i32::from(self.count > 0 && self.last_finished.is_some_and(|t| t >= since)),
+            Some(created) if created < since => {
+                i32::from(self.count > 0 && self.last_finished.is_some_and(|t| t >= since))
+            }
+            // Created since, or of unknown age: every restart counts.
+            _ => self.count,
         }
     }
 }
