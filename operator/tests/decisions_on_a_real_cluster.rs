@@ -503,3 +503,53 @@ fn database_storage_cannot_change_once_set() {
     assert!(kube::core::cel::validate_cel_update(&other_edit, &old).is_ok());
     assert!(videochat_operator::resource::validation_errors(&resized).is_empty());
 }
+
+#[test]
+fn placement_reaches_every_components_pods_and_rolls_them() {
+    let plain: VideoChatCluster = sample("minimal");
+    let mut placed = plain.clone();
+    let placement: videochat_operator::resource::PodPlacementSpec = serde_json::from_value(json!({
+        "nodeSelector": {"pool": "media"},
+        "tolerations": [{"key": "media", "operator": "Exists", "effect": "NoSchedule"}],
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway"}],
+        "imagePullSecrets": [{"name": "registry"}],
+    }))
+    .expect("placement");
+    placed.spec.turn.placement = placement.clone();
+    placed.spec.signaling.placement = placement.clone();
+    if let Some(managed) = placed.spec.mongodb.managed.as_mut() {
+        managed.placement = placement.clone();
+    }
+    if let Some(managed) = placed.spec.redis.managed.as_mut() {
+        managed.placement = placement;
+    }
+    let before = plan_with(&plain, &Observed::default(), "a", NOW);
+    let after = plan_with(&placed, &Observed::default(), "a", NOW);
+    for (kind, name) in [
+        ("Deployment", "demo-turn"),
+        ("Deployment", "demo-signaling"),
+        ("StatefulSet", "demo-mongodb"),
+        ("StatefulSet", "demo-redis"),
+    ] {
+        let pod = json(find(&after, kind, name))["spec"]["template"]["spec"].clone();
+        assert_eq!(pod["nodeSelector"], json!({"pool": "media"}), "{name}");
+        assert_eq!(pod["tolerations"][0]["key"], json!("media"), "{name}");
+        assert_eq!(
+            pod["imagePullSecrets"],
+            json!([{"name": "registry"}]),
+            "{name}"
+        );
+        assert_eq!(
+            pod["topologySpreadConstraints"][0]["maxSkew"],
+            json!(1),
+            "{name}"
+        );
+        let revision = |plan: &Plan| {
+            json(find(plan, kind, name))["spec"]["template"]["metadata"]["annotations"]
+                ["videochat.dev/revision"]
+                .clone()
+        };
+        assert_ne!(revision(&before), revision(&after), "{name} rolls");
+    }
+}

@@ -4,6 +4,7 @@
 
 mod autoscaling;
 mod database;
+mod placement;
 mod rollout;
 mod signaling;
 mod status;
@@ -13,6 +14,7 @@ pub use autoscaling::{AutoscalingSpec, ComponentAutoscalingSpec};
 pub use database::{
     ExternalDatabaseSpec, ManagedMongoDbSpec, ManagedRedisSpec, MongoDbSpec, RedisSpec, StorageSpec,
 };
+pub use placement::PodPlacementSpec;
 pub use rollout::RolloutSpec;
 pub use signaling::{
     IngressSpec, ServiceExposureSpec, ServiceType, SignalingLimitsSpec, SignalingSpec,

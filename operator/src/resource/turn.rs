@@ -54,6 +54,10 @@ pub struct TurnSpec {
     /// Container resources. Defaults: requests cpu 100m, memory 64Mi; limit memory 256Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Node selection, affinity, tolerations, topology spread and image
+    /// pull Secrets of the pods.
+    #[serde(default, skip_serializing_if = "super::PodPlacementSpec::is_empty")]
+    pub placement: super::PodPlacementSpec,
 }
 
 impl Default for TurnSpec {
@@ -71,6 +75,7 @@ impl Default for TurnSpec {
             quotas: TurnQuotasSpec::default(),
             secret_rotation: None,
             resources: None,
+            placement: super::PodPlacementSpec::default(),
         }
     }
 }
