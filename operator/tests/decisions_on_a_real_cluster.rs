@@ -431,13 +431,15 @@ fn a_scale_down_waits_while_the_component_rolls_out() {
     );
 
     // A Deployment still running pods of its previous template rolls out.
-    let mut deployment = Deployment::default();
-    deployment.status = Some(DeploymentStatus {
-        replicas: Some(4),
-        updated_replicas: Some(2),
-        conditions: Some(vec![DeploymentCondition::default()]),
-        ..DeploymentStatus::default()
-    });
+    let mut deployment = Deployment {
+        status: Some(DeploymentStatus {
+            replicas: Some(4),
+            updated_replicas: Some(2),
+            conditions: Some(vec![DeploymentCondition::default()]),
+            ..DeploymentStatus::default()
+        }),
+        ..Deployment::default()
+    };
     assert!(rolling_out(Component::Turn, None, &deployment, &[]).is_some());
     deployment.status = Some(DeploymentStatus {
         replicas: Some(3),
