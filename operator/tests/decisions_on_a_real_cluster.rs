@@ -135,6 +135,18 @@ fn an_idle_autoscaled_cluster_plans_the_same_status_again() {
         );
     }
     let mut previous = plan_with(&cluster, &observed, "a", &rfc3339(120)).status;
+    let turn = previous
+        .components
+        .turn
+        .as_ref()
+        .and_then(|t| t.autoscaling.as_ref())
+        .expect("TURN is autoscaled");
+    assert_eq!(turn.current_load, Some(22), "the loads were read");
+    assert!(
+        !turn.recommendations.is_empty(),
+        "a recommendation is kept: {:?}",
+        turn.last_decision_message
+    );
     cluster.status = Some(previous.clone());
     for step in 1..20 {
         let next = plan_with(&cluster, &observed, "a", &rfc3339(120 + step * 15)).status;
