@@ -3,18 +3,19 @@
 //! is in [`crate::plan`].
 
 use crate::FIELD_MANAGER;
-use crate::autoscale::controller_io::{observe_pods, run_pod_actions};
+use crate::autoscale::controller_io::{observe_pods, record_pods, run_pod_actions};
 use crate::autoscale::pod_admin::{HttpPodAdmin, PodAdmin};
+use crate::cache::{ChildCaches, reflect};
 use crate::error::{Error, Result};
 use crate::labels;
 use crate::leader::{LeaderElection, spawn_elector};
 use crate::metrics::Metrics;
 use crate::observed::Observed;
-use crate::plan::{self, Action as PlanAction, FreshSecrets, PlanInput};
+use crate::plan::{self, Action as PlanAction, FailedWrite, FreshSecrets, PlanInput, WriteFailure};
 use crate::resource::{SecretKeyRef, VideoChatCluster};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::apps::v1::{ControllerRevision, Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{
@@ -23,7 +24,7 @@ use kube::api::{
 };
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +67,8 @@ pub struct Context {
     pub pod_admin: Arc<dyn PodAdmin>,
     /// Whether this replica holds the leader Lease; None without election.
     pub leading: Option<watch::Receiver<bool>>,
+    /// Watch caches of the children; without them every reconcile lists.
+    pub caches: Option<ChildCaches>,
 }
 
 impl Context {
@@ -81,7 +84,14 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             pod_admin: Arc::new(HttpPodAdmin::default()),
             leading: None,
+            caches: None,
         }
+    }
+
+    /// Reads children from watch caches instead of listing them.
+    pub fn with_caches(mut self, caches: ChildCaches) -> Self {
+        self.caches = Some(caches);
+        self
     }
 
     /// Talks to pods through `pod_admin` instead of plain HTTP.
@@ -206,6 +216,61 @@ pub async fn observe(client: &Client, cluster: &VideoChatCluster) -> Result<Obse
     Ok(observed)
 }
 
+/// [`observe`] from the watch caches: the children from memory, and only
+/// the referenced Secrets the caches do not hold (a user's own Secret
+/// carries none of the operator's labels) from the API.
+pub async fn observe_cached(
+    client: &Client,
+    caches: &ChildCaches,
+    cluster: &VideoChatCluster,
+) -> Result<Observed> {
+    let namespace = cluster
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    let name = cluster.name_any();
+    caches.wait_until_ready().await?;
+    let mut observed = Observed::new(caches.children(&namespace, &name)?);
+    let spec = &cluster.spec;
+    let references: Vec<&SecretKeyRef> = [
+        spec.turn.shared_secret_ref.as_ref(),
+        spec.redis.external.as_ref().map(|e| &e.url_secret_ref),
+        spec.mongodb.external.as_ref().map(|e| &e.url_secret_ref),
+        spec.signaling.auth_secret_ref.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    for reference in references {
+        if observed.get("Secret", &reference.name).is_some() {
+            continue;
+        }
+        let secret = match caches.secret(&namespace, &reference.name) {
+            Some(secret) => Some(secret.as_ref().clone()),
+            None => match secrets.get(&reference.name).await {
+                Ok(secret) => Some(secret),
+                Err(error) if is_not_found(&error) => None,
+                Err(error) => {
+                    return Err(Error::kube(
+                        format!("reading Secret {namespace}/{}", reference.name),
+                        error,
+                    ));
+                }
+            },
+        };
+        if let Some(secret) = secret {
+            let mut object = plan::to_dynamic(&secret)?;
+            object.types = Some(TypeMeta {
+                api_version: "v1".into(),
+                kind: "Secret".into(),
+            });
+            observed.insert(object);
+        }
+    }
+    observed.secrets_complete = true;
+    Ok(observed)
+}
+
 /// RFC 3339 to the second, as conditions carry it.
 pub fn now_rfc3339() -> String {
     k8s_openapi::jiff::Timestamp::now()
@@ -232,14 +297,38 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
     let name = cluster.name_any();
+    // Being deleted: the garbage collector removes the children; applying
+    // them again would only race it.
+    if cluster.metadata.deletion_timestamp.is_some() {
+        tracing::debug!(cluster = %name, %namespace, "being deleted; nothing to do");
+        return Ok(Action::await_change());
+    }
     let leading = ctx.is_leader();
     ctx.metrics.leader.set(i64::from(leading));
     if !leading {
         tracing::debug!(cluster = %name, %namespace, "not the leader; skipping");
         return Ok(Action::requeue(FOLLOWER_POLL));
     }
-    let mut observed = observe(&ctx.client, cluster).await?;
-    observe_pods(&ctx.client, ctx.pod_admin.as_ref(), cluster, &mut observed).await?;
+    let observed = match &ctx.caches {
+        Some(caches) => {
+            let mut observed = observe_cached(&ctx.client, caches, cluster).await?;
+            let pods = caches.pods(&namespace, &name);
+            record_pods(
+                &ctx.client,
+                ctx.pod_admin.as_ref(),
+                cluster,
+                pods,
+                &mut observed,
+            )
+            .await?;
+            observed
+        }
+        None => {
+            let mut observed = observe(&ctx.client, cluster).await?;
+            observe_pods(&ctx.client, ctx.pod_admin.as_ref(), cluster, &mut observed).await?;
+            observed
+        }
+    };
     let fresh = FreshSecrets::generate();
     let now = now_rfc3339();
     let plan = plan::plan(&PlanInput {
@@ -249,9 +338,16 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
         now: &now,
     })?;
 
-    // Drains before any scale-down lands; a failed drain stops here.
+    // Observing and scraping take a while; the Lease may have moved on.
+    if !ctx.is_leader() {
+        ctx.metrics.leader.set(0);
+        tracing::info!(cluster = %name, %namespace, "lost the lead before writing; nothing written");
+        return Ok(Action::requeue(FOLLOWER_POLL));
+    }
+
+    // Drains before any scale-down lands; each pod action stands alone.
     let now_time = crate::rollout::day_two::parse_now(&now)?;
-    run_pod_actions(
+    let mut failures = run_pod_actions(
         &ctx.client,
         ctx.pod_admin.as_ref(),
         cluster,
@@ -260,8 +356,97 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
         now_time,
     )
     .await?;
+    for action in &plan.actions {
+        if matches!(action, PlanAction::Drain { .. }) {
+            ctx.metrics.pod_drains.inc();
+        }
+    }
+    failures.extend(apply_plan(ctx, cluster, &namespace, &plan).await);
+    for failure in &failures {
+        ctx.metrics.observe_error(match failure.write {
+            FailedWrite::Apply | FailedWrite::Delete => "apply",
+            FailedWrite::Drain | FailedWrite::DeletePod => "pod_action",
+        });
+    }
 
+    let mut status = plan.status.clone();
+    let mut events = plan.events.clone();
+    events.extend(plan::report_write_failures(
+        &mut status,
+        cluster.status.as_ref(),
+        &failures,
+        &now,
+    ));
+    if cluster.status.as_ref() != Some(&status) {
+        let clusters: Api<VideoChatCluster> = Api::namespaced(ctx.client.clone(), &namespace);
+        let patch = serde_json::json!({
+            "apiVersion": VideoChatCluster::api_version(&()),
+            "kind": VideoChatCluster::kind(&()),
+            "status": status,
+        });
+        let patch = Patch::Apply(&patch);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        with_conflict_retry(&format!("writing status of {namespace}/{name}"), || {
+            clusters.patch_status(&name, &params, &patch)
+        })
+        .await?;
+    }
+
+    let reference = cluster.object_ref(&());
+    for planned in &events {
+        let event = Event {
+            type_: if planned.type_ == "Warning" {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: planned.reason.clone(),
+            note: Some(planned.note.clone()),
+            action: planned.action.clone(),
+            secondary: None,
+        };
+        // An event that cannot be written is not worth failing the reconcile.
+        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(cluster = %name, %namespace, %error, "cannot publish event");
+        }
+    }
+
+    let progressing = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Progressing" && c.status == "True")
+        || crate::rollout::day_two::needs_prompt_recheck(&status)
+        || !failures.is_empty();
+    let mut requeue = if progressing { PROGRESS_POLL } else { RESYNC };
+    // The autoscaler needs fresh load figures at its metrics interval.
+    let autoscaling = &cluster.spec.autoscaling;
+    if autoscaling.enabled {
+        let interval = u64::try_from(autoscaling.metrics_interval_seconds)
+            .unwrap_or(15)
+            .max(1);
+        requeue = requeue.min(Duration::from_secs(interval));
+    }
+    // A decision due at a known time (a secret rotation) is made on time.
+    if let Some(seconds) = plan.recheck_after_seconds {
+        requeue = requeue.min(Duration::from_secs(
+            u64::try_from(seconds).unwrap_or(1).max(1),
+        ));
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// Applies and deletes the plan's objects. Every write is tried: a refused
+/// one (an immutable field, an admission webhook, a quota) is logged and
+/// returned, and the others go ahead.
+async fn apply_plan(
+    ctx: &Context,
+    cluster: &VideoChatCluster,
+    namespace: &str,
+    plan: &plan::Plan,
+) -> Vec<WriteFailure> {
+    let name = cluster.name_any();
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut failures = Vec::new();
     for action in &plan.actions {
         match action {
             PlanAction::Apply {
@@ -278,13 +463,26 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
                 let (group, version) = split_api_version(api_version);
                 let resource = api_resource(group, version, kind);
                 let api: Api<DynamicObject> =
-                    Api::namespaced_with(ctx.client.clone(), &namespace, &resource);
+                    Api::namespaced_with(ctx.client.clone(), namespace, &resource);
                 let patch = Patch::Apply(object);
-                with_conflict_retry(&format!("applying {kind} {namespace}/{child}"), || {
-                    api.patch(child, &params, &patch)
-                })
-                .await?;
-                tracing::info!(cluster = %name, %namespace, %kind, object = %child, ?change, "applied");
+                let result =
+                    with_conflict_retry(&format!("applying {kind} {namespace}/{child}"), || {
+                        api.patch(child, &params, &patch)
+                    })
+                    .await;
+                match result {
+                    Ok(_) => {
+                        tracing::info!(cluster = %name, %namespace, %kind, object = %child, ?change, "applied");
+                    }
+                    Err(error) => {
+                        tracing::warn!(cluster = %name, %namespace, %kind, object = %child, %error, "apply failed");
+                        failures.push(WriteFailure {
+                            write: FailedWrite::Apply,
+                            object: format!("{kind}/{child}"),
+                            message: api_message(&error),
+                        });
+                    }
+                }
             }
             PlanAction::Delete {
                 api_version,
@@ -294,22 +492,25 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
                 let (group, version) = split_api_version(api_version);
                 let resource = api_resource(group, version, kind);
                 let api: Api<DynamicObject> =
-                    Api::namespaced_with(ctx.client.clone(), &namespace, &resource);
+                    Api::namespaced_with(ctx.client.clone(), namespace, &resource);
                 let delete = DeleteParams {
                     propagation_policy: Some(PropagationPolicy::Background),
                     ..DeleteParams::default()
                 };
                 match api.delete(child, &delete).await {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        tracing::info!(cluster = %name, %namespace, %kind, object = %child, "pruned");
+                    }
                     Err(error) if is_not_found(&error) => {}
                     Err(error) => {
-                        return Err(Error::kube(
-                            format!("deleting {kind} {namespace}/{child}"),
-                            error,
-                        ));
+                        tracing::warn!(cluster = %name, %namespace, %kind, object = %child, %error, "delete failed");
+                        failures.push(WriteFailure {
+                            write: FailedWrite::Delete,
+                            object: format!("{kind}/{child}"),
+                            message: error.to_string(),
+                        });
                     }
                 }
-                tracing::info!(cluster = %name, %namespace, %kind, object = %child, "pruned");
             }
             PlanAction::Rollback {
                 component,
@@ -333,63 +534,41 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
                 // The Deployment's Apply carries the replicas.
                 tracing::info!(cluster = %name, %namespace, %component, from, to, %reason, "scaled");
             }
-            // Carried out before the applies (run_pod_actions); counted here.
-            PlanAction::Drain { .. } => {
-                ctx.metrics.pod_drains.inc();
-            }
-            PlanAction::DeletePod { .. } => {}
+            // Carried out before the applies (run_pod_actions).
+            PlanAction::Drain { .. } | PlanAction::DeletePod { .. } => {}
         }
     }
+    failures
+}
 
-    if cluster.status.as_ref() != Some(&plan.status) {
-        let clusters: Api<VideoChatCluster> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = serde_json::json!({
-            "apiVersion": VideoChatCluster::api_version(&()),
-            "kind": VideoChatCluster::kind(&()),
-            "status": plan.status,
-        });
-        let patch = Patch::Apply(&patch);
-        with_conflict_retry(&format!("writing status of {namespace}/{name}"), || {
-            clusters.patch_status(&name, &params, &patch)
-        })
-        .await?;
+/// The API's own message for a refused write (what a user reads in
+/// `kubectl describe`), else the error.
+fn api_message(error: &Error) -> String {
+    match error {
+        Error::Kube {
+            source: kube::Error::Api(status),
+            ..
+        } => format!("{} ({})", status.message, status.code),
+        other => other.to_string(),
     }
+}
 
-    let reference = cluster.object_ref(&());
-    for planned in &plan.events {
-        let event = Event {
-            type_: if planned.type_ == "Warning" {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: planned.reason.clone(),
-            note: Some(planned.note.clone()),
-            action: planned.action.clone(),
-            secondary: None,
-        };
-        // An event that cannot be written is not worth failing the reconcile.
-        if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(cluster = %name, %namespace, %error, "cannot publish event");
-        }
-    }
-
-    let progressing = plan
-        .status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Progressing" && c.status == "True")
-        || crate::rollout::day_two::needs_prompt_recheck(&plan.status);
-    let mut requeue = if progressing { PROGRESS_POLL } else { RESYNC };
-    // The autoscaler needs fresh load figures at its metrics interval.
-    let autoscaling = &cluster.spec.autoscaling;
-    if autoscaling.enabled {
-        let interval = u64::try_from(autoscaling.metrics_interval_seconds)
-            .unwrap_or(15)
-            .max(1);
-        requeue = requeue.min(Duration::from_secs(interval));
-    }
-    Ok(Action::requeue(requeue))
+/// What about a VideoChatCluster wakes its reconcile: its spec
+/// (generation), labels and annotations, and the start of its deletion. Not
+/// its status: the operator writes that itself, and a write that woke the
+/// next reconcile would make every status change a loop.
+pub fn cluster_trigger(cluster: &VideoChatCluster) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    cluster.metadata.generation.hash(&mut hasher);
+    cluster.metadata.labels.hash(&mut hasher);
+    cluster.metadata.annotations.hash(&mut hasher);
+    cluster
+        .metadata
+        .deletion_timestamp
+        .is_some()
+        .hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Failed reconciles come back with exponential backoff (5s doubling to 5 min).
@@ -457,7 +636,53 @@ pub async fn run(
     let children = watcher::Config::default()
         .labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER))
         .any_semantic();
-    let mut context = Context::new(client.clone(), metrics, instance);
+    let pods_config = watcher::Config::default()
+        .labels(&format!("{}={}", labels::NAME, labels::APP_NAME))
+        .any_semantic();
+    // One watch per kind fills the cache the reconciler reads and, for the
+    // owned kinds, wakes the owner's reconcile.
+    let (secrets, secret_events) = reflect(owned::<Secret>(&client, &namespace), children.clone());
+    let (config_maps, config_map_events) =
+        reflect(owned::<ConfigMap>(&client, &namespace), children.clone());
+    let (services, service_events) =
+        reflect(owned::<Service>(&client, &namespace), children.clone());
+    let (deployments, deployment_events) =
+        reflect(owned::<Deployment>(&client, &namespace), children.clone());
+    let (stateful_sets, stateful_set_events) =
+        reflect(owned::<StatefulSet>(&client, &namespace), children.clone());
+    let (ingresses, ingress_events) =
+        reflect(owned::<Ingress>(&client, &namespace), children.clone());
+    let (network_policies, network_policy_events) = reflect(
+        owned::<NetworkPolicy>(&client, &namespace),
+        children.clone(),
+    );
+    let (pod_disruption_budgets, pdb_events) = reflect(
+        owned::<PodDisruptionBudget>(&client, &namespace),
+        children.clone(),
+    );
+    let (controller_revisions, revision_events) = reflect(
+        owned::<ControllerRevision>(&client, &namespace),
+        children.clone(),
+    );
+    // Pods are the ReplicaSets' and StatefulSets' children, not the
+    // resource's: they fill the cache and wake nothing (their workload's
+    // status changes do).
+    let (pods, pod_events) = reflect(owned::<Pod>(&client, &namespace), pods_config);
+    let pod_watch = tokio::spawn(pod_events.for_each(|_| async {}));
+    let caches = ChildCaches {
+        secrets,
+        config_maps,
+        services,
+        deployments,
+        stateful_sets,
+        ingresses,
+        network_policies,
+        pod_disruption_budgets,
+        controller_revisions,
+        pods,
+    };
+
+    let mut context = Context::new(client.clone(), metrics, instance).with_caches(caches);
     let mut elector = None;
     if let Some(election) = election {
         tracing::info!(lease = %election.lease_name, namespace = %election.namespace, identity = %election.identity, "leader election on");
@@ -471,18 +696,22 @@ pub async fn run(
         namespace = namespace.as_deref().unwrap_or("<all>"),
         "controller started"
     );
-    Controller::new(clusters, watcher::Config::default().any_semantic())
-        .owns(owned::<Deployment>(&client, &namespace), children.clone())
-        .owns(owned::<StatefulSet>(&client, &namespace), children.clone())
-        .owns(owned::<Service>(&client, &namespace), children.clone())
-        .owns(owned::<ConfigMap>(&client, &namespace), children.clone())
-        .owns(owned::<Secret>(&client, &namespace), children.clone())
-        .owns(owned::<Ingress>(&client, &namespace), children.clone())
-        .owns(
-            owned::<NetworkPolicy>(&client, &namespace),
-            children.clone(),
-        )
-        .owns(owned::<PodDisruptionBudget>(&client, &namespace), children)
+    let (cluster_store, cluster_writer) = kube::runtime::reflector::store();
+    let cluster_events = watcher(clusters, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(cluster_writer)
+        .applied_objects()
+        .predicate_filter(cluster_trigger, Default::default());
+    Controller::for_stream(cluster_events, cluster_store)
+        .owns_stream(deployment_events)
+        .owns_stream(stateful_set_events)
+        .owns_stream(service_events)
+        .owns_stream(config_map_events)
+        .owns_stream(secret_events)
+        .owns_stream(ingress_events)
+        .owns_stream(network_policy_events)
+        .owns_stream(pdb_events)
+        .owns_stream(revision_events)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -492,6 +721,7 @@ pub async fn run(
             }
         })
         .await;
+    pod_watch.abort();
     ready.store(false, Ordering::Relaxed);
     if let Some((stop, task)) = elector {
         // Release the Lease so the other replica takes over at once.

@@ -63,6 +63,10 @@ pub enum Error {
         message: String,
     },
 
+    /// A watch cache did not finish its first listing in time.
+    #[error("the watch cache of {kind}s is not ready yet")]
+    CacheNotReady { kind: String },
+
     /// The leader election Lease could not be read or written.
     #[error("leader election on Lease {lease}: {message}")]
     Lease { lease: String, message: String },
@@ -89,6 +93,7 @@ impl Error {
             Error::MetricsText { .. } => "metrics_text",
             Error::PodEndpoint { .. } => "pod_endpoint",
             Error::Lease { .. } => "lease",
+            Error::CacheNotReady { .. } => "cache_not_ready",
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod admission;
 pub mod autoscale;
+pub mod cache;
 pub mod cli;
 pub mod controller;
 pub mod error;

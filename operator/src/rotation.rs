@@ -256,11 +256,10 @@ pub(crate) fn apply_rotation(
     if turn.shared_secret_ref.is_some() {
         return Ok(None);
     }
-    let interval_seconds =
-        parse_interval(&rotation.interval).map_err(|message| crate::Error::Parse {
-            what: "turn.secretRotation.interval".into(),
-            message,
-        })?;
+    // A bad interval is reported by the spec validation before this runs.
+    let Ok(interval_seconds) = parse_interval(&rotation.interval) else {
+        return Ok(None);
+    };
     let policy = RotationPolicy {
         interval_seconds,
         credential_ttl_seconds: i64::from(turn.credential_ttl_seconds),

@@ -172,7 +172,8 @@ fn replica_recommendation_table() {
             policy(),
             4,
             vec![Some(20.0); 4],
-            history(&[(600, 4)]),
+            // 4 was last recommended at 600 s, when 2 took over.
+            history(&[(600, 4), (600, 2)]),
             1000,
             2,
             ScaleReason::ScaleDown,
@@ -558,4 +559,45 @@ fn metrics_text_parser_table() {
         .ok(),
         Some(Some(7.0))
     );
+}
+
+#[test]
+fn an_unchanged_recommendation_leaves_the_history_as_it_was() {
+    // Four pods at target: the recommendation is 4 at every step, so the
+    // status (where the history lives) is the same and nothing is written.
+    let loads = pods(&[Some(100.0); 4]);
+    let first = recommend_replicas(&policy(), 4, &loads, &[], at(0));
+    let mut history = first.recommendations.clone();
+    for step in 1..100 {
+        let next = recommend_replicas(&policy(), 4, &loads, &history, at(step * 15));
+        assert_eq!(next.recommendations, history, "step {step}");
+        assert_eq!(next.desired, 4);
+        history = next.recommendations;
+    }
+}
+
+#[test]
+fn the_scale_down_window_counts_from_when_a_higher_recommendation_was_last_made() {
+    // 5 pods needed from 0 s to 100 s, then 3: the 5 was still recommended
+    // at 100 s, so the 300 s window holds 5 pods until 400 s.
+    let mut history = Vec::new();
+    let mut last = None;
+    for t in (0..=100).step_by(10) {
+        let decision = recommend_replicas(&policy(), 5, &pods(&[Some(100.0); 5]), &history, at(t));
+        history = decision.recommendations;
+    }
+    for t in (110..=420).step_by(10) {
+        let decision = recommend_replicas(&policy(), 5, &pods(&[Some(60.0); 5]), &history, at(t));
+        history = decision.recommendations.clone();
+        last = Some((t, decision.desired, decision.reason));
+        if t < 400 {
+            assert_eq!(
+                (decision.desired, decision.reason),
+                (5, ScaleReason::ScaleDownWindow),
+                "at {t}s: {}",
+                decision.message
+            );
+        }
+    }
+    assert_eq!(last, Some((420, 3, ScaleReason::ScaleDown)));
 }

@@ -208,6 +208,23 @@ async fn idle_pods_are_drained_then_replicas_drop() {
         .await
         .expect("reconcile succeeds");
     assert_eq!(ctx.metrics.pod_drains.get(), 2);
+    assert_eq!(
+        turn_replicas(&double),
+        3,
+        "replicas drop only for pods seen marked draining"
+    );
+
+    // A draining relay turns NotReady; it is still scraped, its load is
+    // seen at zero, and the next reconcile lowers the replicas.
+    for pod in &PODS[..2] {
+        let mut stored_pod = stored(&double, "v1", "Pod", pod);
+        stored_pod["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+        double.insert(stored_pod);
+    }
+    controller::reconcile(stored_cluster(&double), ctx.clone())
+        .await
+        .expect("reconcile succeeds");
+    assert_eq!(ctx.metrics.pod_drains.get(), 2, "no pod is asked twice");
     assert_eq!(ctx.metrics.scale_steps.get(), 1);
 
     // No allocations anywhere: 1 pod is enough, 2 go (max step 2); the
@@ -287,15 +304,36 @@ async fn a_refused_drain_stops_the_scale_down() {
     let relays = relays("not-the-operators-token", &dir).await;
     let ctx = context(&double, &relays);
 
-    let result = controller::reconcile(stored_cluster(&double), ctx).await;
-    let error = result.expect_err("the drain is refused");
-    assert!(error.to_string().contains("401"), "{error}");
+    // The refusal is reported, not a reconcile error: the rest of the
+    // cluster is still reconciled.
+    controller::reconcile(stored_cluster(&double), ctx)
+        .await
+        .expect("a refused drain does not fail the reconcile");
     assert!(relays.iter().all(|r| !r.is_draining()));
     assert_eq!(
         annotation(&double, PODS[0], "videochat.dev/draining-since"),
         None
     );
     assert_eq!(turn_replicas(&double), 3, "no scale-down without a drain");
+    let status = stored_cluster(&double).status.clone().expect("status");
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "DrainFailed")
+    );
+    for pod in &PODS[..2] {
+        assert!(
+            degraded.message.contains(&format!("Pod/{pod}")) && degraded.message.contains("401"),
+            "{}",
+            degraded.message
+        );
+    }
+    let warnings = double
+        .all()
+        .into_iter()
+        .filter(|o| o["kind"] == json!("Event") && o["reason"] == json!("DrainFailed"))
+        .count();
+    assert!(warnings >= 1, "a Warning Event for the refused drains");
 
     for relay in relays {
         relay.shutdown().await;

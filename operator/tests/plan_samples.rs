@@ -97,12 +97,17 @@ fn minimal_sample_plans_every_child_with_owner_and_labels() {
             "{what}"
         );
         let owners = object.metadata.owner_references.clone().unwrap_or_default();
-        assert_eq!(owners.len(), 1, "{what} has one owner");
-        let owner = &owners[0];
-        assert_eq!(owner.uid, UID, "{what}");
-        assert_eq!(owner.kind, "VideoChatCluster", "{what}");
-        assert_eq!(owner.api_version, "videochat.dev/v1alpha1", "{what}");
-        assert_eq!(owner.controller, Some(true), "{what}");
+        if what == "Secret/demo-mongodb-credentials" {
+            // Kept with the data volume it opens, which outlives the resource.
+            assert!(owners.is_empty(), "{what} has no owner");
+        } else {
+            assert_eq!(owners.len(), 1, "{what} has one owner");
+            let owner = &owners[0];
+            assert_eq!(owner.uid, UID, "{what}");
+            assert_eq!(owner.kind, "VideoChatCluster", "{what}");
+            assert_eq!(owner.api_version, "videochat.dev/v1alpha1", "{what}");
+            assert_eq!(owner.controller, Some(true), "{what}");
+        }
         let labels = object.metadata.labels.clone().unwrap_or_default();
         assert_eq!(
             labels.get("app.kubernetes.io/instance").map(String::as_str),

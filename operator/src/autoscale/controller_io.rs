@@ -22,7 +22,7 @@ use super::pod_admin::{PodAdmin, PodTarget};
 use crate::error::{Error, Result};
 use crate::labels::{self, Component};
 use crate::observed::Observed;
-use crate::plan::Action;
+use crate::plan::{Action, FailedWrite, WriteFailure};
 use crate::resource::VideoChatCluster;
 use crate::rollout::health::pod_is_ready;
 
@@ -74,28 +74,58 @@ pub async fn observe_pods(
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
     let name = cluster.name_any();
-    let selector = format!(
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&pods_selector(&name)))
+        .await
+        .map_err(|e| Error::kube(format!("listing pods of {namespace}/{name}"), e))?;
+    record_pods(client, pod_admin, cluster, list.items, observed).await
+}
+
+/// Label selector of a cluster's pods.
+pub fn pods_selector(cluster: &str) -> String {
+    format!(
         "{}={},{}={}",
         labels::NAME,
         labels::APP_NAME,
         labels::INSTANCE,
-        name
-    );
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let list = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|e| Error::kube(format!("listing pods of {namespace}/{name}"), e))?;
+        cluster
+    )
+}
+
+/// Whether the operator asked the pod to drain.
+fn is_draining(pod: &Pod) -> bool {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(DRAINING_SINCE_ANNOTATION))
+}
+
+/// [`observe_pods`] on pods already read (from the watch cache).
+pub async fn record_pods(
+    client: &Client,
+    pod_admin: &dyn PodAdmin,
+    cluster: &VideoChatCluster,
+    pods: Vec<Pod>,
+    observed: &mut Observed,
+) -> Result<()> {
+    let namespace = cluster
+        .namespace()
+        .ok_or(Error::MissingMetadata("namespace"))?;
+    let name = cluster.name_any();
+    let selector = pods_selector(&name);
     let token = admin_token(observed, &name);
     let scrape = cluster.spec.autoscaling.enabled;
     let mut targets = Vec::new();
-    for pod in list.items {
+    for pod in pods {
         let pod_name = pod.name_any();
+        // A draining pod is NotReady by design, and its load reaching zero
+        // is exactly what the scale-down waits for: it is scraped too.
         if scrape
             && let Some(component) =
                 component_of(&pod).filter(|c| matches!(c, Component::Signaling | Component::Turn))
             && pod.metadata.deletion_timestamp.is_none()
-            && pod_is_ready(&pod)
+            && (pod_is_ready(&pod) || is_draining(&pod))
             && let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref())
         {
             targets.push(PodTarget::for_pod(&pod_name, component, ip, token.clone()));
@@ -149,10 +179,10 @@ pub async fn observe_pods(
     Ok(())
 }
 
-/// Carries out the plan's drain and pod deletion actions; run before the
-/// applies so a scale-down never lands before its pods were asked to drain.
-/// A drain that fails stops the reconcile (it is retried with backoff) and
-/// leaves the pod unmarked.
+/// Carries out the plan's drain and pod deletion actions. Each one stands
+/// alone: a failure is logged and returned, and the others still run. A pod
+/// whose drain failed stays unmarked, and replicas only drop for pods seen
+/// marked (see `plan_scaling`), so no pod leaves that was not drained.
 pub async fn run_pod_actions(
     client: &Client,
     pod_admin: &dyn PodAdmin,
@@ -160,64 +190,95 @@ pub async fn run_pod_actions(
     observed: &Observed,
     actions: &[Action],
     now: Timestamp,
-) -> Result<()> {
+) -> Result<Vec<WriteFailure>> {
     let namespace = cluster
         .namespace()
         .ok_or(Error::MissingMetadata("namespace"))?;
     let name = cluster.name_any();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let token = admin_token(observed, &name);
+    let mut failures = Vec::new();
     for action in actions {
-        match action {
+        let (write, pod, result) = match action {
             Action::Drain { component, pod } => {
                 let Some(component) = Component::ALL.into_iter().find(|c| c.as_str() == component)
                 else {
                     continue;
                 };
-                let observed_pod: Option<Pod> = observed.typed("Pod", pod);
-                let Some(ip) = observed_pod
-                    .as_ref()
-                    .and_then(|p| p.status.as_ref())
-                    .and_then(|s| s.pod_ip.clone())
-                else {
-                    return Err(Error::PodEndpoint {
-                        pod: pod.clone(),
-                        action: "drain request".into(),
-                        message: "the pod has no IP".into(),
-                    });
-                };
-                let target = PodTarget::for_pod(pod, component, &ip, token.clone());
-                pod_admin.drain(&target).await?;
-                let patch = json!({
-                    "metadata": {
-                        "annotations": BTreeMap::from([
-                            (DRAINING_SINCE_ANNOTATION, now.to_string()),
-                            (POD_DELETION_COST_ANNOTATION, DRAINING_DELETION_COST.to_string()),
-                        ])
-                    }
-                });
-                pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map_err(|e| {
-                        Error::kube(format!("marking pod {namespace}/{pod} draining"), e)
-                    })?;
-                tracing::info!(cluster = %name, %namespace, pod = %pod, component = component.as_str(), "pod draining");
+                let result = drain_pod(
+                    &pods,
+                    pod_admin,
+                    observed,
+                    pod,
+                    component,
+                    token.clone(),
+                    now,
+                )
+                .await;
+                if result.is_ok() {
+                    tracing::info!(cluster = %name, %namespace, pod = %pod, component = component.as_str(), "pod draining");
+                }
+                (FailedWrite::Drain, pod, result)
             }
             Action::DeletePod { pod, reason, .. } => {
-                match pods.delete(pod, &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(status)) if status.code == 404 => {}
-                    Err(e) => {
-                        return Err(Error::kube(
-                            format!("deleting drained pod {namespace}/{pod}"),
-                            e,
-                        ));
+                let result = match pods.delete(pod, &DeleteParams::default()).await {
+                    Ok(_) => {
+                        tracing::info!(cluster = %name, %namespace, pod = %pod, %reason, "pod deleted");
+                        Ok(())
                     }
-                }
-                tracing::info!(cluster = %name, %namespace, pod = %pod, %reason, "drained pod deleted");
+                    Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+                    Err(e) => Err(Error::kube(format!("deleting pod {namespace}/{pod}"), e)),
+                };
+                (FailedWrite::DeletePod, pod, result)
             }
-            _ => {}
+            _ => continue,
+        };
+        if let Err(error) = result {
+            tracing::warn!(cluster = %name, %namespace, pod = %pod, %error, "pod action failed");
+            failures.push(WriteFailure {
+                write,
+                object: format!("Pod/{pod}"),
+                message: error.to_string(),
+            });
         }
     }
+    Ok(failures)
+}
+
+/// Asks one pod to drain, then marks it draining and cheapest to delete.
+async fn drain_pod(
+    pods: &Api<Pod>,
+    pod_admin: &dyn PodAdmin,
+    observed: &Observed,
+    pod: &str,
+    component: Component,
+    token: Option<String>,
+    now: Timestamp,
+) -> Result<()> {
+    let observed_pod: Option<Pod> = observed.typed("Pod", pod);
+    let Some(ip) = observed_pod
+        .as_ref()
+        .and_then(|p| p.status.as_ref())
+        .and_then(|s| s.pod_ip.clone())
+    else {
+        return Err(Error::PodEndpoint {
+            pod: pod.to_owned(),
+            action: "drain request".into(),
+            message: "the pod has no IP".into(),
+        });
+    };
+    let target = PodTarget::for_pod(pod, component, &ip, token);
+    pod_admin.drain(&target).await?;
+    let patch = json!({
+        "metadata": {
+            "annotations": BTreeMap::from([
+                (DRAINING_SINCE_ANNOTATION, now.to_string()),
+                (POD_DELETION_COST_ANNOTATION, DRAINING_DELETION_COST.to_string()),
+            ])
+        }
+    });
+    pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube(format!("marking pod {pod} draining"), e))?;
     Ok(())
 }

@@ -50,7 +50,13 @@ pub struct ScalingPlan {
     pub status: AutoscaleStatus,
 }
 
+/// A pod counts as drained once it is seen marked draining (so the
+/// ReplicaSet removes exactly it: a pod whose drain request or mark failed is
+/// never taken down by a lower replica count) and is empty or past its grace.
 fn drained(pod: &PodLoad, policy: &AutoscalePolicy, now: Timestamp) -> bool {
+    if pod.draining_since.is_none() {
+        return false;
+    }
     let empty = pod.load == Some(0.0);
     let grace_over = pod
         .draining_since
@@ -102,7 +108,6 @@ pub fn plan_scaling(
                 });
             }
         }
-        // A pod asked to drain just now counts as drained only when empty.
         let waiting: Vec<&&PodLoad> = chosen.iter().filter(|p| !drained(p, policy, now)).collect();
         if waiting.is_empty() {
             replicas = decision.desired;
@@ -188,4 +193,56 @@ pub fn plan_scaling(
         actions,
         status,
     }
+}
+
+/// Reason of a scale-down held back by a rollout.
+pub const ROLLOUT_IN_PROGRESS: &str = "RolloutInProgress";
+
+/// Holds a scale-down while the component rolls out: the deletion cost that
+/// makes the ReplicaSet remove the drained pods only ranks pods within one
+/// ReplicaSet, so during a rollout a lower replica count can take pods of
+/// the other ReplicaSet that were never drained. Replicas stay, no new pod
+/// is asked to drain, and the decision is made again once the rollout is
+/// over. Scale-ups and replacing drained pods go ahead.
+pub fn hold_scale_down(
+    mut plan: ScalingPlan,
+    current_replicas: i32,
+    previous: &AutoscaleStatus,
+    rolling: &str,
+) -> ScalingPlan {
+    let lowers = plan.replicas < current_replicas;
+    let drains = plan
+        .actions
+        .iter()
+        .any(|a| matches!(a, ScaleAction::DrainPod { .. }));
+    if !lowers && !drains {
+        return plan;
+    }
+    let new_drains: Vec<String> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            ScaleAction::DrainPod { pod, .. } => Some(pod.clone()),
+            _ => None,
+        })
+        .collect();
+    plan.actions.retain(|a| {
+        !matches!(a, ScaleAction::DrainPod { .. })
+            && !matches!(a, ScaleAction::Scale { to, .. } if *to < current_replicas)
+    });
+    plan.status
+        .draining_pods
+        .retain(|pod| !new_drains.contains(pod));
+    if lowers {
+        plan.replicas = current_replicas;
+        plan.status.desired_replicas = Some(current_replicas);
+        plan.status
+            .last_scale_time
+            .clone_from(&previous.last_scale_time);
+    }
+    plan.status.last_decision_reason = Some(ROLLOUT_IN_PROGRESS.to_owned());
+    plan.status.last_decision_message = Some(format!(
+        "scale-down held while {rolling} rolls out; replicas stay at {current_replicas}"
+    ));
+    plan
 }

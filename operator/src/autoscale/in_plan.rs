@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
 use serde_json::json;
 
-use super::drain::{ScalingPlan, plan_scaling};
+use super::drain::{ScalingPlan, hold_scale_down, plan_scaling};
 use super::load::{LoadMetric, cpu_millicores_of, pod_load};
 use super::policy::AutoscalePolicy;
 use crate::labels::Component;
@@ -19,6 +19,8 @@ use crate::observed::Observed;
 use crate::plan::{Ctx, type_of};
 use crate::resource::AutoscalingSpec;
 use crate::rollout::in_plan::{component_pods, component_status};
+use crate::rollout::{RolloutDecision, TemplateChoice, pod_revision, revision_of};
+use k8s_openapi::api::core::v1::Pod;
 
 /// apiVersion of the load documents.
 pub const POD_LOAD_API_VERSION: &str = "videochat.dev/v1alpha1";
@@ -102,6 +104,7 @@ fn observed_cpu(observed: &Observed, pod: &str) -> Option<f64> {
 pub(crate) fn apply_autoscaling(
     ctx: &Ctx<'_>,
     objects: &mut [DynamicObject],
+    rollouts: &BTreeMap<Component, RolloutDecision>,
     now: Timestamp,
 ) -> BTreeMap<Component, ScalingPlan> {
     let spec = &ctx.cluster.spec.autoscaling;
@@ -116,14 +119,14 @@ pub(crate) fn apply_autoscaling(
         };
         let name = component.workload_name(&ctx.name);
         // Before the Deployment exists there is nothing to measure.
-        let Some(current) = ctx
-            .observed
-            .typed::<Deployment>("Deployment", &name)
-            .and_then(|d| d.spec.replicas)
-        else {
+        let Some(deployment) = ctx.observed.typed::<Deployment>("Deployment", &name) else {
             continue;
         };
-        let pods: Vec<_> = component_pods(ctx.observed, &ctx.name, component)
+        let Some(current) = deployment.spec.replicas else {
+            continue;
+        };
+        let pod_objects = component_pods(ctx.observed, &ctx.name, component);
+        let pods: Vec<_> = pod_objects
             .iter()
             .map(|pod| {
                 let pod_name = pod.metadata.name.clone().unwrap_or_default();
@@ -138,7 +141,15 @@ pub(crate) fn apply_autoscaling(
         let previous_status = component_status(&previous, component)
             .and_then(|s| s.autoscaling.clone())
             .unwrap_or_default();
-        let plan = plan_scaling(component, &policy, current, &pods, &previous_status, now);
+        let mut plan = plan_scaling(component, &policy, current, &pods, &previous_status, now);
+        if let Some(rolling) = rolling_out(
+            component,
+            rollouts.get(&component),
+            &deployment,
+            &pod_objects,
+        ) {
+            plan = hold_scale_down(plan, current, &previous_status, &rolling);
+        }
         if let Some(object) = objects.iter_mut().find(|o| {
             type_of(o).1 == "Deployment" && o.metadata.name.as_deref() == Some(name.as_str())
         }) && let Some(spec) = object.data.get_mut("spec").and_then(|s| s.as_object_mut())
@@ -148,4 +159,52 @@ pub(crate) fn apply_autoscaling(
         plans.insert(component, plan);
     }
     plans
+}
+
+/// What rolls out in `component`, when something does: this plan changes
+/// the Deployment's template, the Deployment still runs pods of an older
+/// template, or the live pods carry more than one revision.
+pub fn rolling_out(
+    component: Component,
+    decision: Option<&RolloutDecision>,
+    deployment: &Deployment,
+    pods: &[Pod],
+) -> Option<String> {
+    let running = revision_of(&deployment.spec.template);
+    let applied = decision.and_then(|d| match &d.template {
+        TemplateChoice::Desired => Some(d.desired_revision.as_str()),
+        TemplateChoice::LastGood { revision } => Some(revision.as_str()),
+        TemplateChoice::Current => None,
+    });
+    // (A template without a revision was not rendered by the operator,
+    // e.g. a trimmed `plan` input: it tells nothing.)
+    if let (Some(applied), Some(running)) = (applied, running)
+        && running != applied
+    {
+        return Some(format!("{} revision {applied}", component.as_str()));
+    }
+    if let Some(status) = &deployment.status
+        && status.replicas.unwrap_or(0) > status.updated_replicas.unwrap_or(0)
+    {
+        return Some(format!(
+            "{} (old pods still running: {} of {} updated)",
+            component.as_str(),
+            status.updated_replicas.unwrap_or(0),
+            status.replicas.unwrap_or(0)
+        ));
+    }
+    let mut revisions: Vec<&str> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(pod_revision)
+        .collect();
+    revisions.sort_unstable();
+    revisions.dedup();
+    (revisions.len() > 1).then(|| {
+        format!(
+            "{} (pods of revisions {})",
+            component.as_str(),
+            revisions.join(", ")
+        )
+    })
 }

@@ -15,8 +15,8 @@ pub mod policy;
 pub mod replicas;
 
 pub use drain::{
-    DRAINING_DELETION_COST, DRAINING_SINCE_ANNOTATION, POD_DELETION_COST_ANNOTATION, ScaleAction,
-    plan_scaling,
+    DRAINING_DELETION_COST, DRAINING_SINCE_ANNOTATION, POD_DELETION_COST_ANNOTATION,
+    ROLLOUT_IN_PROGRESS, ScaleAction, hold_scale_down, plan_scaling,
 };
 pub use load::{LoadMetric, PodLoad, pod_load};
 pub use metrics_text::{MAX_METRICS_BYTES, parse_gauge};

@@ -169,10 +169,7 @@ pub fn recommend_replicas(
         };
     };
     let raw = bounded(raw);
-    recommendations.push(Recommendation {
-        time: now.into(),
-        replicas: raw,
-    });
+    record(&mut recommendations, raw, now);
     let recommendations = prune(recommendations, policy, now);
     let within = |window: i64| {
         recommendations
@@ -256,8 +253,32 @@ pub fn recommend_replicas(
     }
 }
 
-/// Keeps recommendations inside the longest window, only the newest of each
-/// replica count, at most [`MAX_RECOMMENDATIONS`], newest last.
+/// Adds `raw` to the history. The newest entry is the standing
+/// recommendation, stamped when it began; an entry it replaces is stamped
+/// with the time it was last recommended (now). A recommendation that does
+/// not change leaves the history as it was, so an unchanged load writes no
+/// status (a status write per reconcile would be a write per metrics interval
+/// for ever).
+fn record(history: &mut Vec<Recommendation>, raw: i32, now: Timestamp) {
+    match history.last_mut() {
+        Some(last) if last.replicas == raw => {}
+        Some(last) => {
+            last.time = now.into();
+            history.push(Recommendation {
+                time: now.into(),
+                replicas: raw,
+            });
+        }
+        None => history.push(Recommendation {
+            time: now.into(),
+            replicas: raw,
+        }),
+    }
+}
+
+/// Keeps recommendations inside the longest window (the standing one, the
+/// newest, always), only the newest of each replica count, at most
+/// [`MAX_RECOMMENDATIONS`], newest last.
 fn prune(
     mut recommendations: Vec<Recommendation>,
     policy: &AutoscalePolicy,
@@ -266,7 +287,13 @@ fn prune(
     let horizon = policy
         .scale_up_window_seconds
         .max(policy.scale_down_window_seconds);
-    recommendations.retain(|r| now.as_second() - r.time.0.as_second() <= horizon);
+    let standing = recommendations.len().saturating_sub(1);
+    let mut index = 0;
+    recommendations.retain(|r| {
+        let keep = index == standing || now.as_second() - r.time.0.as_second() <= horizon;
+        index += 1;
+        keep
+    });
     recommendations.sort_by(|a, b| a.time.cmp(&b.time));
     let mut kept: Vec<Recommendation> = Vec::new();
     for recommendation in recommendations.into_iter().rev() {

@@ -6,6 +6,7 @@
 
 mod diff;
 mod events;
+mod failures;
 mod hash;
 mod mongodb;
 mod network;
@@ -20,6 +21,7 @@ mod workload;
 pub use diff::is_subset;
 pub use events::PlannedEvent;
 pub(crate) use events::event;
+pub use failures::{FailedWrite, WriteFailure, report_write_failures};
 pub use secrets::{FreshSecrets, TURN_SECRET_KEY};
 pub(crate) use status::condition;
 
@@ -54,6 +56,10 @@ pub struct Plan {
     pub status: VideoChatClusterStatus,
     /// Events worth telling a human about.
     pub events: Vec<PlannedEvent>,
+    /// Seconds until a decision that waits on the clock alone is due (a TURN
+    /// secret rotation), so the controller looks again then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recheck_after_seconds: Option<i64>,
 }
 
 /// One write the operator makes.
@@ -189,6 +195,7 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan> {
             actions: Vec::new(),
             status,
             events,
+            recheck_after_seconds: None,
         });
     }
 
@@ -225,19 +232,27 @@ pub fn plan(input: &PlanInput<'_>) -> Result<Plan> {
 
     let mut actions = actions(&ctx, &objects);
     let mut status = status::compute(&ctx, &revisions, endpoints, &secrets.missing, input.now);
-    let mut events = events::planned_events(cluster.status.as_ref(), &status, &actions);
+    let mut day_two_events = Vec::new();
     day_two.finish(
         cluster.status.as_ref(),
         &mut actions,
         &mut status,
-        &mut events,
+        &mut day_two_events,
         input.now,
     );
+    // Events follow the final decision: a Degraded reason the day-two step
+    // replaced (a deadline that led to a rollback) is not announced, and a
+    // reason it already announced is not announced twice.
+    let mut events = events::planned_events(cluster.status.as_ref(), &status, &actions);
+    events.retain(|e| !day_two_events.iter().any(|d| d.reason == e.reason));
+    events.extend(day_two_events);
+    let recheck_after_seconds = day_two.recheck_after_seconds(input.now);
     Ok(Plan {
         objects,
         actions,
         status,
         events,
+        recheck_after_seconds,
     })
 }
 
@@ -255,7 +270,16 @@ fn actions(ctx: &Ctx<'_>, desired: &[DynamicObject]) -> Vec<Action> {
             Some(current) => {
                 let want = serde_json::to_value(object).unwrap_or_default();
                 let have = serde_json::to_value(current).unwrap_or_default();
-                (!diff::is_subset(&want, &have)).then_some(Change::Update)
+                // An owner reference the desired object no longer carries
+                // (the MongoDB credentials) is removed by an apply.
+                let disowned = object.metadata.owner_references.is_none()
+                    && current
+                        .metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| o.uid == ctx.owner.uid);
+                (disowned || !diff::is_subset(&want, &have)).then_some(Change::Update)
             }
         };
         if let Some(change) = change {

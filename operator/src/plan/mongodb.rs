@@ -37,6 +37,11 @@ pub(crate) fn desired(ctx: &Ctx<'_>, spec: &ManagedMongoDbSpec) -> Result<Built>
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
+        // First start initialises the data files and creates the root
+        // user, and a start after an unclean stop replays the journal; both
+        // can take minutes on a big volume. The liveness probe only starts
+        // once this one passes, so it does not restart a recovering server.
+        startup_probe: Some(tcp_probe(5, 120)),
         readiness_probe: Some(tcp_probe(5, 3)),
         liveness_probe: Some(tcp_probe(10, 6)),
         resources: Some(pods::resources(

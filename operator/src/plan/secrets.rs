@@ -136,7 +136,12 @@ pub(crate) fn desired(ctx: &Ctx<'_>, fresh: &FreshSecrets) -> Result<Secrets> {
             let uri = format!(
                 "mongodb://{MONGODB_USERNAME}:{password}@{host}:27017/videochat?authSource=admin"
             );
-            objects.push(secret(
+            // The password lives in the data volume too (MongoDB stores the
+            // root user on first start), and the volume outlives the
+            // resource: so does this Secret. No owner, so deleting the
+            // resource does not collect it; a re-created resource finds it
+            // and reuses the password. It goes with the volume, by hand.
+            let mut credentials = secret(
                 ctx,
                 &name,
                 [
@@ -144,7 +149,9 @@ pub(crate) fn desired(ctx: &Ctx<'_>, fresh: &FreshSecrets) -> Result<Secrets> {
                     ("password", password),
                     (MONGODB_URI_KEY, uri),
                 ],
-            )?);
+            )?;
+            credentials.metadata.owner_references = None;
+            objects.push(credentials);
             SecretKeyRef {
                 name,
                 key: MONGODB_URI_KEY.into(),

@@ -186,7 +186,7 @@ pub(crate) fn desired(ctx: &Ctx<'_>, secrets: &Secrets, endpoints: &Endpoints) -
         }),
     };
     let replicas = workload::replicas(ctx, component, spec.replicas);
-    let (template, revision) = workload::with_revision(template);
+    let (template, revision) = workload::with_revision(workload::placed(ctx, component, template));
     let deployment: Deployment = workload::deployment(ctx, component, replicas, template);
 
     let service = Service {

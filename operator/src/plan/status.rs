@@ -133,8 +133,17 @@ fn observe(
                         && status.observed_generation.unwrap_or(0) >= generation
                         && updated >= desired
                         && total == updated;
+                    // Judged only on a status of the current generation, and
+                    // only until the revision has been judged good.
+                    let judged = current
+                        && status.observed_generation.unwrap_or(0) >= generation
+                        && previous
+                            .and_then(|p| p.rollout.as_ref())
+                            .and_then(|r| r.last_good_revision.as_deref())
+                            != Some(revision);
                     let failure = status.conditions.iter().flatten().find_map(|c| {
-                        (c.type_.as_deref() == Some("Progressing")
+                        (judged
+                            && c.type_.as_deref() == Some("Progressing")
                             && c.status.as_deref() == Some("False")
                             && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
                         .then(|| {

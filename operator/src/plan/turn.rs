@@ -200,7 +200,7 @@ pub(crate) fn desired(ctx: &Ctx<'_>, secret: &SecretKeyRef) -> Result<Built> {
         }),
     };
     let replicas = workload::replicas(ctx, component, spec.replicas);
-    let (template, revision) = workload::with_revision(template);
+    let (template, revision) = workload::with_revision(workload::placed(ctx, component, template));
     let deployment: Deployment = workload::deployment(ctx, component, replicas, template);
 
     let mut udp_ports = vec![ServicePort {

@@ -53,6 +53,40 @@ pub(crate) fn with_revision(mut template: PodTemplateSpec) -> (PodTemplateSpec, 
     (template, revision)
 }
 
+/// The component's placement (node selection, affinity, tolerations,
+/// topology spread, image pull Secrets) on its pod template; applied before
+/// the revision is stamped, so a placement change rolls the pods.
+pub(crate) fn placed(
+    ctx: &Ctx<'_>,
+    component: Component,
+    mut template: PodTemplateSpec,
+) -> PodTemplateSpec {
+    let spec = &ctx.cluster.spec;
+    let placement = match component {
+        Component::Signaling => Some(&spec.signaling.placement),
+        Component::Turn => Some(&spec.turn.placement),
+        Component::Redis => spec.redis.managed.as_ref().map(|m| &m.placement),
+        Component::MongoDb => spec.mongodb.managed.as_ref().map(|m| &m.placement),
+    };
+    let (Some(placement), Some(pod)) = (placement, template.spec.as_mut()) else {
+        return template;
+    };
+    if !placement.node_selector.is_empty() {
+        pod.node_selector = Some(placement.node_selector.clone());
+    }
+    pod.affinity.clone_from(&placement.affinity);
+    if !placement.tolerations.is_empty() {
+        pod.tolerations = Some(placement.tolerations.clone());
+    }
+    if !placement.topology_spread_constraints.is_empty() {
+        pod.topology_spread_constraints = Some(placement.topology_spread_constraints.clone());
+    }
+    if !placement.image_pull_secrets.is_empty() {
+        pod.image_pull_secrets = Some(placement.image_pull_secrets.clone());
+    }
+    template
+}
+
 /// The replica count to apply. With autoscaling on, the current count is
 /// kept within the bounds (the scaler owns it); otherwise the spec's.
 pub(crate) fn replicas(ctx: &Ctx<'_>, component: Component, spec_replicas: i32) -> i32 {
@@ -141,7 +175,7 @@ pub(crate) fn database(
             ..PodSpec::default()
         }),
     };
-    let (template, revision) = with_revision(template);
+    let (template, revision) = with_revision(placed(ctx, component, template));
     let stateful_set = stateful_set(
         ctx,
         component,

@@ -64,6 +64,10 @@ pub struct ManagedRedisSpec {
     /// Container resources. Defaults: requests cpu 50m, memory 64Mi; limit memory 512Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Node selection, affinity, tolerations, topology spread and image
+    /// pull Secrets of the pods.
+    #[serde(default, skip_serializing_if = "super::PodPlacementSpec::is_empty")]
+    pub placement: super::PodPlacementSpec,
 }
 
 impl Default for ManagedRedisSpec {
@@ -72,6 +76,7 @@ impl Default for ManagedRedisSpec {
             image: default_redis_image(),
             storage: StorageSpec::default(),
             resources: None,
+            placement: super::PodPlacementSpec::default(),
         }
     }
 }
@@ -94,6 +99,10 @@ pub struct ManagedMongoDbSpec {
     /// Container resources. Defaults: requests cpu 100m, memory 256Mi; limit memory 1Gi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Node selection, affinity, tolerations, topology spread and image
+    /// pull Secrets of the pods.
+    #[serde(default, skip_serializing_if = "super::PodPlacementSpec::is_empty")]
+    pub placement: super::PodPlacementSpec,
 }
 
 impl Default for ManagedMongoDbSpec {
@@ -102,6 +111,7 @@ impl Default for ManagedMongoDbSpec {
             image: default_mongodb_image(),
             storage: StorageSpec::default(),
             resources: None,
+            placement: super::PodPlacementSpec::default(),
         }
     }
 }
@@ -110,9 +120,11 @@ fn default_mongodb_image() -> String {
     "mongo:7.0".into()
 }
 
-/// A PersistentVolumeClaim template.
+/// A PersistentVolumeClaim template. Fixed once set: a StatefulSet's
+/// volume claim templates are immutable, so a change could never be applied.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self == oldSelf").message("storage size and storageClassName cannot change once set (a StatefulSet's volume claims are immutable); to grow a volume, edit its PersistentVolumeClaim (see docs/operator.md)"))]
 pub struct StorageSpec {
     /// Requested size, a Kubernetes quantity such as `1Gi`.
     #[serde(default = "default_storage_size")]

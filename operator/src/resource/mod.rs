@@ -4,6 +4,7 @@
 
 mod autoscaling;
 mod database;
+mod placement;
 mod rollout;
 mod signaling;
 mod status;
@@ -13,6 +14,7 @@ pub use autoscaling::{AutoscalingSpec, ComponentAutoscalingSpec};
 pub use database::{
     ExternalDatabaseSpec, ManagedMongoDbSpec, ManagedRedisSpec, MongoDbSpec, RedisSpec, StorageSpec,
 };
+pub use placement::PodPlacementSpec;
 pub use rollout::RolloutSpec;
 pub use signaling::{
     IngressSpec, ServiceExposureSpec, ServiceType, SignalingLimitsSpec, SignalingSpec,
@@ -120,10 +122,20 @@ pub(crate) fn sorted_keys(value: serde_json::Value) -> serde_json::Value {
 /// resource, the same rules the API server enforces, so a resource that got
 /// past an older CRD is reported instead of half-applied.
 pub fn validation_errors(cluster: &VideoChatCluster) -> Vec<String> {
-    match cluster.validate_cel() {
+    let mut errors: Vec<String> = match cluster.validate_cel() {
         Ok(()) => Vec::new(),
         Err(errors) => errors.into_iter().map(|e| e.to_string()).collect(),
+    };
+    // What the schema cannot say, or an older CRD did not: the same rules
+    // the plan applies, so a bad value is a Degraded condition and not a
+    // reconcile that fails on every try.
+    if errors.is_empty()
+        && let Some(rotation) = &cluster.spec.turn.secret_rotation
+        && let Err(message) = crate::rotation::parse_interval(&rotation.interval)
+    {
+        errors.push(format!("turn.secretRotation.interval: {message}"));
     }
+    errors
 }
 
 // `JsonSchema` is used by the derives above.

@@ -32,6 +32,10 @@ pub struct SignalingSpec {
     /// Optional HS256 secret for room tokens (JWT); without it rooms are open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_secret_ref: Option<SecretKeyRef>,
+    /// Node selection, affinity, tolerations, topology spread and image
+    /// pull Secrets of the pods.
+    #[serde(default, skip_serializing_if = "super::PodPlacementSpec::is_empty")]
+    pub placement: super::PodPlacementSpec,
 }
 
 impl Default for SignalingSpec {
@@ -44,6 +48,7 @@ impl Default for SignalingSpec {
             ingress: None,
             limits: SignalingLimitsSpec::default(),
             auth_secret_ref: None,
+            placement: super::PodPlacementSpec::default(),
         }
     }
 }

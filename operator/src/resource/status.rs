@@ -13,8 +13,9 @@ pub struct VideoChatClusterStatus {
     /// Summary: Pending, Progressing, Running or Degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
-    /// Ready, Progressing, Degraded (and RolledBack once rollback lands).
+    /// Ready, Progressing, Degraded and RolledBack, one of each type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Per component: pods and revisions.
     #[serde(default)]

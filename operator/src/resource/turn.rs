@@ -54,6 +54,10 @@ pub struct TurnSpec {
     /// Container resources. Defaults: requests cpu 100m, memory 64Mi; limit memory 256Mi.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Node selection, affinity, tolerations, topology spread and image
+    /// pull Secrets of the pods.
+    #[serde(default, skip_serializing_if = "super::PodPlacementSpec::is_empty")]
+    pub placement: super::PodPlacementSpec,
 }
 
 impl Default for TurnSpec {
@@ -71,6 +75,7 @@ impl Default for TurnSpec {
             quotas: TurnQuotasSpec::default(),
             secret_rotation: None,
             resources: None,
+            placement: super::PodPlacementSpec::default(),
         }
     }
 }
@@ -94,9 +99,13 @@ fn default_credential_ttl() -> i32 {
 /// TURN shared-secret rotation.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    // CEL's duration() has no `d`: a whole day or more is long enough as is.
+    validation = Rule::new("self.interval.matches('[1-9][0-9]*d') || duration(self.interval) >= duration('60s')").message("turn.secretRotation.interval must be at least 60s")
+)]
 pub struct SecretRotationSpec {
     /// How often a new secret is added, e.g. `24h`, `7d`, `1h30m` (at least 60s).
-    #[schemars(regex(pattern = r"^([0-9]+[smhd])+$"))]
+    #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+[smhd])+$"))]
     pub interval: String,
 }
 

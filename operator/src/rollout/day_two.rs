@@ -49,7 +49,7 @@ pub(crate) fn decide(
     let now = parse_now(now)?;
     let rollout = apply_rollouts(ctx, objects, revisions, now)?;
     objects.extend(rollout.revision_objects.iter().cloned());
-    let scaling = apply_autoscaling(ctx, objects, now);
+    let scaling = apply_autoscaling(ctx, objects, &rollout.decisions, now);
     let rotation = apply_rotation(ctx, objects, fresh_turn_secret, now)?;
     Ok(DayTwo {
         rollout,
@@ -81,6 +81,13 @@ fn set_condition(
 }
 
 impl DayTwo {
+    /// Seconds from `now` until the secret rotation's next change is due.
+    pub fn recheck_after_seconds(&self, now: &str) -> Option<i64> {
+        let now = parse_now(now).ok()?;
+        let due = self.rotation.as_ref()?.plan.next_change?;
+        Some((due.as_second() - now.as_second()).max(1))
+    }
+
     /// Adds this step's actions, status and events to the plan's.
     pub(crate) fn finish(
         &self,

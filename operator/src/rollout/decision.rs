@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::jiff::Timestamp;
 
 use super::RolloutTracking;
@@ -184,6 +185,19 @@ pub fn decide_rollout(input: &RolloutInput<'_>) -> RolloutDecision {
         Health::Failed { reason, message } => {
             decision.state = RolloutState::Rolling;
             let good = input.last_good.filter(|r| r.revision != desired);
+            let blocked_downgrade = good.and_then(|good| {
+                database_downgrade(input.component, observed.template.as_ref(), &good.template)
+            });
+            if let Some(why) = blocked_downgrade {
+                decision.degraded = Some(DegradedReason {
+                    reason: DATABASE_ROLLBACK_BLOCKED.to_owned(),
+                    message: format!(
+                        "{}: {message}; not rolled back automatically: {why}",
+                        input.component.as_str()
+                    ),
+                });
+                return decision;
+            }
             match (input.policy.auto_rollback, good) {
                 (true, Some(good)) => {
                     decision.tracking.failed_revision = Some(desired.to_owned());
@@ -226,6 +240,57 @@ pub fn decide_rollout(input: &RolloutInput<'_>) -> RolloutDecision {
         }
     }
     decision
+}
+
+/// Degraded reason of a failed database revision whose rollback would cross
+/// a major version.
+pub const DATABASE_ROLLBACK_BLOCKED: &str = "DatabaseRollbackBlocked";
+
+/// Major version in an image reference's tag (`mongo:7.0.4` -> 7,
+/// `redis:7.4-alpine` -> 7); None without a tag that starts with a number
+/// (a digest, `latest`).
+pub fn image_major_version(image: &str) -> Option<u64> {
+    let name_and_tag = image.split('@').next()?;
+    let last_segment = name_and_tag.rsplit('/').next()?;
+    let (_, tag) = last_segment.split_once(':')?;
+    let digits: String = tag.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn first_image(template: &PodTemplateSpec) -> Option<&str> {
+    template.spec.as_ref()?.containers.first()?.image.as_deref()
+}
+
+/// Why rolling `component` from `failed` back to `good` is unsafe, when it
+/// is: a database's on-disk format follows its major version (MongoDB's
+/// feature compatibility version, Redis's RDB/AOF format), so going back a
+/// major version can leave data the older server cannot read. Unknown
+/// versions count as different when the images differ.
+pub fn database_downgrade(
+    component: Component,
+    failed: Option<&PodTemplateSpec>,
+    good: &PodTemplateSpec,
+) -> Option<String> {
+    if !matches!(component, Component::MongoDb | Component::Redis) {
+        return None;
+    }
+    let failed_image = failed.and_then(first_image)?;
+    let good_image = first_image(good)?;
+    if failed_image == good_image {
+        return None;
+    }
+    match (
+        image_major_version(failed_image),
+        image_major_version(good_image),
+    ) {
+        (Some(a), Some(b)) if a == b => None,
+        (Some(a), Some(b)) => Some(format!(
+            "the last good image {good_image} is major version {b}, the failed {failed_image} is {a}; a database is never moved across a major version without an operator (check the data, then set the image you want)"
+        )),
+        _ => Some(format!(
+            "the major versions of {failed_image} and the last good {good_image} cannot be told apart from their tags; set the image you want"
+        )),
+    }
 }
 
 fn record_if_good(decision: &mut RolloutDecision, observed: &WorkloadObservation, health: &Health) {

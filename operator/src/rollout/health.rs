@@ -25,8 +25,12 @@ pub struct WorkloadObservation {
     pub ready_updated: i32,
     /// Deployment condition Progressing=False, reason ProgressDeadlineExceeded.
     pub progress_deadline_exceeded: bool,
-    /// Highest container restart count among pods of the current revision.
+    /// Highest container restart count among pods of the current revision,
+    /// over each pod's lifetime (a figure for messages; judging uses
+    /// [`Self::restarts_since`]).
     pub max_restarts: i32,
+    /// Restart facts of every container of the current revision's pods.
+    pub restarts: Vec<ContainerRestarts>,
     /// Pods of the current revision that are in CrashLoopBackOff right now.
     pub crash_looping_pods: Vec<String>,
     /// The current pod template, so a later rollback or a held rollout can re-apply it.
@@ -43,13 +47,17 @@ impl WorkloadObservation {
         let revision = revision_of(&spec.template).map(str::to_owned);
         let desired = spec.replicas.unwrap_or(1);
         let generation = deployment.metadata.generation.unwrap_or(0);
-        let progress_deadline_exceeded = status.conditions.iter().flatten().any(|c| {
-            c.type_.as_deref() == Some("Progressing")
-                && c.status.as_deref() == Some("False")
-                && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        });
+        // A status of an earlier generation describes the previous template:
+        // its conditions say nothing about the revision applied now.
+        let generation_observed = status.observed_generation.unwrap_or(0) >= generation;
+        let progress_deadline_exceeded = generation_observed
+            && status.conditions.iter().flatten().any(|c| {
+                c.type_.as_deref() == Some("Progressing")
+                    && c.status.as_deref() == Some("False")
+                    && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            });
         let mut observation = Self {
-            generation_observed: status.observed_generation.unwrap_or(0) >= generation,
+            generation_observed,
             desired,
             total: status.replicas.unwrap_or(0),
             updated: status.updated_replicas.unwrap_or(0),
@@ -117,8 +125,19 @@ impl WorkloadObservation {
                 .into_iter()
                 .flatten();
             let mut crash_looping = false;
+            let pod_created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
             for container in statuses {
                 self.max_restarts = self.max_restarts.max(container.restart_count);
+                self.restarts.push(ContainerRestarts {
+                    pod_created,
+                    count: container.restart_count,
+                    last_finished: container
+                        .last_state
+                        .as_ref()
+                        .and_then(|s| s.terminated.as_ref())
+                        .and_then(|t| t.finished_at.as_ref())
+                        .map(|t| t.0),
+                });
                 let waiting_reason = container
                     .state
                     .as_ref()
@@ -133,6 +152,19 @@ impl WorkloadObservation {
         }
     }
 
+    /// The most restarts of one container since `since`; without per-pod
+    /// facts, the lifetime figure.
+    pub fn restarts_since(&self, since: Timestamp) -> i32 {
+        if self.restarts.is_empty() {
+            return self.max_restarts;
+        }
+        self.restarts
+            .iter()
+            .map(|r| r.since(since))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Every desired replica runs the current template and is ready, and no
     /// pod of an older template is left.
     pub fn all_ready(&self) -> bool {
@@ -140,6 +172,34 @@ impl WorkloadObservation {
             && self.updated >= self.desired
             && self.ready_updated >= self.desired
             && self.total <= self.desired
+    }
+}
+
+/// Restarts of one container, with what is needed to tell whether they
+/// happened since a point in time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContainerRestarts {
+    /// When the pod was created.
+    pub pod_created: Option<Timestamp>,
+    /// The container's restartCount (over the pod's lifetime).
+    pub count: i32,
+    /// When the container's last run ended (lastState.terminated.finishedAt).
+    pub last_finished: Option<Timestamp>,
+}
+
+impl ContainerRestarts {
+    /// Restarts since `since`: all of them for a pod created since (or of
+    /// unknown age); for an older pod (a rollback to a revision whose pods still run) only its
+    /// last restart when that came after `since`, since earlier ones cannot
+    /// be dated.
+    pub fn since(&self, since: Timestamp) -> i32 {
+        match self.pod_created {
+            Some(created) if created < since => {
+                i32::from(self.count > 0 && self.last_finished.is_some_and(|t| t >= since))
+            }
+            // Created since, or of unknown age: every restart counts.
+            _ => self.count,
+        }
     }
 }
 
@@ -219,7 +279,14 @@ pub fn assess(
     let elapsed = now.as_second() - since.as_second();
     let revision = observed.revision.as_deref().unwrap_or("(unlabelled)");
 
-    if observed.max_restarts > policy.max_restarts {
+    // A revision judged good stays good: deadlines and restarts judge a
+    // rollout, and a later NotReady pod (a drain, a scale-up, a node going
+    // away) is not a failed rollout.
+    if observed.revision.is_some() && next.last_good_revision == observed.revision {
+        return (Health::Healthy, next);
+    }
+    let restarts = observed.restarts_since(since);
+    if restarts > policy.max_restarts {
         let pods = if observed.crash_looping_pods.is_empty() {
             String::new()
         } else {
@@ -232,8 +299,8 @@ pub fn assess(
             Health::Failed {
                 reason: FailureReason::CrashLoop,
                 message: format!(
-                    "revision {revision}: a container restarted {} times, more than maxRestarts {}{pods}",
-                    observed.max_restarts, policy.max_restarts
+                    "revision {revision}: a container restarted {restarts} times since the revision started, more than maxRestarts {}{pods}",
+                    policy.max_restarts
                 ),
             },
             next,

@@ -47,6 +47,8 @@ struct State {
     conflicts: BTreeMap<String, u32>,
     /// Resource plurals the server does not know (a CRD not installed).
     unknown_resources: std::collections::BTreeSet<String>,
+    /// Object keys whose every write is refused: (code, reason, message).
+    refusals: BTreeMap<String, (u16, String, String)>,
 }
 
 /// The in-memory API. Clones share state.
@@ -339,6 +341,14 @@ impl ApiDouble {
             .collect()
     }
 
+    /// Deletes an object, as the garbage collector would; true when it existed.
+    pub fn remove(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> bool {
+        self.lock()
+            .objects
+            .remove(&Self::key_for(api_version, kind, namespace, name))
+            .is_some()
+    }
+
     /// Every stored object.
     pub fn all(&self) -> Vec<Value> {
         self.lock().objects.values().cloned().collect()
@@ -382,6 +392,25 @@ impl ApiDouble {
         self.lock()
             .conflicts
             .insert(Self::key_for(api_version, kind, namespace, name), times);
+    }
+
+    /// Every write to this object is refused with `code` (e.g. 422
+    /// Invalid for a change to an immutable field), as an API server or an
+    /// admission webhook would, until [`Self::accept_writes`].
+    pub fn refuse_writes(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        code: u16,
+        message: &str,
+    ) {
+        let reason = if code == 422 { "Invalid" } else { "Forbidden" };
+        self.lock().refusals.insert(
+            Self::key_for(api_version, kind, namespace, name),
+            (code, reason.to_string(), message.to_string()),
+        );
     }
 
     /// Makes every request for this resource (e.g. `videochatclusters`)
@@ -440,6 +469,14 @@ impl ApiDouble {
         {
             *left -= 1;
             return conflict(&target);
+        }
+
+        if method != Method::GET
+            && let Some(key) = &key
+            && let Some((code, reason, message)) = state.refusals.get(key).cloned()
+        {
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
+            return status(code, &reason, message);
         }
 
         match (method, key) {
