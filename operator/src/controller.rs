@@ -240,6 +240,7 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
     }
     let mut observed = observe(&ctx.client, cluster).await?;
     observe_pods(&ctx.client, ctx.pod_admin.as_ref(), cluster, &mut observed).await?;
+    crate::node_addresses::observe_nodes(&ctx.client, cluster, &mut observed).await?;
     let fresh = FreshSecrets::generate();
     let now = now_rfc3339();
     let plan = plan::plan(&PlanInput {

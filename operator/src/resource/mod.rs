@@ -20,7 +20,10 @@ pub use signaling::{
 pub use status::{
     ComponentStatus, ComponentsStatus, Condition, Endpoints, Phase, TurnUri, VideoChatClusterStatus,
 };
-pub use turn::{PortRangeSpec, SecretRotationSpec, TurnExposureSpec, TurnQuotasSpec, TurnSpec};
+pub use turn::{
+    MAX_LOAD_BALANCER_LISTENERS, NodeAddressType, PortRangeSpec, SecretRotationSpec,
+    TurnExposureMode, TurnExposureSpec, TurnQuotasSpec, TurnSpec, TurnTlsSpec,
+};
 
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
