@@ -253,8 +253,10 @@ async fn a_conflict_is_retried() {
 #[tokio::test]
 async fn an_invalid_spec_is_reported_degraded_and_nothing_is_applied() {
     let mut cluster = sample("minimal");
-    cluster.spec.turn.relay_port_range.min = 60000;
-    cluster.spec.turn.relay_port_range.max = 50000;
+    cluster.spec.turn.relay_port_range = Some(videochat_operator::resource::PortRangeSpec {
+        min: 60000,
+        max: 50000,
+    });
     let double = double_with(&cluster);
     let ctx = context(&double);
     reconcile(&double, &ctx, "demo").await;

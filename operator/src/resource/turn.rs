@@ -277,6 +277,7 @@ pub struct TurnExposureSpec {
     /// Addresses that replace the discovered ones: node name (HostNetwork)
     /// or pod name (LoadBalancer) to the IP that relay announces.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 5000, "additionalProperties" = {"type": "string", "maxLength": 45}))]
     pub address_overrides: BTreeMap<String, String>,
     /// HostNetwork: the Node address announced (ExternalIP by default).
     #[serde(default)]
