@@ -67,9 +67,10 @@ async fn first_reconcile_creates_everything_and_a_second_changes_nothing() {
     reconcile(&double, &ctx, "demo").await;
 
     let created = children(&double);
+    // Host-network TURN (the default): an address ConfigMap, no TURN Services.
     assert_eq!(
         created.len(),
-        21,
+        20,
         "every child created: {:#?}",
         created
             .iter()
