@@ -515,6 +515,22 @@ fn crd_rules_refuse_exposures_that_cannot_route_to_the_right_relay() {
             "{what}: {errors:?}"
         );
     }
+    // One fixed address and an autoscaler that may add relays.
+    let mut value = serde_json::to_value(demo(json!({
+        "replicas": 1,
+        "exposure": {"mode": "HostNetwork", "advertisedAddress": "203.0.113.5"}
+    })))
+    .expect("json");
+    value["spec"]["autoscaling"] =
+        json!({"enabled": true, "turn": {"minReplicas": 1, "maxReplicas": 3}});
+    let autoscaled: VideoChatCluster = serde_json::from_value(value).expect("cluster");
+    let errors = videochat_operator::resource::validation_errors(&autoscaled);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("autoscaling.turn.maxReplicas must be 1")),
+        "{errors:?}"
+    );
     // At the limit is fine: 46 relay ports + UDP + TCP + two TLS ports = 50.
     let at_limit = demo(json!({
         "exposure": {"mode": "LoadBalancer", "host": "turn.example.com"},
