@@ -78,72 +78,74 @@ fn observe(
 ) -> Observation {
     let name = component.workload_name(&ctx.name);
     let rollout = &ctx.cluster.spec.rollout;
-    let kind = match component {
-        Component::Turn => ctx.cluster.spec.turn.exposure.mode.workload_kind(),
-        Component::Signaling => "Deployment",
-        Component::Redis | Component::MongoDb => "StatefulSet",
-    };
-    let (exists, ready, updated, rolled_out, failure) = match kind {
-        "Deployment" => match ctx.observed.typed::<Deployment>("Deployment", &name) {
-            None => (false, 0, 0, false, None),
-            Some(d) => {
-                let generation = d.metadata.generation.unwrap_or(0);
-                let observed_revision = template_revision(d.spec.template.metadata.as_ref());
-                let status = d.status.unwrap_or_default();
-                let ready = status.ready_replicas.unwrap_or(0);
-                let updated = status.updated_replicas.unwrap_or(0);
-                let total = status.replicas.unwrap_or(0);
-                let current = observed_revision.as_deref() == Some(revision);
-                let rolled_out = current
-                    && status.observed_generation.unwrap_or(0) >= generation
-                    && updated >= desired
-                    && total == updated;
-                let failure = status.conditions.iter().flatten().find_map(|c| {
-                    (c.type_.as_deref() == Some("Progressing")
-                        && c.status.as_deref() == Some("False")
-                        && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
-                    .then(|| {
-                        format!(
-                            "{} revision did not become ready within {}s",
-                            component.as_str(),
-                            rollout.progress_deadline_seconds
-                        )
-                    })
-                });
-                (
-                    true,
-                    ready,
-                    if current { updated } else { 0 },
-                    rolled_out,
-                    failure,
-                )
+    // TURN runs as a StatefulSet when each relay pod has its own Service.
+    let turn_in_stateful_set = component == Component::Turn
+        && ctx.cluster.spec.turn.exposure.mode.workload_kind() == "StatefulSet";
+    let (exists, ready, updated, rolled_out, failure) = match component {
+        Component::Signaling | Component::Turn if !turn_in_stateful_set => {
+            match ctx.observed.typed::<Deployment>("Deployment", &name) {
+                None => (false, 0, 0, false, None),
+                Some(d) => {
+                    let generation = d.metadata.generation.unwrap_or(0);
+                    let observed_revision = template_revision(d.spec.template.metadata.as_ref());
+                    let status = d.status.unwrap_or_default();
+                    let ready = status.ready_replicas.unwrap_or(0);
+                    let updated = status.updated_replicas.unwrap_or(0);
+                    let total = status.replicas.unwrap_or(0);
+                    let current = observed_revision.as_deref() == Some(revision);
+                    let rolled_out = current
+                        && status.observed_generation.unwrap_or(0) >= generation
+                        && updated >= desired
+                        && total == updated;
+                    let failure = status.conditions.iter().flatten().find_map(|c| {
+                        (c.type_.as_deref() == Some("Progressing")
+                            && c.status.as_deref() == Some("False")
+                            && c.reason.as_deref() == Some("ProgressDeadlineExceeded"))
+                        .then(|| {
+                            format!(
+                                "{} revision did not become ready within {}s",
+                                component.as_str(),
+                                rollout.progress_deadline_seconds
+                            )
+                        })
+                    });
+                    (
+                        true,
+                        ready,
+                        if current { updated } else { 0 },
+                        rolled_out,
+                        failure,
+                    )
+                }
             }
-        },
-        _ => match ctx.observed.typed::<StatefulSet>("StatefulSet", &name) {
-            None => (false, 0, 0, false, None),
-            Some(s) => {
-                let generation = s.metadata.generation.unwrap_or(0);
-                let observed_revision = template_revision(s.spec.template.metadata.as_ref());
-                let status = s.status.unwrap_or_default();
-                let ready = status.ready_replicas.unwrap_or(0);
-                let updated = status.updated_replicas.unwrap_or(0);
-                let current = observed_revision.as_deref() == Some(revision);
-                let same_revision = match (&status.current_revision, &status.update_revision) {
-                    (Some(a), Some(b)) => a == b,
-                    _ => updated >= desired,
-                };
-                let rolled_out = current
-                    && status.observed_generation.unwrap_or(0) >= generation
-                    && same_revision;
-                (
-                    true,
-                    ready,
-                    if current { updated } else { 0 },
-                    rolled_out,
-                    None,
-                )
+        }
+        Component::Signaling | Component::Turn | Component::Redis | Component::MongoDb => {
+            match ctx.observed.typed::<StatefulSet>("StatefulSet", &name) {
+                None => (false, 0, 0, false, None),
+                Some(s) => {
+                    let generation = s.metadata.generation.unwrap_or(0);
+                    let observed_revision = template_revision(s.spec.template.metadata.as_ref());
+                    let status = s.status.unwrap_or_default();
+                    let ready = status.ready_replicas.unwrap_or(0);
+                    let updated = status.updated_replicas.unwrap_or(0);
+                    let current = observed_revision.as_deref() == Some(revision);
+                    let same_revision = match (&status.current_revision, &status.update_revision) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => updated >= desired,
+                    };
+                    let rolled_out = current
+                        && status.observed_generation.unwrap_or(0) >= generation
+                        && same_revision;
+                    (
+                        true,
+                        ready,
+                        if current { updated } else { 0 },
+                        rolled_out,
+                        None,
+                    )
+                }
             }
-        },
+        }
     };
     let enough_ready =
         i64::from(ready) * 100 >= i64::from(desired) * i64::from(rollout.min_ready_percent);
