@@ -57,8 +57,17 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME")]
     pub instance: Option<String>,
     /// Take part in leader election, so several replicas can run and one
-    /// reconciles (`false` for a single replica outside a cluster).
-    #[arg(long, env = "VIDEOCHAT_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    /// reconciles. On by default; `--leader-election=false` for a single
+    /// replica outside a cluster.
+    #[arg(
+        long,
+        env = "VIDEOCHAT_LEADER_ELECTION",
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
     pub leader_election: bool,
     /// Namespace of the leader Lease (the operator's own namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
@@ -127,8 +136,11 @@ pub struct PlanArgs {
         required = true
     )]
     pub files: Vec<PathBuf>,
-    /// What to print: the whole plan, or only the objects as a YAML stream
-    /// (for `kubectl apply` or validation).
+    /// What to print: the whole plan, or only the objects as a YAML stream,
+    /// for review and for manifest validation. Not for `kubectl apply`:
+    /// offline, Secret values are placeholders (unless --show-secrets, which
+    /// prints freshly generated ones) and owner references carry a
+    /// placeholder uid; the operator applies the real objects itself.
     #[arg(long, env = "VIDEOCHAT_PLAN_OUTPUT", value_enum, default_value_t = PlanOutput::Plan)]
     pub output: PlanOutput,
     /// Print Secret values instead of a placeholder.
@@ -197,9 +209,27 @@ pub fn plan_command(args: &PlanArgs) -> Result<String> {
             found.len()
         ),
     })?;
-    let mut cluster: VideoChatCluster = serde_json::to_value(&cluster)
-        .and_then(serde_json::from_value)
-        .map_err(|e| Error::Parse {
+    let cluster = serde_json::to_value(&cluster).map_err(|e| Error::Parse {
+        what: "VideoChatCluster".into(),
+        message: e.to_string(),
+    })?;
+    // Refuse what the API server would refuse, with the field path.
+    let refusals = crate::admission::refusals(&cluster, None);
+    if !refusals.is_empty() {
+        return Err(Error::Refused {
+            what: format!(
+                "VideoChatCluster {}",
+                cluster["metadata"]["name"].as_str().unwrap_or("<unnamed>")
+            ),
+            reasons: refusals
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    let mut cluster: VideoChatCluster =
+        serde_json::from_value(cluster).map_err(|e| Error::Parse {
             what: "VideoChatCluster".into(),
             message: e.to_string(),
         })?;
@@ -272,5 +302,39 @@ mod erased {
                 message: e.to_string(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cmd = <Cli as clap::CommandFactory>::command().mut_args(|a| a.env(None::<&str>));
+        let cmd = cmd.mut_subcommand("run", |run| run.mut_args(|a| a.env(None::<&str>)));
+        let argv = ["videochat-operator", "run"]
+            .into_iter()
+            .chain(args.iter().copied());
+        let matches = cmd.try_get_matches_from(argv)?;
+        match <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?.command {
+            Some(Command::Run(run)) => Ok(run),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn leader_election_is_a_switch_that_also_takes_a_value() {
+        assert!(run_args(&[]).expect("defaults").leader_election);
+        assert!(
+            run_args(&["--leader-election"])
+                .expect("bare switch")
+                .leader_election
+        );
+        assert!(
+            !run_args(&["--leader-election=false"])
+                .expect("=false")
+                .leader_election
+        );
+        assert!(run_args(&["--leader-election=sometimes"]).is_err());
     }
 }

@@ -23,6 +23,10 @@ pub enum Error {
     #[error("cannot parse {what}: {message}")]
     Parse { what: String, message: String },
 
+    /// An input VideoChatCluster that the API server would refuse.
+    #[error("{what} would be refused by the CRD's schema and rules: {reasons}")]
+    Refused { what: String, reasons: String },
+
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
@@ -77,6 +81,7 @@ impl Error {
             },
             Error::CrdMissing => "crd_missing",
             Error::Parse { .. } => "parse",
+            Error::Refused { .. } => "refused",
             Error::Io { .. } => "io",
             Error::MissingMetadata(_) => "metadata",
             Error::Serialize { .. } => "serialize",

@@ -7,6 +7,7 @@
 //! `plan` subcommand, the controller and the tests all run the same code.
 
 pub mod admin;
+pub mod admission;
 pub mod autoscale;
 pub mod cli;
 pub mod controller;

@@ -1,17 +1,28 @@
 //! videochat-operator binary: parses flags, sets up logging, dispatches.
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::CommandFactory;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use videochat_operator::cli::{Cli, Command, LogFormat, RunArgs};
 use videochat_operator::{admin, controller, metrics, resource};
 
+const PROGRAM: &str = "videochat-operator";
+
 fn main() -> std::process::ExitCode {
-    match real_main() {
+    let cli: Cli = videochat_startup::parse_or_exit(PROGRAM);
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(filter) => filter,
+        Err(error) => {
+            let error = format!("invalid --log filter {:?}: {error}", cli.log);
+            return videochat_startup::start_failed(PROGRAM, &error, &Cli::command());
+        }
+    };
+    init_tracing(cli.log_format, filter);
+    match real_main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("videochat-operator: {}", one_line(&error));
+            eprintln!("{PROGRAM}: {}", one_line(&error));
             std::process::ExitCode::FAILURE
         }
     }
@@ -33,9 +44,7 @@ fn one_line(error: &anyhow::Error) -> String {
     line
 }
 
-fn real_main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_tracing(cli.log_format, &cli.log)?;
+fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Crd) => {
             print!("{}", resource::crd_yaml()?);
@@ -50,17 +59,15 @@ fn real_main() -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing(format: LogFormat, filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("invalid --log / VIDEOCHAT_LOG filter {filter:?}"))?;
+fn init_tracing(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(videochat_startup::stderr_is_terminal());
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -153,13 +153,49 @@ fn bad_input_is_refused_with_a_clear_message() {
         "{missing}"
     );
 
-    // A spec the schema refuses yields a Degraded plan, not an error.
+    // A spec the CRD's rules refuse is refused here too, as `kubectl apply`
+    // would be (the operator itself still reports such a spec as Degraded).
     let bad = scratch(
         "bad.yaml",
         "apiVersion: videochat.dev/v1alpha1\nkind: VideoChatCluster\nmetadata: {name: bad}\nspec:\n  autoscaling:\n    turn: {minReplicas: 9, maxReplicas: 3}\n",
     );
-    let out = plan_command(&args(vec![bad], PlanOutput::Plan)).expect("plan");
-    let doc: serde_json::Value = serde_yaml::from_str(&out).expect("yaml");
-    assert_eq!(doc["status"]["phase"], "Degraded");
-    assert!(doc["objects"].as_array().is_some_and(Vec::is_empty));
+    let error = plan_command(&args(vec![bad], PlanOutput::Plan)).expect_err("min above max");
+    assert!(
+        error
+            .to_string()
+            .contains("spec.autoscaling.turn: autoscaling minReplicas must not exceed maxReplicas"),
+        "{error}"
+    );
+}
+
+/// What the API server would refuse, `plan` refuses too, naming the field.
+#[test]
+fn plan_refuses_what_the_crd_refuses_and_names_the_field() {
+    for (fixture, path) in [
+        ("misspelled-field.yaml", "spec.signaling"),
+        ("zero-replicas.yaml", "spec.signaling.replicas"),
+        ("port-out-of-range.yaml", "spec.turn.relayPortRange.max"),
+        (
+            "unknown-service-type.yaml",
+            "spec.turn.exposure.serviceType",
+        ),
+    ] {
+        let file = repo_path(&format!("operator/tests/fixtures/invalid/{fixture}"));
+        let error = plan_command(&args(vec![file], PlanOutput::Plan))
+            .expect_err(&format!("{fixture} was accepted"));
+        let message = error.to_string();
+        assert!(
+            message.contains("refused") && message.contains(&format!("{path}:")),
+            "{fixture}: {message}"
+        );
+    }
+    // A CEL rule, not only the OpenAPI shape.
+    let inverted = scratch(
+        "inverted-range.yaml",
+        "apiVersion: videochat.dev/v1alpha1\nkind: VideoChatCluster\nmetadata: {name: demo, namespace: videochat}\nspec:\n  turn:\n    relayPortRange: {min: 50000, max: 49999}\n",
+    );
+    let message = plan_command(&args(vec![inverted], PlanOutput::Plan))
+        .expect_err("an inverted relay port range was accepted")
+        .to_string();
+    assert!(message.contains("must not exceed"), "{message}");
 }

@@ -20,7 +20,7 @@ need_tool VIDEOCHAT_KUBERNETES_VALIDATE "kubernetes-validate"
 need_tool VIDEOCHAT_PYTHON "python venv with jsonschema"
 
 K8S_VERSION=1.37.0
-OPERATOR=target/debug/videochat-operator
+OPERATOR=${CARGO_TARGET_DIR:-target}/debug/videochat-operator
 [ -x "$OPERATOR" ] || fail "$OPERATOR missing; build it with: cargo build -p videochat-operator"
 CHART=charts/videochat-operator
 WORK=$(mktemp -d)
@@ -66,6 +66,30 @@ grep -q "^kind: Role$" "$WORK/chart-ns.yaml" || fail "watchNamespace should rend
 "$VIDEOCHAT_HELM" template videochat-operator "$CHART" --set metrics.serviceMonitor.enabled=true >"$WORK/chart-sm.yaml" \
   || fail "helm template with metrics.serviceMonitor.enabled=true"
 grep -q "^kind: ServiceMonitor$" "$WORK/chart-sm.yaml" || fail "metrics.serviceMonitor.enabled=true renders no ServiceMonitor"
+
+# NOTES: the block a user pastes must run in a shell as printed (an indented
+# heredoc marker never closes and leaves the shell waiting). Run it in bash
+# with kubectl recording what it is given, then check the resource applied.
+"$VIDEOCHAT_HELM" install videochat-operator "$CHART" -n videochat-system --dry-run=client >"$WORK/install.txt" 2>&1 \
+  || { cat "$WORK/install.txt" >&2; fail "helm install --dry-run=client"; }
+sed -n '/^NOTES:/,$p' "$WORK/install.txt" >"$WORK/notes.txt"
+awk '/^kubectl create namespace/{on=1} on{print} on && /^YAML$/{exit}' "$WORK/notes.txt" >"$WORK/paste.sh"
+grep -q '^YAML$' "$WORK/paste.sh" || fail "NOTES: no pasteable block from 'kubectl create namespace' to a closing YAML line"
+mkdir -p "$WORK/bin"
+cat >"$WORK/bin/kubectl" <<'EOF_KUBECTL'
+#!/usr/bin/env bash
+printf '%s\n' "$*" >>"$NOTES_WORK/kubectl-calls"
+if [ "${1:-}" = apply ]; then cat >"$NOTES_WORK/applied.yaml"; fi
+EOF_KUBECTL
+chmod +x "$WORK/bin/kubectl"
+NOTES_WORK="$WORK" PATH="$WORK/bin:$PATH" timeout 10 bash -e "$WORK/paste.sh" </dev/null 2>"$WORK/paste.err" \
+  || { cat "$WORK/paste.err" >&2; fail "NOTES: the pasted block did not run in bash"; }
+[ -s "$WORK/paste.err" ] && { cat "$WORK/paste.err" >&2; fail "NOTES: bash complained about the pasted block"; }
+grep -qx 'create namespace videochat' "$WORK/kubectl-calls" || fail "NOTES: the block does not create the namespace"
+grep -qx 'apply -f -' "$WORK/kubectl-calls" || fail "NOTES: the block does not run kubectl apply -f -"
+"$VIDEOCHAT_PYTHON" operator/tests/validate_samples.py crds/videochatcluster.yaml --valid "$WORK/applied.yaml" >&2 \
+  || fail "NOTES: the VideoChatCluster it applies is not valid against the CRD"
+say "ok   helm NOTES paste block runs in bash and applies a valid VideoChatCluster"
 
 # Plan output for every sample.
 for sample in config/samples/*.yaml; do

@@ -12,7 +12,7 @@ CLIENTS=${BENCH_CLIENTS:-400}
 ROOM=${BENCH_ROOM:-4}
 IDLE=${BENCH_IDLE:-5000}
 DURATION=${BENCH_DURATION:-10s}
-NODE_SRC=${NODE_BASELINE:-../shared/bench/node-ws-baseline}
+NODE_SRC=${NODE_BASELINE:-signaling/bench/node-ws-baseline}
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"  # as many as the hard limit allows
 
 cargo build --release --locked -p videochat-signaling --bins >&2

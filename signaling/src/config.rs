@@ -92,8 +92,15 @@ pub struct Config {
     pub turn_credential_ttl: Duration,
 
     /// Let the in-process relay relay to loopback peers (two browsers on one
-    /// machine). Default: on in single-machine mode with a loopback TURN address.
-    #[arg(long, env = "VIDEOCHAT_ALLOW_LOOPBACK_PEERS")]
+    /// machine). A switch; `--allow-loopback-peers=false` turns it off.
+    /// Default: on in single-machine mode with a loopback TURN address.
+    #[arg(
+        long,
+        env = "VIDEOCHAT_ALLOW_LOOPBACK_PEERS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
     pub allow_loopback_peers: Option<bool>,
 
     /// File holding the HS256 secret of room tokens; when set, /ws and REST
@@ -299,6 +306,34 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn boolean_flags_are_switches_that_also_take_a_value() {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        let parse = |args: &[&str]| {
+            let cmd =
+                <Wrapper as clap::CommandFactory>::command().mut_args(|a| a.env(None::<&str>));
+            let argv = std::iter::once("videochat-signaling").chain(args.iter().copied());
+            cmd.try_get_matches_from(argv).and_then(|m| {
+                <Wrapper as clap::FromArgMatches>::from_arg_matches(&m).map(|w| w.config)
+            })
+        };
+        let on = parse(&["--allow-loopback-peers"]).expect("a bare switch");
+        assert_eq!(on.allow_loopback_peers, Some(true));
+        let off = parse(&["--allow-loopback-peers=false", "--no-embedded-turn"]).expect("=false");
+        assert_eq!(off.allow_loopback_peers, Some(false));
+        assert!(!off.loopback_peers_allowed());
+        assert!(
+            parse(&["--no-embedded-turn"])
+                .expect("switch")
+                .no_embedded_turn
+        );
+        assert!(parse(&["--allow-loopback-peers=maybe"]).is_err());
     }
 
     #[test]

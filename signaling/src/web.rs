@@ -6,6 +6,32 @@ use include_dir::{Dir, include_dir};
 
 static WEB: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/web");
 
+/// What to open in a browser for a server listening on `addr`. Browsers
+/// allow the camera only on HTTPS or localhost, so a server on every
+/// interface is opened as localhost, not as 0.0.0.0.
+pub fn open_hint(addr: std::net::SocketAddr) -> String {
+    let port = addr.port();
+    let ip = addr.ip();
+    if ip.is_unspecified() || ip.is_loopback() {
+        let host = if ip.is_loopback() {
+            ip.to_string()
+        } else {
+            "localhost".to_owned()
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        format!("open http://{host}:{port}/#demo in two browser tabs to start a call")
+    } else {
+        format!(
+            "open http://localhost:{port}/#demo on this machine; browsers on other machines need \
+             HTTPS in front of http://{addr} to use the camera"
+        )
+    }
+}
+
 fn content_type(path: &str) -> &'static str {
     match path.rsplit_once('.').map(|(_, e)| e) {
         Some("html") => "text/html; charset=utf-8",
@@ -79,4 +105,21 @@ pub async fn serve(uri: Uri, headers: HeaderMap) -> Response {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_open_hint_names_an_address_where_the_camera_works() {
+        let all: std::net::SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert!(super::open_hint(all).contains("http://localhost:8080/#demo"));
+        let loopback: std::net::SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        assert!(super::open_hint(loopback).contains("http://127.0.0.1:9000/#demo"));
+        let lan: std::net::SocketAddr = "192.0.2.5:8080".parse().unwrap();
+        let hint = super::open_hint(lan);
+        assert!(
+            hint.contains("http://localhost:8080/#demo") && hint.contains("HTTPS"),
+            "{hint}"
+        );
+    }
 }

@@ -1119,27 +1119,35 @@ async fn adapt_to_loss(
     })
     .await?;
     // Video has stopped: after what was in flight, at most a few frames in
-    // 4 s (normally about 120).
+    // 4 s (normally about 120), and the advice never flipped back to video
+    // while the loss lasted (a reading taken just after the connection came
+    // back once counted as a clean path).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut before = Vec::new();
     for peer in [a, b] {
-        before.push(frames(&page_state(&peer.browser).await?));
+        let state = page_state(&peer.browser).await?;
+        before.push((frames(&state), state["adapt"]["switches"].clone()));
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
     for (i, peer) in [a, b].iter().enumerate() {
-        let now = frames(&page_state(&peer.browser).await?);
-        if now > before[i] + 12 {
+        let state = page_state(&peer.browser).await?;
+        let now = frames(&state);
+        let (frames_before, switches_before) = &before[i];
+        if now > frames_before + 12 || state["adapt"]["switches"] != *switches_before {
             return Err(format!(
-                "{}: {} frames decoded in 4 s of audio-only, expected video to stop\n{}",
+                "{}: {} frames decoded in 4 s of audio-only (expected video to stop); \
+                 adapt switches {} then {}\n{}",
                 peer.label,
-                now - before[i],
+                now - frames_before,
+                switches_before,
+                state["adapt"]["switches"],
                 diagnostics(&[a, b], server).await
             ));
         }
     }
 
     path.set_loss(0);
-    let stalled = before.clone();
+    let stalled: Vec<u64> = before.iter().map(|(frames, _)| *frames).collect();
     wait_all(&[a, b], server, "video back on a clean path", |s| {
         let i = usize::from(s["name"] != json!("A"));
         if s["adapt"]["audioOnly"] != json!(false) {

@@ -59,6 +59,8 @@ class Call {
     this.hadSession = false;
     this.rejoining = false;
     this.adapt = { audioOnly: false, maxBitrateKbps: 0 };
+    // How often video was switched off or on by the server's advice.
+    this.adaptSwitches = 0;
     this.tiles = new Map();
     this.peerNames = new Map();
     this.client = new SignalingClient({
@@ -254,6 +256,7 @@ class Call {
     const audioOnly = m.audio_only === true;
     const maxBitrateKbps = Number(m.max_bitrate_kbps) > 0 ? Number(m.max_bitrate_kbps) : 0;
     const changed = audioOnly !== this.adapt.audioOnly;
+    if (changed) this.adaptSwitches += 1;
     this.adapt = { audioOnly, maxBitrateKbps };
     this.mesh.setAdapt(this.adapt);
     if (changed && hasTrack(this.stream, "video")) {
@@ -352,7 +355,7 @@ class Call {
       relayOnly: settings.relayOnly,
       iceServers: this.client.iceServers.length,
       localTracks: this.stream.getTracks().map((t) => t.kind),
-      adapt: { ...this.adapt },
+      adapt: { ...this.adapt, switches: this.adaptSwitches },
       lastSeq: this.chat.lastSeq(this.room),
       peers,
       chat: this.chat.view(this.room).map(({ seq, id, from, name, body, state }) => ({ seq, id, from, name, body, state })),

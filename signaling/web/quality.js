@@ -56,18 +56,27 @@ export async function readStats(pc) {
   return out;
 }
 
+// Fewer packets than this in one interval say nothing about loss: a path that
+// was just (re)connected, or a peer that sends almost nothing.
+export const MIN_PACKETS_FOR_LOSS = 20;
+
 export function level(sample) {
-  if (!sample || sample.rttMs === null) return "unknown";
+  if (!sample || sample.rttMs === null || sample.loss === null) return "unknown";
   if (sample.rttMs < 150 && sample.loss < 0.02) return "good";
   if (sample.rttMs < 400 && sample.loss < 0.08) return "fair";
   return "poor";
 }
 
 // Turns two readings into rates.
+// Without a previous reading (the first tick, or the first after the
+// connection came back) there is no interval to measure: loss stays null,
+// "unknown", and is not reported. Reporting 0 there told the server that a
+// path which had just dropped was clean, and video came back for one
+// interval in the middle of heavy loss.
 function derive(previous, current, seconds) {
   const sample = {
     rttMs: current.rttMs,
-    loss: 0,
+    loss: null,
     sendKbps: 0,
     availableKbps: current.availableOutgoingKbps,
     recvKbps: 0,
@@ -80,9 +89,10 @@ function derive(previous, current, seconds) {
     sample.sendKbps = Math.max(0, ((current.bytesSent - previous.bytesSent) * 8) / 1000 / seconds);
     sample.recvKbps = Math.max(0, ((current.bytesReceived - previous.bytesReceived) * 8) / 1000 / seconds);
     const received = current.packetsReceived - previous.packetsReceived;
-    const lost = current.packetsLost - previous.packetsLost;
-    const incomingLoss = received + lost > 0 ? Math.max(0, lost) / (received + lost) : 0;
-    sample.loss = current.remoteFractionLost !== null ? Math.max(current.remoteFractionLost, incomingLoss) : incomingLoss;
+    const lost = Math.max(0, current.packetsLost - previous.packetsLost);
+    const incomingLoss = received + lost >= MIN_PACKETS_FOR_LOSS ? lost / (received + lost) : null;
+    const losses = [incomingLoss, current.remoteFractionLost].filter((l) => l !== null);
+    sample.loss = losses.length > 0 ? Math.max(...losses) : null;
     sample.videoFlowing = current.framesDecoded > previous.framesDecoded;
   }
   return sample;
@@ -148,13 +158,16 @@ export class QualityMonitor extends EventTarget {
   // peer). Not the rate we send: a still picture or audio-only sends
   // little, and advice based on that would never let video back.
   // `send_kbps` (what we send in total) is for display.
+  // Peers whose loss is unknown this interval are left out; with none
+  // measured there is nothing to report (null), rather than a clean path.
   summary() {
-    if (this.samples.size === 0) return null;
+    const measured = [...this.samples.values()].filter((s) => s.loss !== null);
+    if (measured.length === 0) return null;
     let rtt = 0;
     let loss = 0;
     let sent = 0;
     let estimate = Infinity;
-    for (const s of this.samples.values()) {
+    for (const s of measured) {
       rtt = Math.max(rtt, s.rttMs || 0);
       loss = Math.max(loss, s.loss || 0);
       sent += s.sendKbps || 0;

@@ -165,7 +165,8 @@ export class Tile {
     }
     this.quality.dataset.level = level;
     const rtt = sample.rttMs === null ? "–" : Math.round(sample.rttMs) + " ms";
-    this.quality.textContent = `${rtt} · ${(sample.loss * 100).toFixed(1)}% · ${Math.round(sample.recvKbps)} kbps · ${sample.route}`;
+    const loss = sample.loss === null ? "–" : `${(sample.loss * 100).toFixed(1)}%`;
+    this.quality.textContent = `${rtt} · ${loss} · ${Math.round(sample.recvKbps)} kbps · ${sample.route}`;
     this.quality.title = `Round trip, packet loss, received bitrate; ${sample.route === "relay" ? "through the TURN relay" : "direct connection"}`;
   }
 

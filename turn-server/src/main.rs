@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
+use videochat_startup::{parse_or_exit, start_failed};
 use videochat_turn::{Relay, RelayConfig};
 
 /// TURN relay (UDP and TCP) with TURN REST API credentials.
@@ -24,25 +25,16 @@ struct Cli {
     log: String,
 }
 
+const PROGRAM: &str = "videochat-turn";
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) if !err.use_stderr() => err.exit(),
-        Err(err) => {
-            // One line naming the setting and the reason, like every other
-            // configuration error; clap's own output spans several lines.
-            let text = err.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("videochat-turn: {}", first.trim_start_matches("error: "));
-            return ExitCode::from(2);
-        }
-    };
+    let cli: Cli = parse_or_exit(PROGRAM);
     let filter = match EnvFilter::try_new(&cli.log) {
         Ok(f) => f,
         Err(err) => {
-            eprintln!("videochat-turn: --log: {err}");
-            return ExitCode::from(2);
+            let err = format!("invalid --log filter {:?}: {err}", cli.log);
+            return start_failed(PROGRAM, &err, &Cli::command());
         }
     };
     let builder = tracing_subscriber::fmt()
@@ -57,10 +49,7 @@ async fn main() -> ExitCode {
     let drain_timeout = cli.relay.drain_timeout;
     let relay = match Relay::start(cli.relay).await {
         Ok(r) => r,
-        Err(err) => {
-            eprintln!("videochat-turn: {err}");
-            return ExitCode::from(2);
-        }
+        Err(err) => return start_failed(PROGRAM, &err, &Cli::command()),
     };
     if let Err(err) = wait_for_signal().await {
         eprintln!("videochat-turn: cannot listen for signals: {err}");

@@ -58,6 +58,12 @@ fn corrupt(e: impl std::fmt::Display) -> SignalingError {
 impl EmbeddedStore {
     /// Opens (or creates) `signaling.redb` under `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(SignalingError::config(
+                "--data-dir",
+                format!("{} is a file; the store needs a directory", dir.display()),
+            ));
+        }
         std::fs::create_dir_all(dir).map_err(|e| {
             SignalingError::config(
                 "--data-dir",
@@ -70,10 +76,15 @@ impl EmbeddedStore {
             .set_cache_size(CACHE_BYTES)
             .create(&path)
             .map_err(|e| {
-                SignalingError::config(
-                    "--data-dir",
-                    format!("cannot open store {}: {e}", path.display()),
-                )
+                let reason = match e {
+                    redb::DatabaseError::DatabaseAlreadyOpen => format!(
+                        "another instance is running with the store in {} (it holds the \
+                         store's lock); stop it, or give this one another data directory",
+                        dir.display()
+                    ),
+                    other => format!("cannot open store {}: {other}", path.display()),
+                };
+                SignalingError::config("--data-dir", reason)
             })?;
         {
             let txn = db.begin_write().map_err(unavailable)?;
