@@ -309,7 +309,7 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
         tracing::debug!(cluster = %name, %namespace, "not the leader; skipping");
         return Ok(Action::requeue(FOLLOWER_POLL));
     }
-    let observed = match &ctx.caches {
+    let mut observed = match &ctx.caches {
         Some(caches) => {
             let mut observed = observe_cached(&ctx.client, caches, cluster).await?;
             let pods = caches.pods(&namespace, &name);
@@ -329,6 +329,7 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
             observed
         }
     };
+    crate::node_addresses::observe_nodes(&ctx.client, cluster, &mut observed).await?;
     let fresh = FreshSecrets::generate();
     let now = now_rfc3339();
     let plan = plan::plan(&PlanInput {

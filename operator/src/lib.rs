@@ -16,6 +16,7 @@ pub mod error;
 pub mod labels;
 pub mod leader;
 pub mod metrics;
+pub mod node_addresses;
 pub mod observed;
 pub mod plan;
 pub mod resource;

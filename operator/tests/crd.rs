@@ -134,7 +134,13 @@ fn crd_has_names_scope_subresource_and_printer_columns() {
 
 #[test]
 fn samples_parse_and_pass_the_schema_rules() {
-    for name in ["minimal", "full", "external-databases"] {
+    for name in [
+        "minimal",
+        "full",
+        "external-databases",
+        "turn-host-network",
+        "turn-cluster-internal",
+    ] {
         let cluster = sample(name);
         assert!(
             videochat_operator::resource::validation_errors(&cluster).is_empty(),

@@ -86,17 +86,24 @@ fn objects_output_is_a_yaml_stream_of_kubernetes_objects() {
 
 #[test]
 fn observed_objects_from_a_list_file_change_the_plan() {
-    // A TURN load balancer that already has its address, as `kubectl get -o yaml` lists it.
+    // A node and the relay running on it, as `kubectl get -o yaml` lists
+    // them: the default (host-network) relay announces the node's ExternalIP.
     let observed = scratch(
         "observed.yaml",
         r#"apiVersion: v1
 kind: List
 items:
   - apiVersion: v1
-    kind: Service
-    metadata: {name: demo-turn-udp, namespace: videochat}
-    spec: {type: LoadBalancer}
-    status: {loadBalancer: {ingress: [{ip: 192.0.2.44}]}}
+    kind: Node
+    metadata: {name: node-a}
+    status: {addresses: [{type: InternalIP, address: 10.0.0.4}, {type: ExternalIP, address: 192.0.2.44}]}
+  - apiVersion: v1
+    kind: Pod
+    metadata:
+      name: demo-turn-5d8f-x2x
+      namespace: videochat
+      labels: {app.kubernetes.io/name: videochat, app.kubernetes.io/instance: demo, app.kubernetes.io/component: turn}
+    spec: {nodeName: node-a, containers: [{name: turn}]}
 "#,
     );
     let out = plan_command(&args(
@@ -109,16 +116,13 @@ items:
         doc["status"]["endpoints"]["turnUris"][0]["uri"],
         "turn:192.0.2.44:3478?transport=udp"
     );
-    let turn_config = doc["objects"]
+    let addresses = doc["objects"]
         .as_array()
         .expect("objects")
         .iter()
-        .find(|o| o["metadata"]["name"] == "demo-turn-config")
-        .expect("turn config");
-    assert_eq!(
-        turn_config["data"]["VIDEOCHAT_TURN_RELAY_ADDRESS"],
-        "192.0.2.44"
-    );
+        .find(|o| o["metadata"]["name"] == "demo-turn-addresses")
+        .expect("turn address map");
+    assert_eq!(addresses["data"]["node-a"], "192.0.2.44");
 }
 
 #[test]

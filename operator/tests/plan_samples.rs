@@ -65,13 +65,12 @@ fn minimal_sample_plans_every_child_with_owner_and_labels() {
         "Secret/demo-mongodb-credentials",
         "ConfigMap/demo-signaling-config",
         "ConfigMap/demo-turn-config",
+        "ConfigMap/demo-turn-addresses",
         "Deployment/demo-signaling",
         "Deployment/demo-turn",
         "StatefulSet/demo-redis",
         "StatefulSet/demo-mongodb",
         "Service/demo-signaling",
-        "Service/demo-turn-udp",
-        "Service/demo-turn-tcp",
         "Service/demo-redis",
         "Service/demo-mongodb",
         "NetworkPolicy/demo-signaling",
@@ -169,8 +168,6 @@ fn selectors_match_pod_labels_and_services_select_their_pods() {
     }
     for (service, workload) in [
         ("demo-signaling", ("Deployment", "demo-signaling")),
-        ("demo-turn-udp", ("Deployment", "demo-turn")),
-        ("demo-turn-tcp", ("Deployment", "demo-turn")),
         ("demo-redis", ("StatefulSet", "demo-redis")),
         ("demo-mongodb", ("StatefulSet", "demo-mongodb")),
     ] {
@@ -379,7 +376,7 @@ fn switching_to_external_prunes_the_managed_database_but_keeps_its_secret() {
 }
 
 #[test]
-fn full_sample_has_ingress_fixed_turn_address_and_autoscaled_replicas() {
+fn full_sample_has_ingress_per_relay_load_balancers_and_autoscaled_replicas() {
     let cluster = sample("full");
     let plan = plan_with(&cluster, &Observed::default(), "a", NOW);
     let ingress = json(find(&plan, "Ingress", "prod-signaling"));
@@ -395,8 +392,8 @@ fn full_sample_has_ingress_fixed_turn_address_and_autoscaled_replicas() {
 
     let turn_config = json(find(&plan, "ConfigMap", "prod-turn-config"));
     assert_eq!(
-        turn_config["data"]["VIDEOCHAT_TURN_RELAY_ADDRESS"],
-        json!("203.0.113.10")
+        turn_config["data"]["VIDEOCHAT_TURN_RELAY_ADDRESS_DIR"],
+        json!("/etc/videochat/turn-addresses")
     );
     assert_eq!(
         turn_config["data"]["VIDEOCHAT_TURN_RELAY_MIN_PORT"],
@@ -409,17 +406,22 @@ fn full_sample_has_ingress_fixed_turn_address_and_autoscaled_replicas() {
     let signaling_config = json(find(&plan, "ConfigMap", "prod-signaling-config"));
     assert_eq!(
         signaling_config["data"]["VIDEOCHAT_TURN_URIS"],
-        json!("turn:203.0.113.10:3478?transport=udp,turn:203.0.113.10:3478?transport=tcp")
+        json!(
+            "turn:turn.chat.example.com:3478?transport=udp,turn:turn.chat.example.com:3478?transport=tcp,turns:turn.chat.example.com:5349?transport=tcp,turns:turn.chat.example.com:443?transport=tcp"
+        )
     );
     assert_eq!(
         signaling_config["data"]["VIDEOCHAT_AUTH_SECRET_FILE"],
         json!("/etc/videochat/auth/secret")
     );
 
-    // 40 relay ports plus the listening port on the UDP Service.
-    let udp = json(find(&plan, "Service", "prod-turn-udp"));
-    assert_eq!(udp["spec"]["ports"].as_array().map(Vec::len), Some(41));
-    assert_eq!(udp["spec"]["externalTrafficPolicy"], json!("Local"));
+    // Each relay pod's own load balancer: 40 relay ports plus the UDP, TCP
+    // and two TLS listening ports.
+    for pod in ["prod-turn-0", "prod-turn-1"] {
+        let service = json(find(&plan, "Service", pod));
+        assert_eq!(service["spec"]["ports"].as_array().map(Vec::len), Some(44));
+        assert_eq!(service["spec"]["externalTrafficPolicy"], json!("Local"));
+    }
 
     // Autoscaling on, nothing observed yet: start at the minimum.
     let signaling: Deployment = typed(find(&plan, "Deployment", "prod-signaling"));
@@ -438,8 +440,22 @@ fn full_sample_has_ingress_fixed_turn_address_and_autoscaled_replicas() {
     assert_eq!(
         uris,
         vec![
-            ("turn:203.0.113.10:3478?transport=udp".into(), "udp".into()),
-            ("turn:203.0.113.10:3478?transport=tcp".into(), "tcp".into()),
+            (
+                "turn:turn.chat.example.com:3478?transport=udp".into(),
+                "udp".into()
+            ),
+            (
+                "turn:turn.chat.example.com:3478?transport=tcp".into(),
+                "tcp".into()
+            ),
+            (
+                "turns:turn.chat.example.com:5349?transport=tcp".into(),
+                "tls".into()
+            ),
+            (
+                "turns:turn.chat.example.com:443?transport=tcp".into(),
+                "tls".into()
+            ),
         ]
     );
     let redis: StatefulSet = typed(find(&plan, "StatefulSet", "prod-redis"));
@@ -504,14 +520,34 @@ fn a_configuration_change_rolls_only_the_affected_component() {
     assert_eq!(revision(&before, "turn"), revision(&after, "turn"));
 }
 
+/// Two nodes with external addresses, each running one of the default
+/// (host-network) relays.
 fn with_addresses(observed: &mut Observed) {
-    for (service, ip) in [
-        ("demo-turn-udp", "198.51.100.7"),
-        ("demo-turn-tcp", "198.51.100.8"),
-    ] {
-        let mut value = json(observed.get("Service", service).expect("service"));
-        value["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip}]}});
-        observed.insert(serde_json::from_value(value).expect("service"));
+    for (node, ip) in [("node-a", "198.51.100.7"), ("node-b", "198.51.100.8")] {
+        observed.insert(
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": node},
+                "status": {"addresses": [{"type": "ExternalIP", "address": ip}]}
+            }))
+            .expect("node"),
+        );
+        observed.insert(
+            serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {
+                    "name": format!("demo-turn-{node}"), "namespace": "videochat",
+                    "labels": {
+                        "app.kubernetes.io/name": "videochat",
+                        "app.kubernetes.io/instance": "demo",
+                        "app.kubernetes.io/component": "turn"
+                    }
+                },
+                "spec": {"nodeName": node, "containers": [{"name": "turn"}]},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+            }))
+            .expect("pod"),
+        );
     }
 }
 
@@ -567,7 +603,7 @@ fn status_comes_from_observed_workloads_and_load_balancers() {
     let first = plan_with(&cluster, &Observed::default(), "a", NOW);
     assert_eq!(first.status.phase.map(|p| p.as_str()), Some("Pending"));
 
-    // Everything rolled out, but the TURN load balancer has no address yet.
+    // Everything rolled out, but no relay node has a known address yet.
     let mut waiting_cluster = cluster.clone();
     let (waiting, _, _) = settle(&mut waiting_cluster, false, 8);
     let ready = condition(&waiting.status, "Ready");
@@ -595,9 +631,9 @@ fn status_comes_from_observed_workloads_and_load_balancers() {
         Some(signaling.revision.as_str())
     );
 
-    // The load balancers get addresses: the relay announces the UDP one
-    // (TURN and signaling configuration change and roll once), the URIs are
-    // published, the cluster runs.
+    // The relays' nodes have addresses: each relay announces its node's (from
+    // the address map, without a roll), the URIs are published, the cluster
+    // runs.
     let mut running_cluster = cluster.clone();
     let (running, _, events) = settle(&mut running_cluster, true, 12);
     let uris: Vec<String> = running
@@ -611,6 +647,8 @@ fn status_comes_from_observed_workloads_and_load_balancers() {
         uris,
         vec![
             "turn:198.51.100.7:3478?transport=udp",
+            "turn:198.51.100.7:3478?transport=tcp",
+            "turn:198.51.100.8:3478?transport=udp",
             "turn:198.51.100.8:3478?transport=tcp"
         ]
     );
@@ -620,13 +658,14 @@ fn status_comes_from_observed_workloads_and_load_balancers() {
         ("True", "AllComponentsReady")
     );
     assert_eq!(running.status.phase.map(|p| p.as_str()), Some("Running"));
-    let turn_config = json(find(&running, "ConfigMap", "demo-turn-config"));
+    let addresses = json(find(&running, "ConfigMap", "demo-turn-addresses"));
     assert_eq!(
-        turn_config["data"]["VIDEOCHAT_TURN_RELAY_ADDRESS"],
-        json!("198.51.100.7")
+        addresses["data"],
+        json!({"node-a": "198.51.100.7", "node-b": "198.51.100.8"})
     );
+    // Learning addresses does not roll the relays.
     let turn = running.status.components.turn.clone().expect("turn status");
-    assert_ne!(
+    assert_eq!(
         turn.revision,
         waiting
             .status
@@ -828,6 +867,8 @@ fn network_policies_let_only_signaling_reach_the_databases() {
 fn endpoints_follow_service_types_and_bracket_ipv6() {
     let mut cluster = sample("minimal");
     cluster.spec.signaling.service.type_ = videochat_operator::resource::ServiceType::LoadBalancer;
+    // One relay behind one fixed address.
+    cluster.spec.turn.replicas = 1;
     cluster.spec.turn.exposure.advertised_address = Some("2001:db8::7".into());
     let pending = plan_with(&cluster, &Observed::default(), "a", NOW);
     assert_eq!(

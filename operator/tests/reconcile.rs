@@ -67,9 +67,10 @@ async fn first_reconcile_creates_everything_and_a_second_changes_nothing() {
     reconcile(&double, &ctx, "demo").await;
 
     let created = children(&double);
+    // Host-network TURN (the default): an address ConfigMap, no TURN Services.
     assert_eq!(
         created.len(),
-        21,
+        20,
         "every child created: {:#?}",
         created
             .iter()
@@ -258,8 +259,10 @@ async fn a_conflict_is_retried() {
 #[tokio::test]
 async fn an_invalid_spec_is_reported_degraded_and_nothing_is_applied() {
     let mut cluster = sample("minimal");
-    cluster.spec.turn.relay_port_range.min = 60000;
-    cluster.spec.turn.relay_port_range.max = 50000;
+    cluster.spec.turn.relay_port_range = Some(videochat_operator::resource::PortRangeSpec {
+        min: 60000,
+        max: 50000,
+    });
     let double = double_with(&cluster);
     let ctx = context(&double);
     reconcile(&double, &ctx, "demo").await;

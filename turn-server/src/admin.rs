@@ -26,11 +26,18 @@ pub fn app(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    if s.shared.is_draining() {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-    } else {
-        (StatusCode::OK, "ready\n")
+async fn readyz(State(s): State<AdminState>) -> Response {
+    use crate::readiness::Readiness;
+    match s.shared.readiness() {
+        Readiness::Ready => (StatusCode::OK, "ready\n").into_response(),
+        Readiness::ReadyDraining => (
+            StatusCode::OK,
+            "ready, draining: live allocations only, new ones refused\n",
+        )
+            .into_response(),
+        Readiness::NotReady(why) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
+        }
     }
 }
 
@@ -136,10 +143,10 @@ mod tests {
             call(&s, "POST", "/drain", Some("Bearer t0ken")).await.0,
             StatusCode::ACCEPTED
         );
-        assert_eq!(
-            call(&s, "GET", "/readyz", None).await.0,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        // Draining is not readiness (docs/turn.md, "Drain").
+        let (status, body) = call(&s, "GET", "/readyz", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("draining"), "{body}");
         assert!(s.shared.is_draining());
     }
 

@@ -9,6 +9,7 @@ use ipnet::IpNet;
 
 use crate::error::TurnError;
 use crate::peer_policy::{PeerPolicy, parse_cidr};
+use crate::readiness::DrainReadiness;
 
 pub const DEFAULT_PORT: u16 = 3478;
 pub const DEFAULT_ADMIN_PORT: u16 = 9641;
@@ -158,6 +159,34 @@ pub struct RelayConfig {
         default_value_t = 64
     )]
     pub max_connections_per_address: u32,
+
+    // Advertised address learned at run time, and readiness while draining
+    // (docs/turn.md, "Address from a file" and "Drain").
+    /// Directory of files named by node or pod, each holding that relay's
+    /// external IP (a mounted ConfigMap); this relay reads the file named
+    /// --relay-address-key and re-reads it when it changes. Not Ready and no
+    /// new allocations until it holds an address.
+    #[arg(
+        long,
+        env = "VIDEOCHAT_TURN_RELAY_ADDRESS_DIR",
+        conflicts_with = "relay_address",
+        requires = "relay_address_key"
+    )]
+    pub relay_address_dir: Option<PathBuf>,
+
+    /// This relay's file name in --relay-address-dir (its node or pod name).
+    #[arg(long, env = "VIDEOCHAT_TURN_RELAY_ADDRESS_KEY")]
+    pub relay_address_key: Option<String>,
+
+    /// How often the --relay-address-dir file is checked for changes.
+    #[arg(long, env = "VIDEOCHAT_TURN_RELAY_ADDRESS_RELOAD_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub relay_address_reload_interval: Duration,
+
+    /// Readiness while draining: `ready` (only new allocations are refused;
+    /// where a Service routes UDP by readiness, NotReady would flush live
+    /// flows) or `not-ready` (for discovery by DNS without kube-proxy).
+    #[arg(long, env = "VIDEOCHAT_TURN_DRAIN_READINESS", value_enum, default_value_t = DrainReadiness::Ready)]
+    pub drain_readiness: DrainReadiness,
 }
 
 impl Default for RelayConfig {
@@ -194,6 +223,10 @@ impl Default for RelayConfig {
             tls_reload_interval: Duration::from_secs(2),
             stream_auth_timeout: Duration::from_secs(5),
             max_connections_per_address: 64,
+            relay_address_dir: None,
+            relay_address_key: None,
+            relay_address_reload_interval: Duration::from_secs(2),
+            drain_readiness: DrainReadiness::Ready,
         }
     }
 }
@@ -269,6 +302,7 @@ impl RelayConfig {
                 "must be an address clients can reach, not 0.0.0.0 or ::",
             ));
         }
+        self.validate_relay_address_source()?;
         if self.max_tcp_connections == 0 && (!self.no_tcp || self.tls_cert_file.is_some()) {
             return Err(TurnError::config(
                 "--max-tcp-connections",
@@ -320,6 +354,52 @@ impl RelayConfig {
             return Err(TurnError::config(
                 "--stream-auth-timeout",
                 "must be at least 100ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl RelayConfig {
+    /// The address file settings come together and name a plain file name.
+    fn validate_relay_address_source(&self) -> Result<(), TurnError> {
+        let Some(dir) = &self.relay_address_dir else {
+            if self.relay_address_key.is_some() {
+                return Err(TurnError::config(
+                    "--relay-address-key",
+                    "needs --relay-address-dir",
+                ));
+            }
+            return Ok(());
+        };
+        if self.relay_address.is_some() {
+            return Err(TurnError::config(
+                "--relay-address-dir",
+                "give either --relay-address or --relay-address-dir, not both",
+            ));
+        }
+        let key = self.relay_address_key.as_deref().unwrap_or("").trim();
+        // A node or pod name: one path component, never `..`.
+        let plain = !key.is_empty()
+            && key.len() <= 253
+            && key != "."
+            && key != ".."
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+        if !plain {
+            return Err(TurnError::config(
+                "--relay-address-key",
+                format!(
+                    "{key:?} must be a node or pod name (letters, digits, '-', '.', '_') to read from {}",
+                    dir.display()
+                ),
+            ));
+        }
+        if self.relay_address_reload_interval < Duration::from_millis(10) {
+            return Err(TurnError::config(
+                "--relay-address-reload-interval",
+                "must be at least 10ms",
             ));
         }
         Ok(())
@@ -381,6 +461,37 @@ mod tests {
         };
         let err = c.validate().expect_err("no secret");
         assert!(err.to_string().starts_with("--secret-file:"), "{err}");
+    }
+
+    #[test]
+    fn relay_address_dir_needs_a_plain_key_and_no_fixed_address() {
+        let base = RelayConfig {
+            relay_address_dir: Some("/etc/addresses".into()),
+            ..RelayConfig::local("s")
+        };
+        let err = base.validate().expect_err("no key");
+        assert!(err.to_string().starts_with("--relay-address-key:"), "{err}");
+        for bad in ["../secret", "a/b", "", ".."] {
+            let c = RelayConfig {
+                relay_address_key: Some(bad.into()),
+                ..base.clone()
+            };
+            let err = c.validate().expect_err(bad);
+            assert!(err.to_string().starts_with("--relay-address-key:"), "{err}");
+        }
+        let both = RelayConfig {
+            relay_address_key: Some("node-a".into()),
+            relay_address: Some("192.0.2.1".parse().expect("ip")),
+            ..base.clone()
+        };
+        let err = both.validate().expect_err("both");
+        assert!(err.to_string().starts_with("--relay-address-dir:"), "{err}");
+        RelayConfig {
+            relay_address_key: Some("ip-10-0-1-7.ec2.internal".into()),
+            ..base
+        }
+        .validate()
+        .expect("valid");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! struct, also buildable in code, e.g. [`RelayConfig::local`]).
 
 pub mod admin;
+mod advertised;
 pub mod config;
 pub mod credentials;
 mod error;
@@ -11,6 +12,7 @@ pub mod framing;
 mod guard;
 pub mod metrics;
 pub mod peer_policy;
+pub mod readiness;
 mod relay;
 mod relay_ports;
 pub mod secrets;

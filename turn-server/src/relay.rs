@@ -13,11 +13,13 @@ use turn::server::Server;
 use turn::server::config::{ConnConfig, ServerConfig};
 
 use crate::admin::{AdminState, app};
+use crate::advertised::{AdvertisedAddress, watch_address_file};
 use crate::config::RelayConfig;
 use crate::error::TurnError;
 use crate::guard::{GuardedConn, Transport, VerifiedKeys};
 use crate::metrics::Metrics;
-use crate::relay_ports::{RelayPorts, udp_socket};
+use crate::readiness::ReadinessInputs;
+use crate::relay_ports::{RelayIp, RelayPorts, udp_socket};
 use crate::secrets::{SecretStore, watch_secret_file};
 use crate::state::Shared;
 use crate::tcp::{StreamLimits, TcpMux};
@@ -31,7 +33,7 @@ pub struct Relay {
     tcp_addr: Option<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
-    relay_ip: IpAddr,
+    relay_ip: RelayIp,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -54,6 +56,10 @@ impl RelayHandle {
     }
     pub fn metrics_text(&self) -> String {
         self.shared.metrics.render()
+    }
+    /// What `/readyz` answers now.
+    pub fn readiness(&self) -> crate::readiness::Readiness {
+        self.shared.readiness()
     }
     /// Waits until no allocation is live or `timeout` passes; true when empty.
     pub async fn wait_drained(&self, timeout: Duration) -> bool {
@@ -98,9 +104,21 @@ impl Relay {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
-        let relay_ip = advertised_ip(&config)?;
         let relay_bind_ip = config.relay_bind_address.unwrap_or(config.listen_address);
-        if relay_bind_ip.is_ipv4() != relay_ip.is_ipv4() {
+        let learned = config.relay_address_dir.as_ref().map(|dir| {
+            Arc::new(AdvertisedAddress::from_dir(
+                dir,
+                config.relay_address_key.as_deref().unwrap_or_default(),
+                relay_bind_ip.is_ipv4(),
+            ))
+        });
+        let relay_ip = match &learned {
+            Some(address) => RelayIp::Learned(Arc::clone(address)),
+            None => RelayIp::Fixed(advertised_ip(&config)?),
+        };
+        if let RelayIp::Fixed(relay_ip) = relay_ip
+            && relay_bind_ip.is_ipv4() != relay_ip.is_ipv4()
+        {
             return Err(TurnError::config(
                 "--relay-address",
                 format!(
@@ -116,6 +134,10 @@ impl Relay {
             config.max_allocations_per_user,
             config.max_allocations,
         ));
+        shared.set_readiness_inputs(ReadinessInputs {
+            advertised: learned.clone(),
+            drain_readiness: config.drain_readiness,
+        });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::new();
 
@@ -193,7 +215,7 @@ impl Relay {
 
         let ports = |metrics: &Arc<Metrics>| RelayPorts {
             bind_ip: relay_bind_ip,
-            advertised_ip: relay_ip,
+            advertised_ip: relay_ip.clone(),
             min_port: config.relay_min_port,
             max_port: config.relay_max_port,
             buffer_bytes: config.socket_buffer_bytes,
@@ -278,6 +300,12 @@ impl Relay {
             config.secret_reload_interval,
         )));
         tasks.push(tokio::spawn(housekeeping(Arc::clone(&shared))));
+        if let Some(address) = &learned {
+            tasks.push(tokio::spawn(watch_address_file(
+                Arc::clone(address),
+                config.relay_address_reload_interval,
+            )));
+        }
 
         let mut admin_addr = None;
         if let Some(listener) = admin_listener {
@@ -304,7 +332,8 @@ impl Relay {
             tcp = ?tcp_addr,
             tls = ?tls_addrs,
             admin = ?admin_addr,
-            relay_address = %relay_ip,
+            relay_address = ?relay_ip.current(),
+            relay_address_file = ?learned.as_ref().map(|a| a.file().display().to_string()),
             relay_ports = %format!("{}-{}", config.relay_min_port, config.relay_max_port),
             realm = %config.realm,
             secrets = secrets.current().len(),
@@ -337,16 +366,23 @@ impl Relay {
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
     }
-    /// The relay address given to clients in allocations.
+    /// The relay address given to clients in allocations (unspecified while
+    /// an address file holds none yet).
     pub fn relay_ip(&self) -> IpAddr {
-        self.relay_ip
+        self.relay_address()
+            .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    }
+    /// The relay address given to clients now, if known.
+    pub fn relay_address(&self) -> Option<IpAddr> {
+        self.relay_ip.current()
     }
     pub fn handle(&self) -> RelayHandle {
         RelayHandle {
             shared: Arc::clone(&self.shared),
         }
     }
-    /// Readiness off and new allocations refused (508); live ones keep relaying.
+    /// New allocations refused (508); live ones keep relaying. Readiness
+    /// stays on unless `--drain-readiness not-ready`.
     pub fn begin_drain(&self) {
         self.shared.begin_drain();
     }
@@ -361,6 +397,10 @@ impl Relay {
     }
     pub async fn wait_drained(&self, timeout: Duration) -> bool {
         self.handle().wait_drained(timeout).await
+    }
+    /// What `/readyz` answers now.
+    pub fn readiness(&self) -> crate::readiness::Readiness {
+        self.shared.readiness()
     }
 
     /// Stops everything: allocations end, listeners close.

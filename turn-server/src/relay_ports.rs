@@ -17,11 +17,28 @@ const MAX_TRIES: u32 = 128;
 
 pub(crate) struct RelayPorts {
     pub bind_ip: IpAddr,
-    pub advertised_ip: IpAddr,
+    pub advertised_ip: RelayIp,
     pub min_port: u16,
     pub max_port: u16,
     pub buffer_bytes: usize,
     pub metrics: Arc<Metrics>,
+}
+
+/// The address put in relayed transport addresses.
+#[derive(Clone)]
+pub(crate) enum RelayIp {
+    Fixed(IpAddr),
+    /// Learned from a file; unknown means new allocations are refused (508).
+    Learned(Arc<crate::advertised::AdvertisedAddress>),
+}
+
+impl RelayIp {
+    pub fn current(&self) -> Option<IpAddr> {
+        match self {
+            RelayIp::Fixed(ip) => Some(*ip),
+            RelayIp::Learned(address) => address.get(),
+        }
+    }
 }
 
 /// Binds a UDP socket with SO_REUSEPORT optional and the given buffer sizes.
@@ -63,6 +80,9 @@ impl RelayAddressGenerator for RelayPorts {
                 "requested address family is not served".into(),
             ));
         }
+        let Some(advertised_ip) = self.advertised_ip.current() else {
+            return Err(turn::Error::Other("no relay address yet".into()));
+        };
         let span = u32::from(self.max_port - self.min_port) + 1;
         let candidates: Vec<u16> = if requested_port != 0 {
             vec![requested_port]
@@ -81,7 +101,7 @@ impl RelayAddressGenerator for RelayPorts {
                 sock,
                 metrics: Arc::clone(&self.metrics),
             };
-            return Ok((Arc::new(conn), SocketAddr::new(self.advertised_ip, port)));
+            return Ok((Arc::new(conn), SocketAddr::new(advertised_ip, port)));
         }
         Err(turn::Error::ErrMaxRetriesExceeded)
     }

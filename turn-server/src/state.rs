@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     pub max_per_user: u32,
     pub max_total: u32,
     draining: AtomicBool,
+    /// Set once at start (crate::readiness).
+    pub(crate) readiness: std::sync::OnceLock<crate::readiness::ReadinessInputs>,
     quotas: Mutex<Quotas>,
     auth_keys: Mutex<HashMap<(SocketAddr, String), Vec<u8>>>,
     /// (client, transaction id) -> the success response sent, so that a
@@ -94,6 +96,7 @@ impl Shared {
             max_per_user,
             max_total,
             draining: AtomicBool::new(false),
+            readiness: std::sync::OnceLock::new(),
             quotas: Mutex::new(Quotas::default()),
             auth_keys: Mutex::new(HashMap::new()),
             allocate_responses: Mutex::new(HashMap::new()),
@@ -111,7 +114,7 @@ impl Shared {
             self.metrics.draining.set(1);
             tracing::info!(
                 active_allocations = self.metrics.allocations_active.get(),
-                "draining: readiness off, new allocations refused"
+                "draining: new allocations refused, live ones keep relaying"
             );
         }
     }

@@ -72,22 +72,18 @@ pub(crate) fn desired(ctx: &Ctx<'_>) -> Result<Vec<DynamicObject>> {
         ))?);
     }
     // Clients and peers come from anywhere; the admin port serves metrics scrapers.
+    // (Host-network relays are outside NetworkPolicy's reach; the policy
+    // still documents the ports.)
     let turn = &spec.turn;
-    objects.push(to_dynamic(&policy(
-        ctx,
-        Component::Turn,
-        None,
-        vec![
-            port("UDP", turn.udp_port, None),
-            port("TCP", turn.tcp_port, None),
-            port(
-                "UDP",
-                turn.relay_port_range.min,
-                Some(turn.relay_port_range.max),
-            ),
-            port("TCP", super::turn::ADMIN_PORT, None),
-        ],
-    ))?);
+    let relay_ports = turn.relay_ports();
+    let mut turn_ports = vec![
+        port("UDP", turn.udp_port, None),
+        port("TCP", turn.tcp_port, None),
+    ];
+    turn_ports.extend(turn.tls_ports().into_iter().map(|p| port("TCP", p, None)));
+    turn_ports.push(port("UDP", relay_ports.min, Some(relay_ports.max)));
+    turn_ports.push(port("TCP", super::turn::ADMIN_PORT, None));
+    objects.push(to_dynamic(&policy(ctx, Component::Turn, None, turn_ports))?);
     objects.push(to_dynamic(&policy(
         ctx,
         Component::Signaling,

@@ -4,8 +4,8 @@
 use super::Ctx;
 use crate::labels::{self, Component};
 use crate::resource::{
-    ComponentStatus, ComponentsStatus, Condition, Endpoints, Phase, ServiceType, TurnUri,
-    VideoChatCluster, VideoChatClusterStatus,
+    ComponentStatus, ComponentsStatus, Condition, Endpoints, Phase, ServiceType, VideoChatCluster,
+    VideoChatClusterStatus,
 };
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
@@ -54,46 +54,7 @@ pub(crate) fn endpoints(ctx: &Ctx<'_>) -> Endpoints {
         }
     };
 
-    let turn = &spec.turn;
-    let exposure = &turn.exposure;
-    let (udp_host, tcp_host) = if let Some(address) = &exposure.advertised_address {
-        (Some(address.clone()), Some(address.clone()))
-    } else {
-        match exposure.service_type {
-            ServiceType::LoadBalancer if !exposure.host_network => (
-                load_balancer_address(ctx, &labels::turn_udp_service_name(&ctx.name)),
-                load_balancer_address(ctx, &labels::turn_tcp_service_name(&ctx.name)),
-            ),
-            ServiceType::ClusterIP if !exposure.host_network => (
-                Some(ctx.service_host(&labels::turn_udp_service_name(&ctx.name))),
-                Some(ctx.service_host(&labels::turn_tcp_service_name(&ctx.name))),
-            ),
-            // NodePort or host networking: every node is an entry point and
-            // none is "the" address; advertisedAddress names one.
-            _ => (None, None),
-        }
-    };
-    let mut turn_uris = Vec::new();
-    if let Some(host) = udp_host {
-        turn_uris.push(TurnUri {
-            uri: format!(
-                "turn:{}:{}?transport=udp",
-                host_for_uri(&host),
-                turn.udp_port
-            ),
-            transport: "udp".into(),
-        });
-    }
-    if let Some(host) = tcp_host {
-        turn_uris.push(TurnUri {
-            uri: format!(
-                "turn:{}:{}?transport=tcp",
-                host_for_uri(&host),
-                turn.tcp_port
-            ),
-            transport: "tcp".into(),
-        });
-    }
+    let turn_uris = super::turn::uris(ctx);
     Endpoints {
         signaling_url,
         turn_uris,
@@ -117,8 +78,11 @@ fn observe(
 ) -> Observation {
     let name = component.workload_name(&ctx.name);
     let rollout = &ctx.cluster.spec.rollout;
+    // TURN runs as a StatefulSet when each relay pod has its own Service.
+    let turn_in_stateful_set = component == Component::Turn
+        && ctx.cluster.spec.turn.exposure.mode.workload_kind() == "StatefulSet";
     let (exists, ready, updated, rolled_out, failure) = match component {
-        Component::Signaling | Component::Turn => {
+        Component::Signaling | Component::Turn if !turn_in_stateful_set => {
             match ctx.observed.typed::<Deployment>("Deployment", &name) {
                 None => (false, 0, 0, false, None),
                 Some(d) => {
@@ -164,7 +128,7 @@ fn observe(
                 }
             }
         }
-        Component::Redis | Component::MongoDb => {
+        Component::Signaling | Component::Turn | Component::Redis | Component::MongoDb => {
             match ctx.observed.typed::<StatefulSet>("StatefulSet", &name) {
                 None => (false, 0, 0, false, None),
                 Some(s) => {
@@ -246,9 +210,7 @@ pub(crate) fn compute(
             Component::Signaling => {
                 super::workload::replicas(ctx, component, cluster.spec.signaling.replicas)
             }
-            Component::Turn => {
-                super::workload::replicas(ctx, component, cluster.spec.turn.replicas)
-            }
+            Component::Turn => super::turn::replicas(ctx),
             Component::Redis | Component::MongoDb => 1,
         };
         let slot = match component {
@@ -319,7 +281,7 @@ pub(crate) fn compute(
             READY,
             false,
             "WaitingForEndpoints",
-            "pods are ready; waiting for a load-balancer address (or set turn.exposure.advertisedAddress)".into(),
+            "pods are ready; waiting for the relays' addresses (a load-balancer IP, or a node address of the type turn.exposure.nodeAddressType; or set turn.exposure.host)".into(),
         )
     } else {
         condition(

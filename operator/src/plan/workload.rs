@@ -74,7 +74,24 @@ pub(crate) fn placed(
     if !placement.node_selector.is_empty() {
         pod.node_selector = Some(placement.node_selector.clone());
     }
-    pod.affinity.clone_from(&placement.affinity);
+    if let Some(user) = &placement.affinity {
+        let own = pod.affinity.take();
+        let mut merged = user.clone();
+        // A rule the workload needs itself (one host-network relay per
+        // node) stays beside the user's.
+        if let Some(own_terms) = own
+            .and_then(|a| a.pod_anti_affinity)
+            .and_then(|a| a.required_during_scheduling_ignored_during_execution)
+        {
+            merged
+                .pod_anti_affinity
+                .get_or_insert_with(Default::default)
+                .required_during_scheduling_ignored_during_execution
+                .get_or_insert_with(Vec::new)
+                .extend(own_terms);
+        }
+        pod.affinity = Some(merged);
+    }
     if !placement.tolerations.is_empty() {
         pod.tolerations = Some(placement.tolerations.clone());
     }

@@ -22,7 +22,10 @@ pub use signaling::{
 pub use status::{
     ComponentStatus, ComponentsStatus, Condition, Endpoints, Phase, TurnUri, VideoChatClusterStatus,
 };
-pub use turn::{PortRangeSpec, SecretRotationSpec, TurnExposureSpec, TurnQuotasSpec, TurnSpec};
+pub use turn::{
+    MAX_LOAD_BALANCER_LISTENERS, NodeAddressType, PortRangeSpec, SecretRotationSpec,
+    TurnExposureMode, TurnExposureSpec, TurnQuotasSpec, TurnSpec, TurnTlsSpec,
+};
 
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -50,6 +53,9 @@ pub const IMAGE_REGISTRY: &str = "ghcr.io/videochat-dev";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.turn) || !has(self.turn.exposure) || !has(self.turn.exposure.advertisedAddress) || !has(self.autoscaling) || !self.autoscaling.enabled || self.autoscaling.turn.maxReplicas == 1").message("turn.exposure.advertisedAddress is one address for a single relay: with autoscaling on, autoscaling.turn.maxReplicas must be 1 (use turn.exposure.addressOverrides for one address per node or pod)")
+)]
 pub struct VideoChatClusterSpec {
     /// The WebSocket signaling service.
     #[serde(default)]
