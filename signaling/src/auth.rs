@@ -17,6 +17,9 @@ pub struct Claims {
     pub room: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Who the token was issued to; names the caller's TURN user when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
     pub exp: u64,
 }
 
@@ -144,6 +147,7 @@ mod tests {
             &Claims {
                 room: Some("*".into()),
                 name: None,
+                sub: None,
                 exp: 10,
             },
         );
