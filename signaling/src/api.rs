@@ -26,7 +26,7 @@ use crate::protocol::{MAX_NAME_LEN, check_chat_body, check_name};
 use crate::sessions::constant_time_eq;
 use crate::state::{AppState, ConnectionRefused};
 use crate::store::{NewChat, RoomRecord};
-use crate::time::{now_rfc3339, unix_now};
+use crate::time::now_rfc3339;
 use crate::turn_identity;
 use crate::web;
 
@@ -178,7 +178,7 @@ fn require_token(state: &AppState, headers: &HeaderMap) -> Result<Option<Claims>
         return Ok(None);
     };
     let token = bearer(headers).unwrap_or_default();
-    auth::verify(secret, token, unix_now())
+    auth::verify(secret, token)
         .map(Some)
         .map_err(|e| ApiError::unauthorized(e.to_string()))
 }

@@ -426,7 +426,7 @@ async fn handshake(
             None => None,
             Some(secret) => {
                 let token = token.or(query_token.clone()).unwrap_or_default();
-                match auth::verify(secret, &token, unix_now()) {
+                match auth::verify(secret, &token) {
                     Ok(c) => Some(c),
                     Err(err) => {
                         tracing::info!(%ip, error = %err, "refused token");
