@@ -1391,3 +1391,54 @@ async fn a_silent_client_is_dropped_after_three_heartbeats() {
     drop(b);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn turn_credentials_follow_a_rewritten_secret_file() {
+    let dir = temp_dir("turn-reload");
+    let secret_file = dir.join("turn-secret");
+    std::fs::write(&secret_file, "first\n").unwrap();
+    let server = start(videochat_signaling::Config {
+        turn_uris: vec!["turn:turn.example.com:3478?transport=udp".into()],
+        turn_secret_file: Some(secret_file.clone()),
+        ..test_config()
+    })
+    .await;
+    let now = || videochat_signaling::time::unix_now();
+    let verifies_with = |ice: &Value, secret: &[u8]| {
+        let ice = &ice["ice_servers"][0];
+        videochat_turn::credentials::verify(
+            &[secret],
+            ice["username"].as_str().unwrap(),
+            ice["credential"].as_str().unwrap(),
+            now(),
+        )
+        .is_ok()
+    };
+    let mut c = Client::raw(&ws_url(&server)).await;
+    let w = c.hello(json!({"type":"hello"})).await;
+    assert!(verifies_with(&w, b"first"));
+    // Rotation: the new secret is appended (newest last); credentials move to it.
+    std::fs::write(&secret_file, "first\nsecond\n").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, body) = http(&server, "GET", "/api/ice-servers", &[], None).await;
+        assert_eq!(status, 200);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if verifies_with(&v, b"second") {
+            assert!(!verifies_with(&v, b"first"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rewritten secret file was never re-read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A file emptied by mistake keeps the last good secret.
+    std::fs::write(&secret_file, "\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut d = Client::raw(&ws_url(&server)).await;
+    let w = d.hello(json!({"type":"hello"})).await;
+    assert!(verifies_with(&w, b"second"), "{w}");
+    server.shutdown().await;
+}
