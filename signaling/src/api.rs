@@ -21,11 +21,13 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth::{self, Claims};
 use crate::connection::{self, random_id};
 use crate::error::SignalingError;
-use crate::protocol::{MAX_NAME_LEN, check_name};
+use crate::history::history_page;
+use crate::protocol::{MAX_NAME_LEN, check_chat_body, check_name};
 use crate::sessions::constant_time_eq;
-use crate::state::AppState;
+use crate::state::{AppState, ConnectionRefused};
 use crate::store::{NewChat, RoomRecord};
-use crate::time::{now_rfc3339, unix_now};
+use crate::time::now_rfc3339;
+use crate::turn_identity;
 use crate::web;
 
 /// A REST error: `{"error":{"code","message"}}` with its status.
@@ -93,15 +95,40 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body whose rejections are our JSON errors (400, 413).
+/// A JSON body whose rejections are our JSON errors (400, 408, 413, 415).
+/// Only `application/json` is read: a cross-site form or `text/plain` post
+/// (which a browser sends without asking) is refused before any effect.
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state)
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "bad_request",
+                "the body must be JSON with Content-Type: application/json",
+            ));
+        }
+        let read = Bytes::from_request(req, state);
+        let bytes = tokio::time::timeout(state.config.body_timeout, read)
             .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "timeout",
+                    "the request body did not arrive in time",
+                )
+            })?
             .map_err(|e: BytesRejection| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
@@ -145,15 +172,33 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// With `--auth-secret-file`, REST writes need a room token.
+/// With `--auth-secret-file`, REST calls need a room token (as a bearer token).
 fn require_token(state: &AppState, headers: &HeaderMap) -> Result<Option<Claims>, ApiError> {
     let Some(secret) = &state.auth_secret else {
         return Ok(None);
     };
     let token = bearer(headers).unwrap_or_default();
-    auth::verify(secret, token, unix_now())
+    auth::verify(secret, token)
         .map(Some)
         .map_err(|e| ApiError::unauthorized(e.to_string()))
+}
+
+/// With `--auth-secret-file`, a call that reads or writes `room` needs a
+/// token that admits to it.
+fn require_room_token(
+    state: &AppState,
+    headers: &HeaderMap,
+    room: &str,
+) -> Result<Option<Claims>, ApiError> {
+    let claims = require_token(state, headers)?;
+    if let Some(c) = &claims
+        && !c.allows_room(room)
+    {
+        return Err(ApiError::unauthorized(
+            "the token does not admit to this room",
+        ));
+    }
+    Ok(claims)
 }
 
 fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -170,25 +215,34 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
     }
 }
 
-/// Same-origin, allow-listed, or no Origin at all (not a browser).
-fn origin_allowed(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true;
-    };
-    let allowed = &state.config.allowed_origins;
-    if allowed
-        .iter()
-        .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
-    {
-        return true;
+fn origin_of(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::ORIGIN)
+        .map(|o| o.to_str().unwrap_or("\u{0}invalid"))
+}
+
+/// Every state-changing call (anything but GET, HEAD and OPTIONS) passes the
+/// Origin allow-list, as WebSocket upgrades do: a page on another site cannot
+/// post into a room even where CORS would only hide the answer.
+async fn check_origin_of_writes(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !safe && !state.origins.allows(origin_of(req.headers())) {
+        let origin = origin_of(req.headers()).unwrap_or("");
+        state.metrics.refused("origin");
+        tracing::info!(%ip, origin, path = req.uri().path(), "write refused: origin not allowed");
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "origin not allowed")
+            .into_response();
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin.split_once("://").map(|(_, h)| h);
-    matches!((host, origin_host), (Some(h), Some(o)) if h.eq_ignore_ascii_case(o))
+    next.run(req).await
 }
 
 pub fn app(state: AppState) -> Router {
-    let cors = cors_layer(&state.config.allowed_origins);
+    let cors = cors_layer(&state);
     let body_limit = axum::extract::DefaultBodyLimit::max(state.config.max_body_bytes);
     let api = Router::new()
         .route("/api/rooms", post(create_room))
@@ -210,14 +264,21 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(get(web::serve))
         .layer(body_limit)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            check_origin_of_writes,
+        ))
         .with_state(state)
 }
 
-fn cors_layer(allowed: &[String]) -> CorsLayer {
-    let origin = if allowed.iter().any(|a| a == "*") {
+fn cors_layer(state: &AppState) -> CorsLayer {
+    let origin = if state.config.allowed_origins.iter().any(|a| a == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(allowed.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        let policy = state.origins.clone();
+        AllowOrigin::predicate(move |origin: &HeaderValue, _| {
+            origin.to_str().is_ok_and(|o| policy.allows(Some(o)))
+        })
     };
     CorsLayer::new()
         .allow_origin(origin)
@@ -238,11 +299,12 @@ async fn ws_upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !origin_allowed(&state, &headers) {
+    if !state.origins.allows(origin_of(&headers)) {
         let origin = headers
             .get(header::ORIGIN)
             .and_then(|o| o.to_str().ok())
             .unwrap_or("");
+        state.metrics.refused("origin");
         tracing::info!(%ip, origin, "websocket refused: origin not allowed");
         return ApiError::new(StatusCode::FORBIDDEN, "forbidden", "origin not allowed")
             .into_response();
@@ -255,14 +317,31 @@ async fn ws_upgrade(
         )
         .into_response();
     }
-    let Some(guard) = state.try_open_connection() else {
-        tracing::warn!(%ip, "websocket refused: connection limit");
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "connection limit reached",
-        )
-        .into_response();
+    let guard = match state.try_open_connection(ip) {
+        Ok(guard) => guard,
+        Err(ConnectionRefused::InstanceFull) => {
+            state.metrics.refused("connections");
+            tracing::warn!(%ip, "websocket refused: connection limit");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "connection limit reached",
+            )
+            .into_response();
+        }
+        Err(ConnectionRefused::AddressFull) => {
+            state.metrics.refused("connections_per_ip");
+            tracing::info!(%ip, limit = state.config.max_connections_per_ip, "websocket refused: connections per address");
+            return ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "this address holds {} connections, the limit per address",
+                    state.config.max_connections_per_ip
+                ),
+            )
+            .into_response();
+        }
     };
     // tungstenite's own cap sits above ours so that we can answer `too_large` ourselves.
     let cap = state
@@ -327,9 +406,11 @@ async fn create_room(
 
 async fn get_room(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     check_name("id", &id).map_err(ApiError::bad_request)?;
+    require_room_token(&state, &headers, &id)?;
     let Some(room) = state.store.get_room(&id).await? else {
         return Err(ApiError::not_found(format!("no room `{id}`")));
     };
@@ -361,21 +442,10 @@ async fn post_message(
     JsonBody(msg): JsonBody<PostMessage>,
 ) -> Result<Response, ApiError> {
     rate_limit(&state, ip)?;
-    let claims = require_token(&state, &headers)?;
     check_name("room", &msg.room).map_err(ApiError::bad_request)?;
-    if let Some(c) = &claims
-        && !c.allows_room(&msg.room)
-    {
-        return Err(ApiError::unauthorized(
-            "the token does not admit to this room",
-        ));
-    }
-    if msg.body.len() > state.config.max_chat_bytes {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("body is over {} bytes", state.config.max_chat_bytes),
-        ));
+    let claims = require_room_token(&state, &headers, &msg.room)?;
+    if let Err(e) = check_chat_body(&msg.body, state.config.max_chat_bytes) {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e));
     }
     if let Some(id) = &msg.id {
         check_name("id", id).map_err(ApiError::bad_request)?;
@@ -432,13 +502,15 @@ struct ListMessages {
 
 async fn list_messages(
     State(state): State<AppState>,
+    headers: HeaderMap,
     query: Result<Query<ListMessages>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     check_name("room", &q.room).map_err(ApiError::bad_request)?;
+    require_room_token(&state, &headers, &q.room)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let messages = state.store.history(&q.room, q.after, limit).await?;
-    Ok(Json(json!({ "messages": messages })).into_response())
+    let page = history_page(&state, &q.room, q.after, limit).await?;
+    Ok(Json(json!({ "messages": page.messages })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -448,11 +520,19 @@ struct IceQuery {
 
 async fn ice_servers(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    headers: HeaderMap,
     query: Result<Query<IceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let claims = require_token(&state, &headers)?;
     let ttl = q.ttl.unwrap_or(3600).clamp(60, 86_400);
-    let user = random_id("api-", 6);
+    // The same caller gets the same TURN user, so the relay's per-user quota
+    // bounds what one caller can allocate however often it asks.
+    let user = match (&claims, bearer(&headers)) {
+        (Some(c), Some(token)) => turn_identity::of_token(c, token),
+        _ => turn_identity::of_address(ip),
+    };
     let list = state.ice.ice_servers(Some(&user), Duration::from_secs(ttl));
     Ok(Json(json!({ "ice_servers": list, "ttl": ttl })).into_response())
 }

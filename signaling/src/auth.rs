@@ -1,14 +1,14 @@
-//! Optional HS256 JWT room tokens: claims `room` (a room id or `*`), `name`
-//! and `exp` (unix seconds, required).
+//! Optional HS256 JWT room tokens, checked by `jsonwebtoken`: claims `room`
+//! (a room id or `*`), `name`, `sub`, `exp` (unix seconds, required) and
+//! `nbf` (optional).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
 use crate::error::SignalingError;
-use crate::sessions::constant_time_eq;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -17,6 +17,9 @@ pub struct Claims {
     pub room: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Who the token was issued to; names the caller's TURN user when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
     pub exp: u64,
 }
 
@@ -34,63 +37,56 @@ struct Header {
     alg: String,
 }
 
-fn mac(secret: &[u8], signing_input: &str) -> Vec<u8> {
-    // HMAC takes keys of any length.
-    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(secret) {
-        Ok(m) => m,
-        Err(_) => return Vec::new(),
-    };
-    mac.update(signing_input.as_bytes());
-    mac.finalize().into_bytes().to_vec()
+/// The header's `alg`, read before validation so that `none` or RS256 is
+/// reported as the wrong algorithm rather than as a malformed token.
+fn algorithm_of(token: &str) -> Option<String> {
+    let header = token.split('.').next()?;
+    let bytes = URL_SAFE_NO_PAD.decode(header).ok()?;
+    serde_json::from_slice::<Header>(&bytes).ok().map(|h| h.alg)
 }
 
-/// Checks signature and expiry; returns the claims.
-pub fn verify(secret: &[u8], token: &str, now_unix: u64) -> Result<Claims, SignalingError> {
+/// Checks the signature (HS256 only: the algorithm is pinned, whatever the
+/// header says), `exp` (required) and `nbf` (when present) with
+/// `jsonwebtoken`; returns the claims.
+pub fn verify(secret: &[u8], token: &str) -> Result<Claims, SignalingError> {
     if token.is_empty() {
         return Err(SignalingError::TokenMissing);
     }
     if token.len() > MAX_TOKEN_LEN {
         return Err(SignalingError::TokenMalformed);
     }
-    let mut parts = token.split('.');
-    let (Some(h), Some(c), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(SignalingError::TokenMalformed);
-    };
-    let header: Header = URL_SAFE_NO_PAD
-        .decode(h)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(SignalingError::TokenMalformed)?;
-    if header.alg != "HS256" {
+    if algorithm_of(token).is_some_and(|alg| alg != "HS256") {
         return Err(SignalingError::TokenAlgorithm);
     }
-    let signature = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| SignalingError::TokenMalformed)?;
-    let expected = mac(secret, &token[..h.len() + 1 + c.len()]);
-    if !constant_time_eq(&signature, &expected) {
-        return Err(SignalingError::TokenSignature);
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_required_spec_claims(&["exp"]);
+    validation.validate_nbf = true;
+    // Tokens are minted by the application's backend for this service; a
+    // clock skew allowance would only lengthen every token's life.
+    validation.leeway = 0;
+    let key = DecodingKey::from_secret(secret);
+    match jsonwebtoken::decode::<Claims>(token, &key, &validation) {
+        Ok(data) => Ok(data.claims),
+        Err(e) => Err(match e.kind() {
+            ErrorKind::InvalidSignature => SignalingError::TokenSignature,
+            ErrorKind::ExpiredSignature => SignalingError::TokenExpired,
+            ErrorKind::ImmatureSignature => SignalingError::TokenNotYetValid,
+            ErrorKind::InvalidAlgorithm
+            | ErrorKind::InvalidAlgorithmName
+            | ErrorKind::MissingAlgorithm => SignalingError::TokenAlgorithm,
+            _ => SignalingError::TokenMalformed,
+        }),
     }
-    let claims: Claims = URL_SAFE_NO_PAD
-        .decode(c)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(SignalingError::TokenMalformed)?;
-    if claims.exp <= now_unix {
-        return Err(SignalingError::TokenExpired);
-    }
-    Ok(claims)
 }
 
 /// Makes a token (for tools and tests; production tokens come from the app's backend).
 pub fn sign(secret: &[u8], claims: &Claims) -> String {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap_or_default());
-    let input = format!("{header}.{body}");
-    let sig = URL_SAFE_NO_PAD.encode(mac(secret, &input));
-    format!("{input}.{sig}")
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -102,32 +98,50 @@ mod tests {
         // Made with Python hmac/hashlib/base64 (secret "s3cret"),
         // claims {"room":"r1","name":"Ann","exp":4102444800}
         let token = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJyb29tIjoicjEiLCJuYW1lIjoiQW5uIiwiZXhwIjo0MTAyNDQ0ODAwfQ.3ce2RHBrmvt9m-JDpXPsI2jU-PWJYr6gYQ7OgB3el4M";
-        let claims = verify(b"s3cret", token, 1_700_000_000).unwrap();
+        let claims = verify(b"s3cret", token).unwrap();
         assert_eq!(claims.room.as_deref(), Some("r1"));
         assert_eq!(claims.name.as_deref(), Some("Ann"));
         assert!(claims.allows_room("r1") && !claims.allows_room("r2"));
         assert!(matches!(
-            verify(b"other", token, 0),
+            verify(b"other", token),
             Err(SignalingError::TokenSignature)
         ));
+        let now = crate::time::unix_now();
+        let claims = |exp: u64| Claims {
+            room: Some("r1".into()),
+            name: None,
+            sub: None,
+            exp,
+        };
         assert!(matches!(
-            verify(b"s3cret", token, 4_102_444_800),
+            verify(b"s3cret", &sign(b"s3cret", &claims(now - 1))),
             Err(SignalingError::TokenExpired)
+        ));
+        // Not valid before `nbf`.
+        let early = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"room": "r1", "exp": now + 600, "nbf": now + 300}),
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        assert!(matches!(
+            verify(b"s3cret", &early),
+            Err(SignalingError::TokenNotYetValid)
         ));
     }
 
     #[test]
     fn refuses_malformed_and_other_algorithms() {
         assert!(matches!(
-            verify(b"k", "", 0),
+            verify(b"k", ""),
             Err(SignalingError::TokenMissing)
         ));
         assert!(matches!(
-            verify(b"k", "a.b", 0),
+            verify(b"k", "a.b"),
             Err(SignalingError::TokenMalformed)
         ));
         assert!(matches!(
-            verify(b"k", "a.b.c.d", 0),
+            verify(b"k", "a.b.c.d"),
             Err(SignalingError::TokenMalformed)
         ));
         let none = format!(
@@ -136,7 +150,7 @@ mod tests {
             URL_SAFE_NO_PAD.encode(br#"{"exp":99999999999}"#)
         );
         assert!(matches!(
-            verify(b"k", &none, 0),
+            verify(b"k", &none),
             Err(SignalingError::TokenAlgorithm)
         ));
         let t = sign(
@@ -144,9 +158,29 @@ mod tests {
             &Claims {
                 room: Some("*".into()),
                 name: None,
-                exp: 10,
+                sub: None,
+                exp: crate::time::unix_now() + 10,
             },
         );
-        assert!(verify(b"k", &t, 5).unwrap().allows_room("any"));
+        assert!(verify(b"k", &t).unwrap().allows_room("any"));
+        // A token without `exp` is refused.
+        let no_exp = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"room": "*"}),
+            &EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        assert!(verify(b"k", &no_exp).is_err());
+        // HS384 under the same secret is refused: the algorithm is pinned.
+        let hs384 = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS384),
+            &serde_json::json!({"room": "*", "exp": crate::time::unix_now() + 10}),
+            &EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        assert!(matches!(
+            verify(b"k", &hs384),
+            Err(SignalingError::TokenAlgorithm)
+        ));
     }
 }

@@ -43,6 +43,28 @@ pub enum Delivery {
     Close { code: u16, reason: &'static str },
 }
 
+/// What a queued delivery costs besides its frames (the queue slot, the
+/// `Arc`s), so that a flood of tiny frames is bounded too.
+const DELIVERY_OVERHEAD: usize = 64;
+
+impl Delivery {
+    /// Bytes this delivery holds while queued.
+    pub fn queued_bytes(&self) -> usize {
+        DELIVERY_OVERHEAD
+            + match self {
+                Self::Chat { frame, .. } | Self::Frame { frame, .. } => frame.len(),
+                Self::Joined(j) => {
+                    j.frame.len()
+                        + j.replay
+                            .iter()
+                            .map(|(_, f)| f.len() + DELIVERY_OVERHEAD)
+                            .sum::<usize>()
+                }
+                Self::Joining { .. } | Self::Left { .. } | Self::Close { .. } => 0,
+            }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct JoinedRoom {
     pub room: Arc<str>,
@@ -51,7 +73,7 @@ pub struct JoinedRoom {
     pub cursor: u64,
 }
 
-/// A connection's outgoing queue: bounded, and without storage while empty
+/// A connection's outgoing queue: bounded in bytes, and without storage while empty
 /// (a tokio mpsc channel keeps a 32-slot block per connection, which is most
 /// of an idle connection's memory). One consumer: the connection's writer.
 #[derive(Clone)]
@@ -60,7 +82,8 @@ pub struct Outbox {
 }
 
 struct OutboxInner {
-    queue: Mutex<VecDeque<Delivery>>,
+    queue: Mutex<Queue>,
+    /// Most bytes queued at once ([`Delivery::queued_bytes`]).
     capacity: usize,
     /// Wakes the writer.
     filled: Notify,
@@ -69,15 +92,22 @@ struct OutboxInner {
     closed: AtomicBool,
 }
 
+#[derive(Default)]
+struct Queue {
+    deliveries: VecDeque<Delivery>,
+    bytes: usize,
+}
+
 /// The writer's end of an [`Outbox`]; dropping it closes the outbox.
 pub struct OutboxReceiver {
     inner: Arc<OutboxInner>,
 }
 
-/// A bounded outbox holding at most `capacity` deliveries.
+/// A bounded outbox holding at most `capacity` bytes of deliveries (one
+/// delivery always fits into an empty outbox).
 pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
     let inner = Arc::new(OutboxInner {
-        queue: Mutex::new(VecDeque::new()),
+        queue: Mutex::new(Queue::default()),
         capacity,
         filled: Notify::new(),
         drained: Notify::new(),
@@ -92,12 +122,19 @@ pub fn outbox(capacity: usize) -> (Outbox, OutboxReceiver) {
 }
 
 impl OutboxInner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Delivery>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn pop(&self) -> Option<Delivery> {
-        let d = self.lock().pop_front();
+        let d = {
+            let mut q = self.lock();
+            let d = q.deliveries.pop_front();
+            if let Some(d) = &d {
+                q.bytes = q.bytes.saturating_sub(d.queued_bytes());
+            }
+            d
+        };
         if d.is_some() {
             self.drained.notify_one();
         }
@@ -106,17 +143,19 @@ impl OutboxInner {
 }
 
 impl Outbox {
-    /// Queues without waiting; `Full` when the writer is `capacity` behind.
+    /// Queues without waiting; `Full` when the writer is `capacity` bytes behind.
     pub fn try_send(&self, d: Delivery) -> Result<(), mpsc::error::TrySendError<Delivery>> {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(mpsc::error::TrySendError::Closed(d));
         }
         {
             let mut q = self.inner.lock();
-            if q.len() >= self.inner.capacity {
+            let size = d.queued_bytes();
+            if !q.deliveries.is_empty() && q.bytes + size > self.inner.capacity {
                 return Err(mpsc::error::TrySendError::Full(d));
             }
-            q.push_back(d);
+            q.bytes += size;
+            q.deliveries.push_back(d);
         }
         self.inner.filled.notify_one();
         Ok(())
@@ -137,6 +176,11 @@ impl Outbox {
 
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.inner.lock().bytes
     }
 }
 
@@ -161,7 +205,7 @@ impl OutboxReceiver {
 impl Drop for OutboxReceiver {
     fn drop(&mut self) {
         self.inner.closed.store(true, Ordering::Release);
-        self.inner.lock().clear();
+        *self.inner.lock() = Queue::default();
         self.inner.drained.notify_waiters();
     }
 }
@@ -365,7 +409,7 @@ mod tests {
 
     #[tokio::test]
     async fn outbox_is_bounded_fifo_and_closes_with_its_receiver() {
-        let (tx, mut rx) = outbox(2);
+        let (tx, mut rx) = outbox(2 * d(1).queued_bytes());
         tx.try_send(d(1)).unwrap();
         tx.try_send(d(2)).unwrap();
         assert!(matches!(
@@ -397,5 +441,30 @@ mod tests {
             Err(mpsc::error::TrySendError::Closed(_))
         ));
         assert!(tx.send(d(6)).await.is_err());
+    }
+
+    #[test]
+    fn outbox_counts_bytes_not_deliveries() {
+        let big = Delivery::Frame {
+            kind: "history",
+            frame: Utf8Bytes::from("x".repeat(1000)),
+        };
+        let (tx, rx) = outbox(1500);
+        // One delivery always fits into an empty outbox, whatever its size.
+        tx.try_send(big.clone()).unwrap();
+        assert_eq!(tx.queued_bytes(), 1000 + DELIVERY_OVERHEAD);
+        assert!(matches!(
+            tx.try_send(big.clone()),
+            Err(mpsc::error::TrySendError::Full(_))
+        ));
+        // Small frames still fit beside it, up to the byte budget.
+        let small = (0..)
+            .take_while(|&n| tx.try_send(d(n % 10)).is_ok())
+            .count();
+        assert_eq!(
+            small,
+            (1500 - 1000 - DELIVERY_OVERHEAD) / d(1).queued_bytes()
+        );
+        drop(rx);
     }
 }

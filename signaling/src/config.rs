@@ -112,10 +112,22 @@ pub struct Config {
     #[arg(long, env = "VIDEOCHAT_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
-    /// Origins allowed for CORS and on /ws (comma-separated, `*` for any).
-    /// Same-origin pages and clients that send no Origin are always allowed.
+    /// Origins allowed for CORS, on /ws and on REST writes (comma-separated,
+    /// `scheme://host[:port]`, or `*` for any). Clients that send no Origin
+    /// (not browsers) are always allowed.
     #[arg(long, env = "VIDEOCHAT_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
+
+    /// The origins this service itself is served under (the demo page's), e.g.
+    /// `https://chat.example.com` behind an Ingress. Default: `http://localhost:PORT`
+    /// and `http://127.0.0.1:PORT` (and the listen address) of the bound port.
+    /// Same-origin is decided from this, never from the request's Host header.
+    #[arg(
+        long = "public-origin",
+        env = "VIDEOCHAT_PUBLIC_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub public_origins: Vec<String>,
 
     /// Largest WebSocket frame, in bytes; larger ones get `too_large` and close 1009.
     #[arg(long, env = "VIDEOCHAT_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
@@ -125,9 +137,20 @@ pub struct Config {
     #[arg(long, env = "VIDEOCHAT_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
 
-    /// Largest chat body, in bytes.
+    /// Largest chat body, in bytes, counted as JSON-escaped (a control
+    /// character counts 6 bytes, as it is sent: `\u0001`).
     #[arg(long, env = "VIDEOCHAT_MAX_CHAT_BYTES", default_value_t = 8 * 1024)]
     pub max_chat_bytes: usize,
+
+    /// Largest `history` reply, join replay or `GET /api/messages` page, in
+    /// bytes of chat JSON; a page ends early when the next message would pass it.
+    #[arg(long, env = "VIDEOCHAT_MAX_REPLY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_reply_bytes: usize,
+
+    /// Bytes queued for one connection; a client that does not read so much
+    /// for a heartbeat interval is closed as a slow consumer (it can resume).
+    #[arg(long, env = "VIDEOCHAT_MAX_OUTBOX_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_outbox_bytes: usize,
 
     /// Messages per second per connection (burst: twice as many).
     #[arg(long, env = "VIDEOCHAT_RATE_PER_CONNECTION", default_value_t = 50.0)]
@@ -152,6 +175,24 @@ pub struct Config {
     /// WebSocket connections this instance accepts at once.
     #[arg(long, env = "VIDEOCHAT_MAX_CONNECTIONS", default_value_t = 20_000)]
     pub max_connections: usize,
+
+    /// WebSocket connections one client address may hold at once (429 above).
+    #[arg(long, env = "VIDEOCHAT_MAX_CONNECTIONS_PER_IP", default_value_t = 100)]
+    pub max_connections_per_ip: usize,
+
+    /// TCP connections of one client address whose first HTTP request is not
+    /// answered yet (headers or body still arriving); more are closed at once.
+    #[arg(long, env = "VIDEOCHAT_MAX_HANDSHAKES_PER_IP", default_value_t = 32)]
+    pub max_handshakes_per_ip: usize,
+
+    /// Time a client has to send a request's headers (also: how long an idle
+    /// keep-alive connection stays open).
+    #[arg(long, env = "VIDEOCHAT_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Time a client has to send a REST request's body (408 after).
+    #[arg(long, env = "VIDEOCHAT_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
 
     /// How long a dropped session can be resumed (and keeps its place in its rooms).
     #[arg(long, env = "VIDEOCHAT_RESUME_WINDOW", default_value = "60s", value_parser = parse_duration)]
@@ -257,10 +298,38 @@ impl Config {
                 ));
             }
         }
-        let checks: [(&'static str, bool); 9] = [
+        for origin in &self.allowed_origins {
+            if origin != "*" {
+                crate::origin::Origin::parse(origin)
+                    .map_err(|e| SignalingError::config("--allowed-origins", e))?;
+            }
+        }
+        for origin in &self.public_origins {
+            crate::origin::Origin::parse(origin)
+                .map_err(|e| SignalingError::config("--public-origin", e))?;
+        }
+        let checks: [(&'static str, bool); 15] = [
             ("--max-frame-bytes", self.max_frame_bytes >= 256),
             ("--max-body-bytes", self.max_body_bytes >= 256),
             ("--max-chat-bytes", self.max_chat_bytes >= 1),
+            (
+                "--max-reply-bytes",
+                self.max_reply_bytes >= 2 * self.max_chat_bytes,
+            ),
+            (
+                "--max-outbox-bytes",
+                self.max_outbox_bytes >= 2 * self.max_reply_bytes,
+            ),
+            ("--max-connections-per-ip", self.max_connections_per_ip >= 1),
+            ("--max-handshakes-per-ip", self.max_handshakes_per_ip >= 1),
+            (
+                "--header-timeout",
+                self.header_timeout >= Duration::from_millis(100),
+            ),
+            (
+                "--body-timeout",
+                self.body_timeout >= Duration::from_millis(100),
+            ),
             ("--rate-per-connection", self.rate_per_connection > 0.0),
             ("--rate-per-ip", self.rate_per_ip > 0.0),
             ("--max-peers-per-room", self.max_peers_per_room >= 1),
@@ -273,7 +342,14 @@ impl Config {
         ];
         for (setting, ok) in checks {
             if !ok {
-                return Err(SignalingError::config(setting, "value is out of range"));
+                return Err(SignalingError::config(
+                    setting,
+                    match setting {
+                        "--max-reply-bytes" => "must be at least twice --max-chat-bytes",
+                        "--max-outbox-bytes" => "must be at least twice --max-reply-bytes",
+                        _ => "value is out of range",
+                    },
+                ));
             }
         }
         Ok(())

@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{self, Claims};
 use crate::bus::{Delivery, Inbox, JoinedRoom, Outbox, OutboxReceiver, outbox};
 use crate::error::SignalingError;
+use crate::history::history_page;
 use crate::protocol::{
     ChatMessage, ClientMessage, Decoded, ErrorCode, PeerInfo, ProtocolError, ServerMessage,
-    adapt_for, decode, error_json,
+    adapt_for, check_chat_body, decode, error_json,
 };
 use crate::rate_limit::TokenBucket;
 use crate::sessions::{ResumeOutcome, RoomMembership, SessionState};
@@ -29,8 +30,6 @@ use crate::state::{AppState, ConnectionGuard};
 use crate::store::{NewChat, RoomRecord};
 use crate::time::{now_rfc3339, unix_now};
 
-/// Deliveries buffered for one connection before it counts as a slow consumer.
-const OUTBOX: usize = 4096;
 /// How long the writer waits for a missing `seq` before reading it from the store.
 const GAP_WAIT: Duration = Duration::from_millis(50);
 /// Out-of-order chat held per room before the gap is filled at once.
@@ -41,6 +40,8 @@ const MAX_PENDING: usize = 1024;
 const MAX_INFLIGHT: usize = 256;
 /// Time a new connection has to send `hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the client has to answer our close frame before the socket goes.
+const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Close codes.
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_POLICY: u16 = 1008;
@@ -106,6 +107,51 @@ fn message_kind(m: &ClientMessage) -> &'static str {
     }
 }
 
+/// Every frame a client sends (text, binary, ping or pong; before `hello`
+/// or after) takes a token from the connection's bucket and the address's.
+struct FrameLimiter {
+    bucket: TokenBucket,
+    /// Rate-limited frames in a row.
+    abuse: u32,
+}
+
+enum Admit {
+    Pass,
+    /// Over the rate: answer `rate_limited`, drop the frame.
+    Limited,
+    /// Over the rate `--abuse-limit` times in a row: close 1008.
+    Abuse,
+}
+
+impl FrameLimiter {
+    fn new(state: &AppState) -> Self {
+        Self {
+            bucket: TokenBucket::new(
+                state.config.rate_per_connection,
+                state.config.rate_per_connection * 2.0,
+            ),
+            abuse: 0,
+        }
+    }
+
+    fn admit(&mut self, state: &AppState, ip: IpAddr) -> Admit {
+        if self.bucket.try_take() && state.ip_limiter.try_take(ip) {
+            self.abuse = 0;
+            return Admit::Pass;
+        }
+        self.abuse += 1;
+        if self.abuse >= state.config.abuse_limit {
+            Admit::Abuse
+        } else {
+            Admit::Limited
+        }
+    }
+}
+
+fn rate_limited() -> ProtocolError {
+    ProtocolError::new(ErrorCode::RateLimited, "too many messages; slow down", None)
+}
+
 /// Why the reader stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
@@ -126,15 +172,23 @@ pub async fn serve(
     query_token: Option<String>,
 ) {
     let conn_id = guard.id;
-    let Some((session, resumed, claims, client_seqs)) =
-        Box::pin(handshake(&state, &mut socket, ip, query_token, conn_id)).await
+    let mut limiter = FrameLimiter::new(&state);
+    let Some((session, resumed, claims, client_seqs)) = Box::pin(handshake(
+        &state,
+        &mut socket,
+        &mut limiter,
+        ip,
+        query_token,
+        conn_id,
+    ))
+    .await
     else {
         return;
     };
-    let (tx, rx) = outbox(OUTBOX);
+    let (tx, rx) = outbox(state.config.max_outbox_bytes);
     let overflow = CancellationToken::new();
     let stop = CancellationToken::new();
-    let (sink, stream) = socket.split();
+    let (sink, mut stream) = socket.split();
     let writer = tokio::spawn(write_loop(state.clone(), sink, rx, stop.clone()));
 
     let ice = state
@@ -157,16 +211,13 @@ pub async fn serve(
     };
     let mut conn = Conn {
         inflight: std::sync::Mutex::new(None),
-        bucket: TokenBucket::new(
-            state.config.rate_per_connection,
-            state.config.rate_per_connection * 2.0,
-        ),
+        limiter,
         state: state.clone(),
         session,
         tx,
+        overflow: overflow.clone(),
         ip,
         claims,
-        abuse: 0,
     };
     if let Err(e) = state.bus.attach(&conn.session.peer, inbox).await {
         tracing::warn!(error = %e, "bus attach failed");
@@ -177,7 +228,7 @@ pub async fn serve(
     tracing::debug!(peer = %conn.session.peer, session = %conn.session.session, resumed, %ip, "session open");
 
     let end = tokio::select! {
-        end = conn.read_loop(stream) => end,
+        end = conn.read_loop(&mut stream) => end,
         _ = overflow.cancelled() => {
             state.metrics.slow_consumers.inc();
             tracing::info!(peer = %conn.session.peer, "slow consumer closed; it can resume");
@@ -186,7 +237,7 @@ pub async fn serve(
         _ = stop.cancelled() => End::Dropped,
     };
     // Boxed: only needed once, at the end.
-    Box::pin(finish(state, conn, writer, stop, end, conn_id, guard)).await;
+    Box::pin(finish(state, conn, writer, stream, stop, end, guard)).await;
 }
 
 /// After the reader stopped: collect what the writer delivered, then leave
@@ -195,12 +246,17 @@ async fn finish(
     state: AppState,
     mut conn: Conn,
     writer: tokio::task::JoinHandle<HashMap<Arc<str>, u64>>,
+    mut stream: SplitStream<WebSocket>,
     stop: CancellationToken,
     end: End,
-    conn_id: u64,
     guard: ConnectionGuard,
 ) {
-    let delivered = if end == End::CloseQueued {
+    let conn_id = guard.id;
+    // With a close queued, the writer sends what is queued first (the errors
+    // that explain the close), then the close frame; the client answers it,
+    // and only then does the socket go, so nothing sent is lost to a reset.
+    let closing = end == End::CloseQueued || end == End::Bye;
+    let delivered = if closing {
         match tokio::time::timeout(Duration::from_secs(2), writer).await {
             Ok(Ok(d)) => d,
             _ => HashMap::new(),
@@ -211,6 +267,7 @@ async fn finish(
     };
     let peer = conn.session.peer.clone();
     if end == End::Bye {
+        await_close_reply(&mut stream).await;
         drop(guard);
         return;
     }
@@ -230,6 +287,9 @@ async fn finish(
         tracing::warn!(error = %e, "session detach failed");
     }
     tracing::debug!(%peer, "socket closed; session resumable");
+    if closing {
+        await_close_reply(&mut stream).await;
+    }
     drop(guard);
 }
 
@@ -238,19 +298,42 @@ async fn send_now(socket: &mut WebSocket, state: &AppState, err: &ProtocolError)
     let _ = socket.send(Message::Text(error_json(err).into())).await;
 }
 
+/// Sends a close frame and waits for the client's, reading (and dropping)
+/// what it still sends: closing a socket with unread input resets it, and
+/// the client would lose what we sent before.
 async fn close_now(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let _ = socket
+    let sent = socket
         .send(Message::Close(Some(CloseFrame {
             code,
             reason: reason.into(),
         })))
         .await;
+    if sent.is_ok() {
+        await_close_reply(socket).await;
+    }
+}
+
+/// Reads until the client's close frame (or the end), for at most
+/// [`CLOSE_HANDSHAKE_TIMEOUT`].
+async fn await_close_reply<S>(stream: &mut S)
+where
+    S: futures::Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Waits for `hello`, checks the token, resumes or creates the session.
 async fn handshake(
     state: &AppState,
     socket: &mut WebSocket,
+    limiter: &mut FrameLimiter,
     ip: IpAddr,
     query_token: Option<String>,
     owner: u64,
@@ -265,6 +348,22 @@ async fn handshake(
             Ok(None) | Ok(Some(Err(_))) => return None,
             Ok(Some(Ok(m))) => m,
         };
+        if matches!(msg, Message::Close(_)) {
+            return None;
+        }
+        match limiter.admit(state, ip) {
+            Admit::Pass => {}
+            Admit::Limited => {
+                send_now(socket, state, &rate_limited()).await;
+                continue;
+            }
+            Admit::Abuse => {
+                send_now(socket, state, &rate_limited()).await;
+                tracing::info!(%ip, "closed before hello for repeated abuse");
+                close_now(socket, CLOSE_POLICY, "rate limit").await;
+                return None;
+            }
+        }
         let text = match msg {
             Message::Text(t) => t,
             Message::Close(_) => return None,
@@ -327,7 +426,7 @@ async fn handshake(
             None => None,
             Some(secret) => {
                 let token = token.or(query_token.clone()).unwrap_or_default();
-                match auth::verify(secret, &token, unix_now()) {
+                match auth::verify(secret, &token) {
                     Ok(c) => Some(c),
                     Err(err) => {
                         tracing::info!(%ip, error = %err, "refused token");
@@ -393,19 +492,29 @@ struct Conn {
     inflight: std::sync::Mutex<Option<FuturesOrdered<PendingChat>>>,
     session: SessionState,
     tx: Outbox,
+    /// Cancelled when the client does not read: the connection closes.
+    overflow: CancellationToken,
     ip: IpAddr,
     claims: Option<Claims>,
-    bucket: TokenBucket,
-    /// Rate-limited messages in a row.
-    abuse: u32,
+    limiter: FrameLimiter,
 }
 
 impl Conn {
-    /// Queues for the writer. The awaiting path is boxed: it is rare, and an
-    /// inline `Sender::send` future would make every idle connection bigger.
+    /// Queues for the writer. When the outbox is full the reader waits (and
+    /// reads nothing more) for at most a heartbeat interval; a client that
+    /// has not read by then is closed as a slow consumer. The awaiting path
+    /// is boxed: it is rare, and an inline future would make every idle
+    /// connection bigger.
     async fn push(&self, d: Delivery) {
         if let Err(mpsc::error::TrySendError::Full(d)) = self.tx.try_send(d) {
-            let _ = Box::pin(self.tx.send(d)).await;
+            let wait = self.state.config.heartbeat;
+            if Box::pin(tokio::time::timeout(wait, self.tx.send(d)))
+                .await
+                .is_err()
+            {
+                tracing::info!(peer = %self.session.peer, ip = %self.ip, queued_bytes = self.tx.queued_bytes(), "client does not read its replies");
+                self.overflow.cancel();
+            }
         }
     }
 
@@ -426,7 +535,7 @@ impl Conn {
         self.push(Delivery::Close { code, reason }).await;
     }
 
-    async fn read_loop(&mut self, mut stream: SplitStream<WebSocket>) -> End {
+    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) -> End {
         let idle = self.state.config.heartbeat * 3;
         let mut drain = self.state.drain_watch();
         let mut told_drain = false;
@@ -481,6 +590,22 @@ impl Conn {
                 }
                 Ok(Some(Ok(m))) => m,
             };
+            if matches!(msg, Message::Close(_)) {
+                return End::Dropped;
+            }
+            match self.limiter.admit(&self.state, self.ip) {
+                Admit::Pass => {}
+                Admit::Limited => {
+                    self.send_error(&rate_limited()).await;
+                    continue;
+                }
+                Admit::Abuse => {
+                    self.send_error(&rate_limited()).await;
+                    tracing::info!(peer = %self.session.peer, ip = %self.ip, "closed for repeated abuse");
+                    self.close(CLOSE_POLICY, "rate limit").await;
+                    return End::CloseQueued;
+                }
+            }
             let text = match msg {
                 Message::Text(t) => t,
                 Message::Binary(b) => {
@@ -497,22 +622,6 @@ impl Conn {
             if text.len() > self.state.config.max_frame_bytes {
                 return self.too_large().await;
             }
-            if !self.bucket.try_take() || !self.state.ip_limiter.try_take(self.ip) {
-                self.abuse += 1;
-                let e = ProtocolError::new(
-                    ErrorCode::RateLimited,
-                    "too many messages; slow down",
-                    None,
-                );
-                self.send_error(&e).await;
-                if self.abuse >= self.state.config.abuse_limit {
-                    tracing::info!(peer = %self.session.peer, ip = %self.ip, "closed for repeated abuse");
-                    self.close(CLOSE_POLICY, "rate limit").await;
-                    return End::CloseQueued;
-                }
-                continue;
-            }
-            self.abuse = 0;
             self.session.last_activity = unix_now();
             let message = match decode(&text) {
                 Ok(Decoded::Message(m)) => m,
@@ -621,15 +730,12 @@ impl Conn {
             ClientMessage::History { room, after, limit } => {
                 self.check_claims(&room)?;
                 let limit = limit.unwrap_or(100).clamp(1, 1000) as usize;
-                let messages = self
-                    .state
-                    .store
-                    .history(&room, after, limit)
+                let page = history_page(&self.state, &room, after, limit)
                     .await
                     .map_err(|e| internal(&e, "history"))?;
                 self.send(&ServerMessage::History {
                     room: &room,
-                    messages: &messages,
+                    messages: &page.messages,
                 })
                 .await;
                 Ok(None)
@@ -793,12 +899,11 @@ impl Conn {
         let Some(after) = after else {
             return Ok((Vec::new(), last));
         };
-        let messages = self
-            .state
-            .store
-            .history(room, after, self.state.config.max_replay)
+        // Bounded by bytes too; whatever is left the client reads with `history`.
+        let messages = history_page(&self.state, room, after, self.state.config.max_replay)
             .await
-            .map_err(|e| internal(&e, "replay"))?;
+            .map_err(|e| internal(&e, "replay"))?
+            .messages;
         let cursor = messages.last().map_or(last, |m| m.seq.max(last));
         let frames = messages
             .iter()
@@ -837,6 +942,17 @@ impl Conn {
     /// client's own last `seq` for the room when that is further (capped at
     /// the room's last `seq`; rooms the session is not in are ignored).
     async fn restore_rooms(&mut self, client_seqs: &BTreeMap<String, u64>) {
+        // The token presented now decides, not the one the rooms were joined with.
+        let refused: Vec<String> = self
+            .session
+            .rooms
+            .keys()
+            .filter(|room| self.check_claims(room).is_err())
+            .cloned()
+            .collect();
+        for room in refused {
+            self.leave_refused_room(&room).await;
+        }
         let rooms: Vec<(String, u64, String)> = self
             .session
             .rooms
@@ -902,6 +1018,34 @@ impl Conn {
         }
     }
 
+    /// A resumed session's room that the presented token does not admit:
+    /// leave it (others see `peer-left`) and tell the client why.
+    async fn leave_refused_room(&mut self, room: &str) {
+        let state = self.state.clone();
+        let peer = self.session.peer.clone();
+        tracing::info!(%peer, %room, ip = %self.ip, "resumed session left a room its token does not admit");
+        if let Err(e) = state.presence.leave(room, &peer).await {
+            tracing::warn!(error = %e, "presence leave failed");
+        }
+        if let Err(e) = state.bus.unsubscribe(room, &peer).await {
+            tracing::warn!(error = %e, "bus unsubscribe failed");
+        }
+        let msg = ServerMessage::PeerLeft { room, peer: &peer };
+        if let Err(e) = state.bus.publish(room, frame(&msg), Some(&peer)).await {
+            tracing::warn!(error = %e, "publish peer-left failed");
+        }
+        self.session.rooms.remove(room);
+        if let Err(e) = state.sessions.save(&self.session).await {
+            tracing::warn!(error = %e, "session save failed");
+        }
+        let e = ProtocolError::new(
+            ErrorCode::Unauthorized,
+            format!("the token does not admit to room `{room}`; the session left it"),
+            Some(room.to_owned()),
+        );
+        self.send_error(&e).await;
+    }
+
     async fn leave(&mut self, room: &str) -> Result<(), ProtocolError> {
         self.membership(room, "leave")?;
         let state = self.state.clone();
@@ -938,15 +1082,8 @@ impl Conn {
 
     async fn chat(&mut self, room: String, id: String, body: String) -> Result<(), ProtocolError> {
         let name = self.membership(&room, &id)?.name.clone();
-        if body.len() > self.state.config.max_chat_bytes {
-            return Err(ProtocolError::new(
-                ErrorCode::BadRequest,
-                format!(
-                    "chat body is over {} bytes",
-                    self.state.config.max_chat_bytes
-                ),
-                Some(id),
-            ));
+        if let Err(e) = check_chat_body(&body, self.state.config.max_chat_bytes) {
+            return Err(ProtocolError::new(ErrorCode::BadRequest, e, Some(id)));
         }
         let chat = NewChat {
             room: room.clone(),

@@ -32,6 +32,8 @@ pub enum SignalingError {
     TokenSignature,
     #[error("token has expired")]
     TokenExpired,
+    #[error("token is not valid yet (nbf)")]
+    TokenNotYetValid,
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }

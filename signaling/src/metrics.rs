@@ -19,6 +19,8 @@ pub struct Metrics {
     pub messages_in: Family<Label, Counter>,
     pub messages_out: Family<Label, Counter>,
     pub errors: Family<Label, Counter>,
+    /// Connections and requests refused by a limit, by limit.
+    pub refused: Family<Label, Counter>,
     pub ack_latency: Histogram,
     pub resumes: Counter,
     pub resume_failures: Counter,
@@ -45,6 +47,7 @@ impl Metrics {
         let messages_in = Family::<Label, Counter>::default();
         let messages_out = Family::<Label, Counter>::default();
         let errors = Family::<Label, Counter>::default();
+        let refused = Family::<Label, Counter>::default();
         // 0.1 ms .. ~3.3 s
         let ack_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let resumes = Counter::default();
@@ -87,6 +90,11 @@ impl Metrics {
             format!("{p}errors"),
             "Error replies, by code",
             errors.clone(),
+        );
+        registry.register(
+            format!("{p}refused"),
+            "Connections and requests refused by a limit, by limit",
+            refused.clone(),
         );
         registry.register(
             format!("{p}ack_latency_seconds"),
@@ -137,6 +145,7 @@ impl Metrics {
             messages_in,
             messages_out,
             errors,
+            refused,
             ack_latency,
             resumes,
             resume_failures,
@@ -159,6 +168,11 @@ impl Metrics {
 
     pub fn error(&self, code: &'static str) {
         self.errors.get_or_create(&[("code", code)]).inc();
+    }
+
+    /// Something was refused by the limit named `limit` (a fixed name).
+    pub fn refused(&self, limit: &'static str) {
+        self.refused.get_or_create(&[("limit", limit)]).inc();
     }
 
     /// The Prometheus text exposition.

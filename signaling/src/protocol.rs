@@ -206,6 +206,30 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
+/// The size of `s` once escaped as a JSON string (without the quotes): what
+/// it costs to store and send, which for control characters is six times
+/// its length in UTF-8.
+pub fn json_escaped_len(s: &str) -> usize {
+    s.chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum()
+}
+
+/// A chat body's size check, counted as sent (JSON-escaped).
+pub fn check_chat_body(body: &str, max_bytes: usize) -> Result<(), String> {
+    let size = json_escaped_len(body);
+    if size > max_bytes {
+        return Err(format!(
+            "chat body is {size} bytes as JSON, over the limit of {max_bytes}"
+        ));
+    }
+    Ok(())
+}
+
 /// A room id, peer id, chat id or display name: 1..=64 characters, no control characters.
 pub fn check_name(field: &str, value: &str) -> Result<(), String> {
     if value.is_empty() {
@@ -412,6 +436,18 @@ pub fn adapt_for(stats: &StatsData) -> (u32, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_length_matches_serde_json() {
+        for body in ["plain", "quote \" and \\", "\u{1}\u{2}\n\t", "héllo ✓", ""] {
+            let escaped = serde_json::to_string(body).unwrap().len() - 2;
+            assert_eq!(json_escaped_len(body), escaped, "{body:?}");
+        }
+        let controls = "\u{1}".repeat(8 * 1024);
+        let e = check_chat_body(&controls, 8 * 1024).unwrap_err();
+        assert!(e.contains("49152 bytes"), "{e}");
+        assert!(check_chat_body(&"x".repeat(8 * 1024), 8 * 1024).is_ok());
+    }
 
     #[test]
     fn decodes_resume_last_seq_and_rejects_bad_values() {

@@ -1,8 +1,9 @@
-//! Token buckets: messages per second per connection and per client IP.
+//! Token buckets (messages per second per connection and per client IP) and
+//! per-address caps on things held open (connections, unfinished handshakes).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 #[derive(Debug, Clone)]
@@ -77,6 +78,59 @@ impl IpRateLimiter {
     }
 }
 
+/// At most `limit` of something held at once per client address.
+pub struct PerIpCap {
+    limit: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One unit of a [`PerIpCap`]; given back on drop.
+pub struct PerIpSlot {
+    cap: Arc<PerIpCap>,
+    ip: IpAddr,
+}
+
+impl PerIpCap {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for `ip`, or None when it holds `limit` already.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<PerIpSlot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(PerIpSlot {
+            cap: self.clone(),
+            ip,
+        })
+    }
+
+    /// Slots `ip` holds now.
+    pub fn held(&self, ip: IpAddr) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        let mut counts = self.cap.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +154,19 @@ mod tests {
         assert!(l.try_take(a) && l.try_take(a));
         assert!(!l.try_take(a));
         assert!(l.try_take(b));
+    }
+
+    #[test]
+    fn per_ip_cap_counts_slots_and_frees_on_drop() {
+        let cap = PerIpCap::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let s1 = cap.try_acquire(a).unwrap();
+        let _s2 = cap.try_acquire(a).unwrap();
+        assert!(cap.try_acquire(a).is_none());
+        assert!(cap.try_acquire(b).is_some());
+        drop(s1);
+        assert_eq!(cap.held(a), 1);
+        assert!(cap.try_acquire(a).is_some());
     }
 }

@@ -186,30 +186,19 @@ pub async fn start_with_backends(config: Config, backends: Backends) -> Result<R
     let addr = listener.local_addr()?;
     let reap_every =
         (config.resume_window / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let state = AppState::new(config, backends, ice, auth_secret, admin_token);
+    let state = AppState::new(config, backends, ice, auth_secret, admin_token, addr);
     if let Some(r) = &relay {
         // POST /api/admin/drain drains the in-process relay as SIGTERM does.
         let handle = r.handle();
         state.on_drain(move || handle.begin_drain());
     }
     let shutdown = CancellationToken::new();
-    let router = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    // Small frames go out at once: with Nagle's algorithm a frame can wait
-    // for the peer's delayed ACK (40 ms on Linux).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    let stop = shutdown.clone();
-    let serve = tokio::spawn(async move {
-        let result = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    let serve = tokio::spawn(crate::http_server::serve(
+        listener,
+        app(state.clone()),
+        state.clone(),
+        shutdown.clone(),
+    ));
     let reaper = tokio::spawn(reap(state.clone(), reap_every, shutdown.clone()));
     tracing::info!(%addr, store = state.store.kind(), bus = state.bus.kind(), "signaling listening");
     Ok(RunningServer {

@@ -1,5 +1,6 @@
 //! What every request and connection shares.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -11,8 +12,9 @@ use crate::config::Config;
 use crate::dead_letters::DeadLetters;
 use crate::ice::IceConfig;
 use crate::metrics::Metrics;
+use crate::origin::OriginPolicy;
 use crate::presence::Presence;
-use crate::rate_limit::IpRateLimiter;
+use crate::rate_limit::{IpRateLimiter, PerIpCap, PerIpSlot};
 use crate::sessions::Sessions;
 use crate::store::Store;
 
@@ -37,6 +39,12 @@ pub struct Shared {
     pub auth_secret: Option<Vec<u8>>,
     pub admin_token: Option<String>,
     pub ip_limiter: IpRateLimiter,
+    /// Which browser origins may open `/ws` and make REST writes.
+    pub origins: OriginPolicy,
+    /// WebSocket connections per client address.
+    pub connections_per_ip: Arc<PerIpCap>,
+    /// TCP connections per client address whose first request is unanswered.
+    pub handshakes_per_ip: Arc<PerIpCap>,
     draining: watch::Sender<bool>,
     /// Run once when draining starts (the in-process TURN relay drains too).
     drain_hooks: std::sync::Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
@@ -62,7 +70,11 @@ impl AppState {
         ice: IceConfig,
         auth_secret: Option<Vec<u8>>,
         admin_token: Option<String>,
+        listen: std::net::SocketAddr,
     ) -> Self {
+        let origins = OriginPolicy::new(&config.allowed_origins, &config.public_origins, listen);
+        let connections_per_ip = PerIpCap::new(config.max_connections_per_ip);
+        let handshakes_per_ip = PerIpCap::new(config.max_handshakes_per_ip);
         let ip_limiter = IpRateLimiter::new(config.rate_per_ip, config.rate_per_ip * 2.0);
         let (draining, _) = watch::channel(false);
         let metrics = Metrics::new();
@@ -80,6 +92,9 @@ impl AppState {
             auth_secret,
             admin_token,
             ip_limiter,
+            origins,
+            connections_per_ip,
+            handshakes_per_ip,
             draining,
             drain_hooks: std::sync::Mutex::new(Vec::new()),
             connections: AtomicUsize::new(0),
@@ -120,13 +135,18 @@ impl AppState {
         self.connections.load(Ordering::Relaxed)
     }
 
-    /// Takes a connection slot unless the instance is full.
-    pub fn try_open_connection(&self) -> Option<ConnectionGuard> {
+    /// Takes a connection slot unless the instance, or the address's share
+    /// of it, is full.
+    pub fn try_open_connection(&self, ip: IpAddr) -> Result<ConnectionGuard, ConnectionRefused> {
+        let per_ip = self
+            .connections_per_ip
+            .try_acquire(ip)
+            .ok_or(ConnectionRefused::AddressFull)?;
         let max = self.config.max_connections;
         let mut current = self.connections.load(Ordering::Relaxed);
         loop {
             if current >= max {
-                return None;
+                return Err(ConnectionRefused::InstanceFull);
             }
             match self.connections.compare_exchange_weak(
                 current,
@@ -139,9 +159,10 @@ impl AppState {
             }
         }
         self.metrics.connections.inc();
-        Some(ConnectionGuard {
+        Ok(ConnectionGuard {
             state: self.clone(),
             id: self.next_connection.fetch_add(1, Ordering::Relaxed),
+            _per_ip: per_ip,
         })
     }
 
@@ -150,10 +171,20 @@ impl AppState {
     }
 }
 
-/// Holds a connection slot; released on drop.
+/// Why a WebSocket was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionRefused {
+    /// `--max-connections` reached.
+    InstanceFull,
+    /// The client address holds `--max-connections-per-ip` already.
+    AddressFull,
+}
+
+/// Holds a connection slot (and the address's); released on drop.
 pub struct ConnectionGuard {
     state: AppState,
     pub id: u64,
+    _per_ip: PerIpSlot,
 }
 
 impl Drop for ConnectionGuard {

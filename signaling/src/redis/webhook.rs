@@ -2,13 +2,18 @@
 //! message is POSTed as JSON to `--webhook-url`. The receiver being down
 //! costs retries with backoff, not messages; a receiver that refuses a
 //! message (4xx) sends it to the dead-letter stream at once, where an
-//! operator can inspect and re-drive it.
+//! operator can inspect and re-drive it. Requests go through hyper-util's
+//! HTTP client, with a connect timeout and a timeout on the whole request.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::queue::{Job, JobFailure, JobHandler, ReliableQueue};
 use crate::error::{Result, SignalingError};
@@ -16,8 +21,6 @@ use crate::protocol::ChatMessage;
 use crate::store::{Appended, NewChat, RoomRecord, Store};
 
 pub const CHAT_WEBHOOK: &str = "chat-webhook";
-/// Largest response head read from a receiver.
-const MAX_RESPONSE_HEAD: usize = 8 * 1024;
 
 /// An `http://host[:port]/path` receiver. (In-cluster receivers; TLS
 /// termination belongs to a sidecar or the receiver's Service mesh.)
@@ -65,47 +68,44 @@ impl WebhookTarget {
 }
 
 pub struct WebhookHandler {
-    target: WebhookTarget,
+    uri: hyper::Uri,
+    client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
 }
 
 impl WebhookHandler {
+    /// A sender to `target`; connecting gets at most `timeout`, and so does
+    /// the whole request (see `handle`).
     pub fn new(target: WebhookTarget, timeout: Duration) -> Self {
-        WebhookHandler { target, timeout }
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        let uri = format!("http://{}:{}{}", target.host, target.port, target.path)
+            .parse()
+            .unwrap_or_else(|_| hyper::Uri::from_static("http://invalid./"));
+        WebhookHandler {
+            uri,
+            client,
+            timeout,
+        }
     }
 
     async fn post(&self, body: &str) -> std::result::Result<u16, String> {
-        let t = &self.target;
-        let mut stream = tokio::net::TcpStream::connect((t.host.as_str(), t.port))
+        let request = hyper::Request::post(&self.uri)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::USER_AGENT, "videochat-signaling")
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .map_err(|e| format!("request: {e}"))?;
+        let response = self
+            .client
+            .request(request)
             .await
-            .map_err(|e| format!("connect {}:{}: {e}", t.host, t.port))?;
-        let request = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nUser-Agent: videochat-signaling\r\nConnection: close\r\n\r\n{body}",
-            t.path,
-            t.host,
-            body.len()
-        );
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let mut head = Vec::with_capacity(256);
-        let mut buf = [0u8; 512];
-        while !head.windows(2).any(|w| w == b"\r\n") {
-            let n = stream
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 || head.len() > MAX_RESPONSE_HEAD {
-                return Err("receiver closed without a status line".into());
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        let line = String::from_utf8_lossy(&head);
-        line.split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse::<u16>().ok())
-            .ok_or_else(|| "malformed status line".to_string())
+            .map_err(|e| format!("{}: {e}", self.uri))?;
+        Ok(response.status().as_u16())
     }
 }
 

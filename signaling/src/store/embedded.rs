@@ -21,6 +21,16 @@ const ROOM_SEQ: TableDefinition<&str, u64> = TableDefinition::new("room_seq");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 /// (room, peer, client id) → seq, for idempotent resends.
 const CLIENT_IDS: TableDefinition<(&str, &str, &str), u64> = TableDefinition::new("client_ids");
+/// (unix seconds, room, peer, client id): when each idempotency key was
+/// written, in time order, so that expired keys are found without a scan.
+const CLIENT_ID_TIMES: TableDefinition<(u64, &str, &str, &str), ()> =
+    TableDefinition::new("client_id_times");
+
+/// How long a client id stays idempotent: a resend after this is a new
+/// message. Keeps the key table as large as a day of chat, not all of it.
+pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Most keys dropped per commit, so that a backlog never makes one commit slow.
+const EXPIRE_PER_COMMIT: usize = 1000;
 /// session id → encoded session state, so sessions (and with them the
 /// idempotency of resends) survive a restart.
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
@@ -43,6 +53,8 @@ enum WriteOp {
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    idempotency_window: std::time::Duration,
     writes: mpsc::Sender<WriteOp>,
     healthy: Arc<AtomicBool>,
 }
@@ -58,6 +70,11 @@ fn corrupt(e: impl std::fmt::Display) -> SignalingError {
 impl EmbeddedStore {
     /// Opens (or creates) `signaling.redb` under `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_window(dir, IDEMPOTENCY_WINDOW)
+    }
+
+    /// As [`Self::open`], with client ids idempotent for `idempotency_window`.
+    pub fn open_with_window(dir: &Path, idempotency_window: std::time::Duration) -> Result<Self> {
         if dir.exists() && !dir.is_dir() {
             return Err(SignalingError::config(
                 "--data-dir",
@@ -92,6 +109,7 @@ impl EmbeddedStore {
             txn.open_table(ROOM_SEQ).map_err(unavailable)?;
             txn.open_table(MESSAGES).map_err(unavailable)?;
             txn.open_table(CLIENT_IDS).map_err(unavailable)?;
+            txn.open_table(CLIENT_ID_TIMES).map_err(unavailable)?;
             txn.open_table(SESSIONS).map_err(unavailable)?;
             txn.commit().map_err(unavailable)?;
         }
@@ -102,9 +120,10 @@ impl EmbeddedStore {
         let writer_health = healthy.clone();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(&writer_db, rx, &writer_health))?;
+            .spawn(move || writer_loop(&writer_db, rx, &writer_health, idempotency_window))?;
         Ok(Self {
             db,
+            idempotency_window,
             writes: tx,
             healthy,
         })
@@ -121,7 +140,12 @@ impl EmbeddedStore {
     }
 }
 
-fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteOp>, healthy: &AtomicBool) {
+fn writer_loop(
+    db: &Database,
+    mut rx: mpsc::Receiver<WriteOp>,
+    healthy: &AtomicBool,
+    window: std::time::Duration,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
@@ -132,7 +156,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteOp>, healthy: &AtomicB
             }
         }
         let started = std::time::Instant::now();
-        let committed = commit_group(db, &mut group);
+        let committed = commit_group(db, &mut group, window);
         let elapsed = started.elapsed();
         if elapsed >= SLOW_COMMIT {
             // Acks wait for this; a slow disk shows up here first.
@@ -194,7 +218,12 @@ fn reply(op: WriteOp, result: Result<OpResult>) {
     }
 }
 
-fn commit_group(db: &Database, group: &mut [WriteOp]) -> Result<Vec<Result<OpResult>>> {
+fn commit_group(
+    db: &Database,
+    group: &mut [WriteOp],
+    window: std::time::Duration,
+) -> Result<Vec<Result<OpResult>>> {
+    let now = crate::time::unix_now();
     let mut txn = db.begin_write().map_err(unavailable)?;
     txn.set_durability(Durability::Immediate);
     let mut results = Vec::with_capacity(group.len());
@@ -203,11 +232,14 @@ fn commit_group(db: &Database, group: &mut [WriteOp]) -> Result<Vec<Result<OpRes
         let mut seqs = txn.open_table(ROOM_SEQ).map_err(unavailable)?;
         let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
         let mut ids = txn.open_table(CLIENT_IDS).map_err(unavailable)?;
+        let mut times = txn.open_table(CLIENT_ID_TIMES).map_err(unavailable)?;
         let mut sessions = txn.open_table(SESSIONS).map_err(unavailable)?;
+        expire_keys(&mut ids, &mut times, now.saturating_sub(window.as_secs()))?;
         for op in group.iter() {
             let result = match op {
                 WriteOp::Append(chat, _) => {
-                    append_one(chat, &mut seqs, &mut messages, &mut ids).map(OpResult::Appended)
+                    append_one(chat, now, &mut seqs, &mut messages, &mut ids, &mut times)
+                        .map(OpResult::Appended)
                 }
                 WriteOp::CreateRoom(room, must_be_new, _) => {
                     create_one(room, *must_be_new, &mut rooms).map(OpResult::Room)
@@ -229,11 +261,38 @@ fn commit_group(db: &Database, group: &mut [WriteOp]) -> Result<Vec<Result<OpRes
     Ok(results)
 }
 
+/// Drops idempotency keys written before `cutoff` (unix seconds), oldest first.
+fn expire_keys(
+    ids: &mut redb::Table<(&str, &str, &str), u64>,
+    times: &mut redb::Table<(u64, &str, &str, &str), ()>,
+    cutoff: u64,
+) -> Result<()> {
+    let mut expired = Vec::new();
+    for entry in times.range(..(cutoff, "", "", "")).map_err(unavailable)? {
+        let (key, _) = entry.map_err(unavailable)?;
+        let (t, room, peer, id) = key.value();
+        expired.push((t, room.to_owned(), peer.to_owned(), id.to_owned()));
+        if expired.len() >= EXPIRE_PER_COMMIT {
+            break;
+        }
+    }
+    for (t, room, peer, id) in &expired {
+        ids.remove((room.as_str(), peer.as_str(), id.as_str()))
+            .map_err(unavailable)?;
+        times
+            .remove((*t, room.as_str(), peer.as_str(), id.as_str()))
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
 fn append_one(
     chat: &NewChat,
+    now: u64,
     seqs: &mut redb::Table<&str, u64>,
     messages: &mut redb::Table<(&str, u64), &[u8]>,
     ids: &mut redb::Table<(&str, &str, &str), u64>,
+    times: &mut redb::Table<(u64, &str, &str, &str), ()>,
 ) -> Result<Appended> {
     let key = (
         chat.room.as_str(),
@@ -273,6 +332,9 @@ fn append_one(
         .map_err(unavailable)?;
     seqs.insert(chat.room.as_str(), seq).map_err(unavailable)?;
     ids.insert(key, seq).map_err(unavailable)?;
+    times
+        .insert((now, key.0, key.1, key.2), ())
+        .map_err(unavailable)?;
     Ok(Appended {
         message,
         duplicate: false,
@@ -421,6 +483,42 @@ mod tests {
             body: format!("body {id}"),
             ts: "t".into(),
         }
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_expire_after_their_window() {
+        let dir = tempdir();
+        let store = EmbeddedStore::open_with_window(&dir, std::time::Duration::ZERO).unwrap();
+        assert_eq!(store.idempotency_window, std::time::Duration::ZERO);
+        let first = store.append_chat(chat("r", "p", "c1")).await.unwrap();
+        // The next commit drops keys older than the window (here: all of them).
+        let after = std::time::Instant::now();
+        while crate::time::unix_now() == first_second(&store).await {
+            assert!(after.elapsed() < std::time::Duration::from_secs(3));
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        store.append_chat(chat("r", "p", "other")).await.unwrap();
+        let count = |store: &EmbeddedStore| {
+            use redb::ReadableTableMetadata;
+            let txn = store.db.begin_read().unwrap();
+            let ids = txn.open_table(CLIENT_IDS).unwrap().len().unwrap();
+            let times = txn.open_table(CLIENT_ID_TIMES).unwrap().len().unwrap();
+            (ids, times)
+        };
+        assert_eq!(count(&store), (1, 1), "only the newest key is left");
+        // A resend after the window is a new message; the messages themselves stay.
+        let again = store.append_chat(chat("r", "p", "c1")).await.unwrap();
+        assert!(!again.duplicate);
+        assert_eq!(again.message.seq, 3);
+        assert_eq!(store.history("r", 0, 10).await.unwrap()[0], first.message);
+    }
+
+    /// The second the oldest idempotency key was written.
+    async fn first_second(store: &EmbeddedStore) -> u64 {
+        let txn = store.db.begin_read().unwrap();
+        let times = txn.open_table(CLIENT_ID_TIMES).unwrap();
+        let first = times.first().unwrap();
+        first.map_or(0, |(k, _)| k.value().0)
     }
 
     #[tokio::test]

@@ -211,7 +211,10 @@ pub async fn http(
         server.local_addr(),
         body.len()
     );
-    if !body.is_empty() {
+    let typed = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    if !body.is_empty() && !typed {
         req.push_str("Content-Type: application/json\r\n");
     }
     for (k, v) in headers {
@@ -269,4 +272,36 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// A TCP connection to the server from a chosen loopback address (all of
+/// 127.0.0.0/8 is local on Linux), to act as a second client address.
+pub async fn tcp_from(local_ip: &str, server: std::net::SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(format!("{local_ip}:0").parse().unwrap())?;
+    socket.connect(server).await
+}
+
+/// A WebSocket from `local_ip`; the server's refusal comes back as the error.
+pub async fn connect_from(
+    local_ip: &str,
+    server: &RunningServer,
+) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+    let tcp = tcp_from(local_ip, server.local_addr()).await?;
+    let (ws, _) =
+        tokio_tungstenite::client_async(ws_url(server), MaybeTlsStream::Plain(tcp)).await?;
+    Ok(Client {
+        ws,
+        peer: String::new(),
+        session: String::new(),
+        resume_token: String::new(),
+    })
+}
+
+/// The value of an unlabelled or labelled metric line, e.g. `name{code="x"}`.
+pub async fn metric(server: &RunningServer, line_start: &str) -> f64 {
+    let (_, _, text) = http(server, "GET", "/metrics", &[], None).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
