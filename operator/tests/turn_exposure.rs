@@ -550,3 +550,58 @@ fn crd_rules_refuse_exposures_that_cannot_route_to_the_right_relay() {
         assert!(errors.is_empty(), "{name}: {errors:?}");
     }
 }
+
+/// A user's placement affinity is added to, never replaces, the rule that
+/// keeps host-network relays one per node (two would fight over the ports).
+#[test]
+fn host_network_keeps_one_relay_per_node_beside_a_users_affinity() {
+    let cluster = demo(json!({
+        "placement": {
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [{
+                            "matchExpressions": [{
+                                "key": "media", "operator": "In", "values": ["yes"]
+                            }]
+                        }]
+                    }
+                },
+                "podAntiAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [{
+                        "labelSelector": {"matchLabels": {"app": "noisy"}},
+                        "topologyKey": "kubernetes.io/hostname"
+                    }]
+                }
+            }
+        }
+    }));
+    let plan = plan_of(
+        &cluster,
+        vec![node("node-a", &[("ExternalIP", "203.0.113.1")])],
+    );
+    let deployment = json(find(&plan, "Deployment", "demo-turn"));
+    let affinity = &deployment["spec"]["template"]["spec"]["affinity"];
+    assert_eq!(
+        affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchExpressions"][0]["key"],
+        "media",
+        "the user's node affinity is kept: {affinity}"
+    );
+    let terms = affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .expect("required anti-affinity terms");
+    assert!(
+        terms
+            .iter()
+            .any(|t| t["labelSelector"]["matchLabels"]["app"] == "noisy"),
+        "the user's anti-affinity is kept: {affinity}"
+    );
+    assert!(
+        terms.iter().any(|t| {
+            t["topologyKey"] == "kubernetes.io/hostname"
+                && t["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "turn"
+        }),
+        "one relay per node is kept: {affinity}"
+    );
+}

@@ -56,14 +56,11 @@ async fn run(config: Config) -> ExitCode {
         Ok(s) => s,
         Err(error) => return start_failed(PROGRAM, &error, &Cli::command()),
     };
-    println!("listening on http://{}", server.local_addr());
-    println!(
-        "{}",
-        videochat_signaling::web::open_hint(server.local_addr())
-    );
+    say(&format!("listening on http://{}", server.local_addr()));
+    say(&videochat_signaling::web::open_hint(server.local_addr()));
     if let Some((udp, tcp)) = server.turn_addrs() {
         let tcp = tcp.map(|a| format!(" tcp {a}")).unwrap_or_default();
-        println!("turn relay on udp {udp}{tcp}");
+        say(&format!("turn relay on udp {udp}{tcp}"));
     }
     let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     {
@@ -82,4 +79,13 @@ async fn run(config: Config) -> ExitCode {
     tracing::info!(clients_left = !empty, "exiting");
     server.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// One line on stdout for people and scripts. A closed stdout (a script that
+/// read the first line and went away) must not stop the server, as
+/// `println!` would by panicking.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }

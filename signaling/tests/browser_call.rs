@@ -12,13 +12,15 @@
 //! installs them and exports VIDEOCHAT_CHROMIUM / VIDEOCHAT_CHROMEDRIVER).
 //! Without them the test fails; it never skips.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
+mod browser_support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use browser_support::{CHROMIUM_FLAGS, Process, find_program, free_port, unique_dir};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -27,159 +29,6 @@ use serde_json::{Value, json};
 /// Bound on each wait: server start, browser start, call set-up, chat.
 const WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(250);
-
-/// The flags named by the project for a closed-network, headless peer.
-const CHROMIUM_FLAGS: &[&str] = &[
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    // No user gesture in a test: let remote media start playing by itself.
-    "--autoplay-policy=no-user-gesture-required",
-    // Our TURN relay listens on loopback; without this flag Chromium leaves
-    // loopback out of ICE gathering, so no relay candidate is found when the
-    // machine has no other interface.
-    "--allow-loopback-in-peer-connection",
-    "--window-size=1280,720",
-    "--mute-audio",
-];
-
-/// Output lines of a child process, kept for failure messages.
-#[derive(Clone, Default)]
-struct Output(Arc<Mutex<Vec<String>>>);
-
-impl Output {
-    fn collect(&self, stream: impl Read + Send + 'static, tag: &'static str) {
-        let lines = self.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if let Ok(mut lines) = lines.lock() {
-                    lines.push(format!("[{tag}] {line}"));
-                }
-            }
-        });
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.0.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    fn tail(&self, n: usize) -> String {
-        let lines = self.lines();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-}
-
-/// A child process that is killed when the test ends, however it ends.
-struct Process {
-    child: Child,
-    output: Output,
-}
-
-impl Process {
-    fn spawn(command: &mut Command, what: &str) -> Self {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what} ({command:?}): {e}"));
-        let output = Output::default();
-        if let Some(out) = child.stdout.take() {
-            output.collect(out, "stdout");
-        }
-        if let Some(err) = child.stderr.take() {
-            output.collect(err, "stderr");
-        }
-        Self { child, output }
-    }
-
-    /// SIGKILL, as a crash would.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// SIGTERM, as Kubernetes sends before removing a pod.
-    fn terminate(&self) {
-        let sent = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        assert!(
-            matches!(sent, Ok(status) if status.success()),
-            "cannot send SIGTERM to {}: {sent:?}",
-            self.child.id()
-        );
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Finds a program: the environment variable when set, else the first of
-/// `names` on PATH.
-fn find_program(env_var: &str, names: &[&str], package: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(env_var).filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "{env_var}={} does not name a file; unset it or point it at the {package} program",
-            path.display()
-        );
-        return path;
-    }
-    let dirs = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&dirs) {
-        for name in names {
-            let candidate = dir.join(name);
-            if candidate.is_file() {
-                return candidate;
-            }
-        }
-    }
-    panic!(
-        "the browser test needs Debian's `{package}` ({} not found on PATH and {env_var} unset). \
-         Install it with scripts/setup.d/browser.sh (apt-get install chromium chromium-driver), \
-         or set {env_var} to the program's path.",
-        names.join(" / ")
-    );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
-}
-
-fn unique_dir(label: &str) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "browser-call-{label}-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    dir
-}
 
 /// Starts the signaling server (with its in-process TURN relay) on loopback
 /// and returns it with the base URL it prints (`listening on http://…`).
@@ -611,6 +460,19 @@ async fn call_and_chat(a: &Peer, b: &Peer, server: &Process, base_url: &str) -> 
         expect_shown(peer, "#join-panel", false).await?;
         expect_shown(peer, "#chat", true).await?;
     }
+    // Each page says how many are in the room, and its own tile's initials
+    // come from the name alone (not from "A (you)").
+    wait_all(&[a, b], server, "room count and initials", |s| {
+        let mut problems = Vec::new();
+        if s["peerCount"] != json!("2 people in the room") {
+            problems.push(format!("peerCount is {}", s["peerCount"]));
+        }
+        if s["initials"] != s["name"] {
+            problems.push(format!("initials {} for name {}", s["initials"], s["name"]));
+        }
+        (!problems.is_empty()).then(|| problems.join(", "))
+    })
+    .await?;
     let from_a = "hello from A";
     let from_b = "hello back from B";
     send_chat(a, from_a).await?;

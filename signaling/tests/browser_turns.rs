@@ -11,12 +11,13 @@
 //!
 //! Needs Debian's `chromium` and `chromium-driver`, like browser_call.rs.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
+mod browser_support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use browser_support::{CHROMIUM_FLAGS, Process, find_program, free_port, unique_dir};
 
 use base64::Engine;
 use fantoccini::{Client, ClientBuilder};
@@ -32,124 +33,6 @@ use videochat_turn::{Relay, RelayConfig};
 const WAIT: Duration = Duration::from_secs(40);
 const POLL: Duration = Duration::from_millis(250);
 const SECRET: &str = "turns-browser-secret";
-
-const CHROMIUM_FLAGS: &[&str] = &[
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--autoplay-policy=no-user-gesture-required",
-    // The relay listens on loopback; Chromium leaves loopback out of ICE
-    // gathering without this.
-    "--allow-loopback-in-peer-connection",
-    "--window-size=1280,720",
-    "--mute-audio",
-];
-
-/// Output lines of a child process, kept for failure messages.
-#[derive(Clone, Default)]
-struct Output(Arc<Mutex<Vec<String>>>);
-
-impl Output {
-    fn collect(&self, stream: impl Read + Send + 'static, tag: &'static str) {
-        let lines = self.0.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if let Ok(mut lines) = lines.lock() {
-                    lines.push(format!("[{tag}] {line}"));
-                }
-            }
-        });
-    }
-
-    fn lines(&self) -> Vec<String> {
-        self.0.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    fn tail(&self, n: usize) -> String {
-        let lines = self.lines();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-}
-
-/// A child process, killed when dropped.
-struct Process {
-    child: Child,
-    output: Output,
-}
-
-impl Process {
-    fn spawn(command: &mut Command, what: &str) -> Self {
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what} ({command:?}): {e}"));
-        let output = Output::default();
-        if let Some(out) = child.stdout.take() {
-            output.collect(out, "stdout");
-        }
-        if let Some(err) = child.stderr.take() {
-            output.collect(err, "stderr");
-        }
-        Self { child, output }
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn find_program(env_var: &str, name: &str, package: &str) -> PathBuf {
-    if let Some(path) = std::env::var_os(env_var).filter(|p| !p.is_empty()) {
-        return PathBuf::from(path);
-    }
-    let dirs = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&dirs)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "the browser test needs Debian's `{package}` ({name} not on PATH, {env_var} unset); \
-                 scripts/setup.d/browser.sh installs it"
-            )
-        })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
-}
-
-fn unique_dir(label: &str) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "browser-turns-{label}-{}-{nanos}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    dir
-}
 
 /// A test CA and a leaf for 127.0.0.1 signed by it, written to `dir`;
 /// returns (certificate file, key file, base64 SHA-256 of the leaf's SPKI).
@@ -310,7 +193,7 @@ fn call_problem(state: &Value) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_browsers_call_relay_only_over_turns() {
-    let dir = unique_dir("pki");
+    let dir = unique_dir("turns-pki");
     let (cert_file, key_file, spki_pin) = test_certificate(&dir);
     let relay = Relay::start(RelayConfig {
         tls_cert_file: Some(cert_file),
@@ -326,11 +209,15 @@ async fn two_browsers_call_relay_only_over_turns() {
     let turns_uri = format!("turns:127.0.0.1:{}?transport=tcp", tls.port());
     let secret_file = dir.join("turn-secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).expect("write secret");
-    let data_dir = unique_dir("data");
+    let data_dir = unique_dir("turns-data");
     let (server, base_url) = start_signaling(&data_dir, &turns_uri, &secret_file);
 
-    let chromium = find_program("VIDEOCHAT_CHROMIUM", "chromium", "chromium");
-    let chromedriver = find_program("VIDEOCHAT_CHROMEDRIVER", "chromedriver", "chromium-driver");
+    let chromium = find_program("VIDEOCHAT_CHROMIUM", &["chromium"], "chromium");
+    let chromedriver = find_program(
+        "VIDEOCHAT_CHROMEDRIVER",
+        &["chromedriver"],
+        "chromium-driver",
+    );
     let port = free_port();
     let mut driver = Process::spawn(
         Command::new(&chromedriver).arg(format!("--port={port}")),

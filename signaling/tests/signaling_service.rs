@@ -1071,6 +1071,12 @@ async fn demo_page_is_served_with_csp_and_no_cache() {
         );
     }
     assert_eq!(http(&server, "GET", "/nope.js", &[], None).await.0, 404);
+    // The page names its icon, so browsers do not ask for /favicon.ico (a
+    // 404 in every console), and the icon is served.
+    assert!(body.contains(r#"rel="icon" href="favicon.svg""#), "{body}");
+    let (status, headers, _) = http(&server, "GET", "/favicon.svg", &[], None).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-type"), Some("image/svg+xml"));
     server.shutdown().await;
 }
 

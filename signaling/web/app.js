@@ -11,7 +11,7 @@ import { PeerMesh } from "./peer-mesh.js";
 import { Chat } from "./chat.js";
 import { QualityMonitor, readStats, level } from "./quality.js";
 import { openLocalMedia, setTrackEnabled, hasTrack } from "./media.js";
-import { elements, setBanner, setStatus, setQuality, showCall, showJoin, setChatEnabled, Tile, renderChat } from "./ui.js";
+import { elements, setBanner, setStatus, setQuality, showCall, showJoin, setChatEnabled, setPeerCount, Tile, renderChat } from "./ui.js";
 
 const ROOM_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
 const NAME_MAX = 64;
@@ -81,7 +81,7 @@ class Call {
       mesh: this.mesh,
       sendStats: (s) => this.sendStats(s),
     });
-    this.localTile = new Tile({ id: "local", name: name + " (you)", local: true });
+    this.localTile = new Tile({ id: "local", name, local: true });
     this.localTile.setStream(stream);
     this.wire();
   }
@@ -282,6 +282,7 @@ class Call {
       tile.setState("new");
       tile.setVideoShown(false);
       this.tiles.set(peer, tile);
+      setPeerCount(this.tiles.size + 1);
     }
     return tile;
   }
@@ -296,6 +297,7 @@ class Call {
     if (tile) tile.remove();
     this.tiles.delete(peer);
     this.peerNames.delete(peer);
+    setPeerCount(this.tiles.size + 1);
   }
 
   onTrack({ peer, stream }) {
@@ -356,6 +358,8 @@ class Call {
       iceServers: this.client.iceServers.length,
       localTracks: this.stream.getTracks().map((t) => t.kind),
       adapt: { ...this.adapt, switches: this.adaptSwitches },
+      peerCount: elements.peerCount.textContent,
+      initials: this.localTile.avatar.textContent,
       lastSeq: this.chat.lastSeq(this.room),
       peers,
       chat: this.chat.view(this.room).map(({ seq, id, from, name, body, state }) => ({ seq, id, from, name, body, state })),
@@ -412,7 +416,8 @@ function toggle(button, kind) {
 
 function init() {
   elements.roomInput.value = settings.room;
-  elements.nameInput.value = settings.name;
+  // The last name used, else a guest name to change or keep.
+  elements.nameInput.value = settings.name || guestName();
   elements.joinForm.addEventListener("submit", (event) => {
     event.preventDefault();
     const room = elements.roomInput.value.trim();

@@ -1,3 +1,5 @@
+import { initials, roomCount } from "./names.js";
+
 // Everything that touches the DOM. Text from the network is only ever set
 // with textContent, never parsed as HTML.
 
@@ -22,6 +24,7 @@ export const elements = {
   soundButton: $("sound-button"),
   leaveButton: $("leave-button"),
   roomLabel: $("room-label"),
+  peerCount: $("peer-count"),
   status: $("connection-status"),
   quality: $("quality"),
   qualityText: $("quality-text"),
@@ -62,6 +65,11 @@ export function setQuality(summary, { inCall = false } = {}) {
     `${summary.level} · ${summary.rtt_ms} ms · ${(summary.loss * 100).toFixed(1)}% loss · ${summary.send_kbps} kbps`;
 }
 
+// How many are in the call, this page included.
+export function setPeerCount(n) {
+  elements.peerCount.textContent = n > 0 ? roomCount(n) : "";
+}
+
 export function showCall(room) {
   elements.joinPanel.hidden = true;
   elements.call.hidden = false;
@@ -74,6 +82,7 @@ export function showJoin() {
   elements.call.hidden = true;
   elements.chat.hidden = true;
   elements.roomLabel.textContent = "";
+  elements.peerCount.textContent = "";
   elements.tiles.replaceChildren();
   elements.chatList.replaceChildren();
   setChatEnabled(false);
@@ -85,16 +94,6 @@ export function setChatEnabled(enabled) {
   elements.chatSend.disabled = !enabled;
 }
 
-function initials(name) {
-  return (
-    String(name || "?")
-      .split(/\s+/)
-      .filter(Boolean)
-      .slice(0, 2)
-      .map((w) => w[0].toUpperCase())
-      .join("") || "?"
-  );
-}
 
 const STATE_TEXT = {
   new: "connecting…",
@@ -109,6 +108,7 @@ export class Tile {
   constructor({ id, name, local }) {
     this.root = document.createElement("figure");
     this.root.className = "tile" + (local ? " local" : "");
+    this.local = Boolean(local);
     this.root.dataset.peer = id;
     this.video = document.createElement("video");
     this.video.autoplay = true;
@@ -129,7 +129,7 @@ export class Tile {
   }
 
   setName(name) {
-    this.label.textContent = name;
+    this.label.textContent = this.local ? `${name} (you)` : name;
     this.avatar.textContent = initials(name);
     this.video.setAttribute("aria-label", "Video of " + name);
   }

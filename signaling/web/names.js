@@ -1,0 +1,16 @@
+// Display names: pure helpers, no DOM (unit-tested in Node).
+
+// Up to two initials for an avatar, from the words that start with a letter
+// or a digit: "Zed" -> "Z", "Ada Lovelace" -> "AL", "(you)" counts for nothing.
+export function initials(name) {
+  const letters = String(name || "")
+    .split(/\s+/)
+    .map((word) => (word.match(/^[\p{L}\p{N}]/u) || [])[0])
+    .filter(Boolean);
+  return letters.slice(0, 2).join("").toUpperCase() || "?";
+}
+
+// "1 person in the room", "3 people in the room".
+export function roomCount(n) {
+  return `${n} ${n === 1 ? "person" : "people"} in the room`;
+}
