@@ -286,6 +286,20 @@ async fn finish(
     {
         tracing::warn!(error = %e, "session detach failed");
     }
+    // The others learn at once that this peer is away and for how long its
+    // place is kept, so a page can show it as reconnecting and stop offering
+    // to it until it is back.
+    let resume_within_ms = u64::try_from(state.resume_window().as_millis()).unwrap_or(u64::MAX);
+    for room in conn.session.rooms.keys() {
+        let msg = ServerMessage::PeerAway {
+            room,
+            peer: &peer,
+            resume_within_ms,
+        };
+        if let Err(e) = state.bus.publish(room, frame(&msg), Some(&peer)).await {
+            tracing::warn!(error = %e, %room, "publish peer-away failed");
+        }
+    }
     tracing::debug!(%peer, "socket closed; session resumable");
     if closing {
         await_close_reply(&mut stream).await;
@@ -976,10 +990,9 @@ impl Conn {
                     .join(&room, peer, &name, u32::MAX)
                     .await
                     .map_err(|e| internal(&e, "resume"))?;
-                if matches!(
-                    outcome,
-                    crate::presence::JoinOutcome::Joined { new: true, .. }
-                ) {
+                // Others saw `peer-away` (or, after a restart, nothing):
+                // `peer-joined` tells them it is back either way.
+                if matches!(outcome, crate::presence::JoinOutcome::Joined { .. }) {
                     let msg = ServerMessage::PeerJoined {
                         room: &room,
                         peer,

@@ -335,6 +335,14 @@ pub enum ServerMessage<'a> {
         room: &'a str,
         peer: &'a str,
     },
+    /// A peer's socket dropped; its place is kept for `resume_within_ms`
+    /// (extension). `peer-joined` follows when it resumes, `peer-left` when
+    /// the window ends without a resume.
+    PeerAway {
+        room: &'a str,
+        peer: &'a str,
+        resume_within_ms: u64,
+    },
     Signal {
         room: &'a str,
         from: &'a str,
@@ -374,6 +382,7 @@ impl ServerMessage<'_> {
             Self::Left { .. } => "left",
             Self::PeerJoined { .. } => "peer-joined",
             Self::PeerLeft { .. } => "peer-left",
+            Self::PeerAway { .. } => "peer-away",
             Self::Signal { .. } => "signal",
             Self::Chat(_) => "chat",
             Self::Ack { .. } => "ack",

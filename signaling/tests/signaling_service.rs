@@ -446,6 +446,46 @@ async fn resume_with_a_bad_last_seq_is_a_bad_request() {
     server.shutdown().await;
 }
 
+/// A dropped socket is announced at once as `peer-away` with the time the
+/// place is kept; a resume is announced as `peer-joined`, so a page can stop
+/// offering to an away peer and start again when it is back.
+#[tokio::test]
+async fn others_see_peer_away_with_its_window_then_peer_joined_on_resume() {
+    let server = start(videochat_signaling::Config {
+        resume_window: Duration::from_secs(5),
+        ..test_config()
+    })
+    .await;
+    let (
+        mut a,
+        Dropped {
+            peer: b_peer,
+            session: b_session,
+            token: b_token,
+        },
+    ) = alice_and_bob_who_dropped_after_one_chat(&server).await;
+    let away = a.recv_type("peer-away").await;
+    assert_eq!(
+        away,
+        json!({"type":"peer-away","room":"r","peer":b_peer,"resume_within_ms":5000})
+    );
+    let mut b2 = Client::raw(&ws_url(&server)).await;
+    let w = b2
+        .hello(json!({"type":"hello","resume":{"session":b_session,"token":b_token}}))
+        .await;
+    assert_eq!(w["resumed"], true);
+    let back = a.recv_type("peer-joined").await;
+    assert_eq!(back["peer"], b_peer.as_str());
+    assert_eq!(back["room"], "r");
+    // A `bye` is a leave, not an absence: no peer-away for it.
+    b2.send(&json!({"type":"bye"})).await;
+    assert_eq!(a.recv_type("peer-left").await["peer"], b_peer.as_str());
+    while let Some(v) = a.try_recv(Duration::from_millis(200)).await {
+        assert_ne!(v["type"], "peer-away", "{v}");
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn peer_left_only_after_the_resume_window_or_at_once_on_bye() {
     let server = start(test_config()).await; // 1 s window

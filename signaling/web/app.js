@@ -11,6 +11,7 @@ import { PeerMesh } from "./peer-mesh.js";
 import { Chat } from "./chat.js";
 import { QualityMonitor, readStats, level } from "./quality.js";
 import { openLocalMedia, setTrackEnabled, hasTrack } from "./media.js";
+import { awayText } from "./names.js";
 import { elements, setBanner, setStatus, setQuality, showCall, showJoin, setChatEnabled, setPeerCount, Tile, renderChat } from "./ui.js";
 
 const ROOM_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
@@ -59,6 +60,9 @@ class Call {
     this.hadSession = false;
     this.rejoining = false;
     this.adapt = { audioOnly: false, maxBitrateKbps: 0 };
+    // Peers away from the server: peer id -> end of their resume window.
+    this.away = new Map();
+    this.awayTimer = null;
     // How often video was switched off or on by the server's advice.
     this.adaptSwitches = 0;
     this.tiles = new Map();
@@ -95,7 +99,8 @@ class Call {
     this.mesh.addEventListener("track", (e) => this.onTrack(e.detail));
     this.mesh.addEventListener("state", (e) => {
       const tile = this.tiles.get(e.detail.peer);
-      if (tile) tile.setState(e.detail.connectionState);
+      // An away peer's tile keeps saying so until it is back.
+      if (tile && !this.away.has(e.detail.peer)) tile.setState(e.detail.connectionState);
       if (e.detail.connectionState === "connected") setBanner("ice", null);
     });
     this.mesh.addEventListener("ice-problem", (e) => setBanner("ice", e.detail.reason, "error"));
@@ -195,9 +200,13 @@ class Call {
         // The newcomer offers; its offer creates the connection here.
         if (m.room === this.room && m.peer !== this.client.peer) {
           const link = this.mesh.links.get(m.peer);
+          this.peerBack(m.peer);
           if (link) link.onPeerReturned();
           this.addPeer(m.peer, m.name, { offer: false });
         }
+        return;
+      case "peer-away":
+        if (m.room === this.room && m.peer !== this.client.peer) this.onPeerAway(m.peer, Number(m.resume_within_ms) || 0);
         return;
       case "peer-left":
         if (m.room === this.room) {
@@ -269,6 +278,40 @@ class Call {
     }
   }
 
+  // The peer's socket dropped; its place is kept for a while. Its tile says
+  // so with the time left, and no offers go to it until it is back.
+  onPeerAway(peer, withinMs) {
+    const until = Date.now() + withinMs;
+    this.away.set(peer, until);
+    const link = this.mesh.links.get(peer);
+    if (link) link.awayUntil = until;
+    this.renderAway();
+    if (!this.awayTimer) this.awayTimer = setInterval(() => this.renderAway(), 1000);
+  }
+
+  renderAway() {
+    const now = Date.now();
+    for (const [peer, until] of this.away) {
+      const tile = this.tiles.get(peer);
+      if (!tile || until <= now) {
+        this.away.delete(peer);
+        continue;
+      }
+      tile.setAway(awayText(until, now));
+    }
+    if (this.away.size === 0) {
+      clearInterval(this.awayTimer);
+      this.awayTimer = null;
+    }
+  }
+
+  peerBack(peer) {
+    if (!this.away.delete(peer)) return;
+    const tile = this.tiles.get(peer);
+    const link = this.mesh.links.get(peer);
+    if (tile && link) tile.setState(link.pc.connectionState);
+  }
+
   addPeer(peerId, name, { offer }) {
     this.peerNames.set(peerId, name || peerId);
     this.ensureTile(peerId);
@@ -297,6 +340,7 @@ class Call {
     if (tile) tile.remove();
     this.tiles.delete(peer);
     this.peerNames.delete(peer);
+    this.away.delete(peer);
     setPeerCount(this.tiles.size + 1);
   }
 
@@ -321,6 +365,7 @@ class Call {
     if (this.joined) this.client.send({ type: "leave", room: this.room });
     this.client.send({ type: "bye" });
     this.quality.stop();
+    clearInterval(this.awayTimer);
     this.mesh.closeAll();
     this.client.stop();
     for (const track of this.stream.getTracks()) track.stop();
@@ -359,6 +404,7 @@ class Call {
       localTracks: this.stream.getTracks().map((t) => t.kind),
       adapt: { ...this.adapt, switches: this.adaptSwitches },
       peerCount: elements.peerCount.textContent,
+      away: [...this.away.keys()],
       initials: this.localTile.avatar.textContent,
       lastSeq: this.chat.lastSeq(this.room),
       peers,

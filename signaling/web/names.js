@@ -14,3 +14,10 @@ export function initials(name) {
 export function roomCount(n) {
   return `${n} ${n === 1 ? "person" : "people"} in the room`;
 }
+
+// The tile text of a peer whose connection to the server dropped: its place
+// is kept until `until` (ms since the epoch).
+export function awayText(until, now) {
+  const left = Math.max(0, Math.ceil((until - now) / 1000));
+  return `reconnecting · ${left} s left`;
+}

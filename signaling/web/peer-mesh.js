@@ -41,6 +41,9 @@ export class PeerLink {
     this.gatheringSince = 0;
     this.gatheringReported = false;
     this.lastProgress = Date.now();
+    // While the peer is away from the server (its socket dropped), offers
+    // and ICE restarts would only queue up for it: wait until it is back.
+    this.awayUntil = 0;
     this.pc = new RTCPeerConnection(mesh.rtcConfiguration());
     this.wire();
     if (offer) this.addTracks({ offering: true });
@@ -75,9 +78,13 @@ export class PeerLink {
     });
   }
 
+  away() {
+    return this.awayUntil > Date.now();
+  }
+
   checkProgress() {
     const pc = this.pc;
-    if (this.closed) return;
+    if (this.closed || this.away()) return;
     if (
       pc.iceGatheringState === "gathering" &&
       this.candidatesGathered === 0 &&
@@ -104,6 +111,7 @@ export class PeerLink {
 
   // Starts negotiation afresh: withdraws an unanswered offer first.
   renegotiate(reason) {
+    if (this.away()) return;
     this.offerSentAt = 0;
     this.lastProgress = Date.now();
     this.signalChain = this.signalChain
@@ -121,13 +129,15 @@ export class PeerLink {
   // The peer is back in the room (its session resumed, maybe after a server
   // restart): what we sent while it was away may be lost.
   onPeerReturned() {
+    this.awayUntil = 0;
+    this.lastProgress = Date.now();
     const pc = this.pc;
     if (pc.connectionState === "connected" && pc.signalingState === "stable") return;
     if (!this.polite) this.renegotiate("the peer is back");
   }
 
   restartIce(reason) {
-    if (this.closed) return;
+    if (this.closed || this.away()) return;
     console.warn("peer", this.peerId, "restarting ICE:", reason);
     this.lastProgress = Date.now();
     this.pc.restartIce();

@@ -154,6 +154,11 @@ export class Tile {
     this.badge.textContent = STATE_TEXT[state] !== undefined ? STATE_TEXT[state] : state;
   }
 
+  setAway(text) {
+    this.root.dataset.state = "away";
+    this.badge.textContent = text;
+  }
+
   setBadge(text) {
     this.badge.textContent = text;
   }
