@@ -22,11 +22,30 @@ fn main() -> std::process::ExitCode {
     match real_main(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("{PROGRAM}: {}", one_line(&error));
-            std::process::ExitCode::FAILURE
+            let line = videochat_startup::as_given(&one_line(&error), &Cli::command());
+            eprintln!("{PROGRAM}: {line}");
+            // Exit 2 for a configuration it cannot start with, as the other
+            // binaries do; 1 for anything that went wrong later.
+            if error.downcast_ref::<BadConfiguration>().is_some() {
+                std::process::ExitCode::from(videochat_startup::EXIT_BAD_CONFIGURATION)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }
+
+/// A setting the operator cannot start with (exit code 2).
+#[derive(Debug)]
+struct BadConfiguration(String);
+
+impl std::fmt::Display for BadConfiguration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadConfiguration {}
 
 /// The error and its causes on one line; a cause already quoted in the
 /// message before it is not repeated.
@@ -73,9 +92,11 @@ fn init_tracing(format: LogFormat, filter: tracing_subscriber::EnvFilter) {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let client = kube::Client::try_default().await.context(
-            "no Kubernetes configuration: set KUBECONFIG or run in a pod with a service account",
-        )?;
+        let client = kube::Client::try_default().await.map_err(|error| {
+            BadConfiguration(format!(
+                "no Kubernetes configuration: set KUBECONFIG or run in a pod with a service account ({error})"
+            ))
+        })?;
         let metrics = Arc::new(metrics::Metrics::new());
         let ready = Arc::new(AtomicBool::new(false));
         let admin_state = admin::AdminState {
