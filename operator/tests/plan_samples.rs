@@ -389,6 +389,12 @@ fn full_sample_has_ingress_per_relay_load_balancers_and_autoscaled_replicas() {
         json!("chat.example.com")
     );
     assert_eq!(ingress["spec"]["ingressClassName"], json!("nginx"));
+    // The page served there may open its WebSocket: its origin is the service's own.
+    let signaling_config = json(find(&plan, "ConfigMap", "prod-signaling-config"));
+    assert_eq!(
+        signaling_config["data"]["VIDEOCHAT_PUBLIC_ORIGINS"],
+        json!("https://chat.example.com")
+    );
 
     let turn_config = json(find(&plan, "ConfigMap", "prod-turn-config"));
     assert_eq!(

@@ -102,6 +102,20 @@ pub(crate) fn config(
             format!("{AUTH_DIR}/secret"),
         );
     }
+    // The demo page served through the Ingress opens its WebSocket from the
+    // Ingress origin; the service decides same-origin from this setting,
+    // never from the Host header.
+    if let Some(ingress) = &spec.signaling.ingress {
+        let scheme = if ingress.tls_secret_name.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        env.insert(
+            "VIDEOCHAT_PUBLIC_ORIGINS".into(),
+            format!("{scheme}://{}", ingress.host),
+        );
+    }
     env
 }
 
