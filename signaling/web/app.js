@@ -386,6 +386,7 @@ class Call {
         localCandidateType: s.localCandidateType,
         remoteCandidateType: s.remoteCandidateType,
         framesDecoded: s.framesDecoded,
+        framesSent: s.framesSent,
         bytesReceived: s.bytesReceived,
         bytesSent: s.bytesSent,
         rttMs: s.rttMs,

@@ -15,6 +15,7 @@ export async function readStats(pc) {
     framesPerSecond: 0,
     bytesReceived: 0,
     bytesSent: 0,
+    framesSent: 0,
     packetsReceived: 0,
     packetsLost: 0,
     remoteFractionLost: null,
@@ -48,6 +49,7 @@ export async function readStats(pc) {
       }
     } else if (s.type === "outbound-rtp") {
       out.bytesSent += s.bytesSent || 0;
+      if (s.kind === "video") out.framesSent += s.framesSent || 0;
     } else if (s.type === "remote-inbound-rtp" && typeof s.fractionLost === "number") {
       out.remoteFractionLost = Math.max(out.remoteFractionLost || 0, s.fractionLost);
       if (out.rttMs === null && typeof s.roundTripTime === "number") out.rttMs = s.roundTripTime * 1000;
