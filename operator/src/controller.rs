@@ -179,16 +179,7 @@ pub async fn observe(client: &Client, cluster: &VideoChatCluster) -> Result<Obse
             observed.insert(object);
         }
     }
-    let spec = &cluster.spec;
-    let references: Vec<&SecretKeyRef> = [
-        spec.turn.shared_secret_ref.as_ref(),
-        spec.redis.external.as_ref().map(|e| &e.url_secret_ref),
-        spec.mongodb.external.as_ref().map(|e| &e.url_secret_ref),
-        spec.signaling.auth_secret_ref.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let references = referenced_secrets(cluster);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     for reference in references {
         if observed.get("Secret", &reference.name).is_some() {
@@ -216,6 +207,21 @@ pub async fn observe(client: &Client, cluster: &VideoChatCluster) -> Result<Obse
     Ok(observed)
 }
 
+/// The Secrets a cluster's spec names (TURN shared secret, external database
+/// URLs, room-token secret), which carry none of the operator's labels.
+fn referenced_secrets(cluster: &VideoChatCluster) -> Vec<&SecretKeyRef> {
+    let spec = &cluster.spec;
+    [
+        spec.turn.shared_secret_ref.as_ref(),
+        spec.redis.external.as_ref().map(|e| &e.url_secret_ref),
+        spec.mongodb.external.as_ref().map(|e| &e.url_secret_ref),
+        spec.signaling.auth_secret_ref.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// [`observe`] from the watch caches: the children from memory, and only
 /// the referenced Secrets the caches do not hold (a user's own Secret
 /// carries none of the operator's labels) from the API.
@@ -230,16 +236,7 @@ pub async fn observe_cached(
     let name = cluster.name_any();
     caches.wait_until_ready().await?;
     let mut observed = Observed::new(caches.children(&namespace, &name)?);
-    let spec = &cluster.spec;
-    let references: Vec<&SecretKeyRef> = [
-        spec.turn.shared_secret_ref.as_ref(),
-        spec.redis.external.as_ref().map(|e| &e.url_secret_ref),
-        spec.mongodb.external.as_ref().map(|e| &e.url_secret_ref),
-        spec.signaling.auth_secret_ref.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let references = referenced_secrets(cluster);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     for reference in references {
         if observed.get("Secret", &reference.name).is_some() {
