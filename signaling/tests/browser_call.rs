@@ -64,32 +64,8 @@ fn start_server_with(
         .arg("20s")
         .args(extra);
     let mut server = Process::spawn(&mut command, "videochat-signaling");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let url = server.output.lines().iter().find_map(|line| {
-            line.split("listening on ")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .filter(|url| url.starts_with("http://"))
-                .map(|url| url.trim_end_matches('/').to_owned())
-        });
-        if let Some(url) = url {
-            return (server, url);
-        }
-        if let Some(status) = server.exited() {
-            std::thread::sleep(Duration::from_millis(100));
-            panic!(
-                "videochat-signaling exited ({status}) before listening:\n{}",
-                server.output.tail(40)
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "videochat-signaling printed no `listening on http://…` line within {WAIT:?}:\n{}",
-            server.output.tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let url = server.wait_for_url(WAIT);
+    (server, url)
 }
 
 fn start_chromedriver(chromedriver: &Path) -> (Process, String) {

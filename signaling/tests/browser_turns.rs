@@ -79,31 +79,8 @@ fn start_signaling(data_dir: &Path, turns_uri: &str, secret_file: &Path) -> (Pro
         .arg("--turn-secret-file")
         .arg(secret_file);
     let mut server = Process::spawn(&mut command, "videochat-signaling");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let url = server.output.lines().iter().find_map(|line| {
-            line.split("listening on ")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .filter(|url| url.starts_with("http://"))
-                .map(|url| url.trim_end_matches('/').to_owned())
-        });
-        if let Some(url) = url {
-            return (server, url);
-        }
-        if let Some(status) = server.exited() {
-            panic!(
-                "videochat-signaling exited ({status}):\n{}",
-                server.output.tail(40)
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "videochat-signaling did not start:\n{}",
-            server.output.tail(40)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let url = server.wait_for_url(WAIT);
+    (server, url)
 }
 
 async fn open_browser(

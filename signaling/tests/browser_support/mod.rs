@@ -102,6 +102,37 @@ impl Process {
         );
     }
 
+    /// Waits for the server's `listening on http://…` line and returns that
+    /// base URL; fails with the server's output if it exits or stays silent.
+    pub fn wait_for_url(&mut self, wait: std::time::Duration) -> String {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let url = self.output.lines().iter().find_map(|line| {
+                line.split("listening on ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .filter(|url| url.starts_with("http://"))
+                    .map(|url| url.trim_end_matches('/').to_owned())
+            });
+            if let Some(url) = url {
+                return url;
+            }
+            if let Some(status) = self.exited() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                panic!(
+                    "videochat-signaling exited ({status}) before listening:\n{}",
+                    self.output.tail(40)
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "videochat-signaling printed no `listening on http://…` line within {wait:?}:\n{}",
+                self.output.tail(40)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
