@@ -82,6 +82,13 @@ pub struct Config {
     #[arg(long = "turn-uri", env = "VIDEOCHAT_TURN_URIS", value_delimiter = ',')]
     pub turn_uris: Vec<String>,
 
+    /// File of TURN server URIs (comma- or line-separated), re-read when it
+    /// changes, so relays that come and go reach clients without a restart
+    /// (the operator keeps it). Instead of --turn-uri; needs
+    /// --turn-secret-file.
+    #[arg(long, env = "VIDEOCHAT_TURN_URIS_FILE", conflicts_with = "turn_uris")]
+    pub turn_uris_file: Option<PathBuf>,
+
     /// File of TURN shared secrets, one per line, newest last: credentials are
     /// made with the newest; the file is re-read when it changes.
     #[arg(long, env = "VIDEOCHAT_TURN_SECRET_FILE")]
@@ -289,14 +296,14 @@ impl Config {
                 "external TURN URIs need --turn-secret-file to make credentials",
             ));
         }
+        if self.turn_uris_file.is_some() && self.turn_secret_file.is_none() {
+            return Err(SignalingError::config(
+                "--turn-uris-file",
+                "external TURN URIs need --turn-secret-file to make credentials",
+            ));
+        }
         for uri in &self.turn_uris {
-            if !(uri.starts_with("turn:") || uri.starts_with("turns:") || uri.starts_with("stun:"))
-            {
-                return Err(SignalingError::config(
-                    "--turn-uri",
-                    format!("`{uri}` must start with turn:, turns: or stun:"),
-                ));
-            }
+            crate::ice::check_uri(uri).map_err(|why| SignalingError::config("--turn-uri", why))?;
         }
         for origin in &self.allowed_origins {
             if origin != "*" {
@@ -357,7 +364,7 @@ impl Config {
 
     /// Whether the in-process TURN relay runs.
     pub fn embedded_turn(&self) -> bool {
-        !self.no_embedded_turn && self.turn_uris.is_empty()
+        !self.no_embedded_turn && self.turn_uris.is_empty() && self.turn_uris_file.is_none()
     }
 
     /// Loopback peers are allowed by default only for a loopback in-process relay.

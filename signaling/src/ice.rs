@@ -2,48 +2,73 @@
 //! `videochat_turn::credentials` under the newest shared secret.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::error::{Result, SignalingError};
+use crate::error::Result;
 use crate::protocol::IceServer;
 use crate::time::unix_now;
-
-/// How often the secret file's modification time is checked.
-const RELOAD_CHECK: Duration = Duration::from_secs(2);
+use crate::watched_file::WatchedFile;
 
 enum Secrets {
-    Fixed(Vec<u8>),
-    File {
-        path: PathBuf,
-        state: RwLock<FileState>,
-    },
+    Fixed(Arc<[u8]>),
+    File(WatchedFile<Vec<u8>>),
 }
 
-struct FileState {
-    newest: Vec<u8>,
-    modified: Option<SystemTime>,
-    checked: Instant,
+enum Uris {
+    Fixed(Arc<Vec<String>>),
+    /// Kept by the operator as the relays' addresses change: a file, so a
+    /// new relay address reaches clients without restarting signaling.
+    File(WatchedFile<Vec<String>>),
 }
 
 /// Makes the `ice_servers` list.
 pub struct IceConfig {
-    uris: Vec<String>,
+    uris: Uris,
     secrets: Option<Secrets>,
 }
 
-fn parse_newest(text: &str) -> Option<Vec<u8>> {
+/// The newest secret of a secrets file: its last line that is not empty or
+/// a comment.
+fn parse_newest(text: &str) -> std::result::Result<Vec<u8>, String> {
     text.lines()
         .map(str::trim)
         .rfind(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| l.as_bytes().to_vec())
+        .ok_or_else(|| "holds no secret".to_string())
+}
+
+/// Checks one TURN or STUN URI.
+pub fn check_uri(uri: &str) -> std::result::Result<(), String> {
+    if uri.starts_with("turn:") || uri.starts_with("turns:") || uri.starts_with("stun:") {
+        Ok(())
+    } else {
+        Err(format!("`{uri}` must start with turn:, turns: or stun:"))
+    }
+}
+
+/// A URIs file: URIs separated by commas or line breaks; blank lines and
+/// `#` comments are skipped. An empty file is an empty list (no relay has
+/// an address yet).
+pub fn parse_uris(text: &str) -> std::result::Result<Vec<String>, String> {
+    let mut uris = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') {
+            continue;
+        }
+        for uri in line.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            check_uri(uri)?;
+            uris.push(uri.to_string());
+        }
+    }
+    Ok(in_browser_order(uris))
 }
 
 impl IceConfig {
     /// No TURN: clients get an empty list (host candidates only).
     pub fn none() -> Self {
         Self {
-            uris: Vec::new(),
+            uris: Uris::Fixed(Arc::new(Vec::new())),
             secrets: None,
         }
     }
@@ -51,61 +76,48 @@ impl IceConfig {
     /// URIs with a secret held in memory (the in-process relay).
     pub fn with_secret(uris: Vec<String>, secret: Vec<u8>) -> Self {
         Self {
-            uris: in_browser_order(uris),
-            secrets: Some(Secrets::Fixed(secret)),
+            uris: Uris::Fixed(Arc::new(in_browser_order(uris))),
+            secrets: Some(Secrets::Fixed(Arc::from(secret))),
         }
     }
 
     /// URIs with secrets from a file, newest last, re-read when it changes.
     pub fn with_secret_file(uris: Vec<String>, path: PathBuf) -> Result<Self> {
-        let (newest, modified) = read_file(&path)?;
         Ok(Self {
-            uris: in_browser_order(uris),
-            secrets: Some(Secrets::File {
+            uris: Uris::Fixed(Arc::new(in_browser_order(uris))),
+            secrets: Some(Secrets::File(WatchedFile::open(
+                "--turn-secret-file",
                 path,
-                state: RwLock::new(FileState {
-                    newest,
-                    modified,
-                    checked: Instant::now(),
-                }),
-            }),
+                parse_newest,
+            )?)),
         })
+    }
+
+    /// Takes the URIs from a file instead, re-read when it changes.
+    pub fn with_uris_file(mut self, path: PathBuf) -> Result<Self> {
+        self.uris = Uris::File(WatchedFile::open("--turn-uris-file", path, parse_uris)?);
+        Ok(self)
     }
 
     fn newest_secret(&self) -> Option<Arc<[u8]>> {
         match self.secrets.as_ref()? {
-            Secrets::Fixed(s) => Some(Arc::from(s.as_slice())),
-            Secrets::File { path, state } => {
-                let stale = state
-                    .read()
-                    .map(|s| s.checked.elapsed() >= RELOAD_CHECK)
-                    .unwrap_or(true);
-                if stale && let Ok(mut st) = state.write() {
-                    st.checked = Instant::now();
-                    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-                    if modified != st.modified {
-                        match read_file(path) {
-                            Ok((newest, modified)) => {
-                                tracing::info!(path = %path.display(), "TURN secret file reloaded");
-                                st.newest = newest;
-                                st.modified = modified;
-                            }
-                            // Keep the last good secret; say why once per change.
-                            Err(e) => {
-                                st.modified = modified;
-                                tracing::warn!(error = %e, "TURN secret file not reloaded");
-                            }
-                        }
-                    }
-                }
-                state.read().ok().map(|s| Arc::from(s.newest.as_slice()))
-            }
+            Secrets::Fixed(secret) => Some(secret.clone()),
+            Secrets::File(file) => Some(Arc::from(file.get().as_slice())),
+        }
+    }
+
+    /// The URIs clients get now.
+    pub fn uris(&self) -> Arc<Vec<String>> {
+        match &self.uris {
+            Uris::Fixed(uris) => uris.clone(),
+            Uris::File(file) => file.get(),
         }
     }
 
     /// The list for `user` (a peer id, or none), valid for `ttl`.
     pub fn ice_servers(&self, user: Option<&str>, ttl: Duration) -> Vec<IceServer> {
-        if self.uris.is_empty() {
+        let uris = self.uris();
+        if uris.is_empty() {
             return Vec::new();
         }
         match self.newest_secret() {
@@ -113,39 +125,18 @@ impl IceConfig {
                 let c =
                     videochat_turn::credentials::generate(&secret, user, unix_now(), ttl.as_secs());
                 vec![IceServer {
-                    urls: self.uris.clone(),
+                    urls: uris.to_vec(),
                     username: Some(c.username),
                     credential: Some(c.password),
                 }]
             }
             None => vec![IceServer {
-                urls: self.uris.clone(),
+                urls: uris.to_vec(),
                 username: None,
                 credential: None,
             }],
         }
     }
-
-    pub fn uris(&self) -> &[String] {
-        &self.uris
-    }
-}
-
-fn read_file(path: &PathBuf) -> Result<(Vec<u8>, Option<SystemTime>)> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        SignalingError::config(
-            "--turn-secret-file",
-            format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
-    let newest = parse_newest(&text).ok_or_else(|| {
-        SignalingError::config(
-            "--turn-secret-file",
-            format!("{} holds no secret", path.display()),
-        )
-    })?;
-    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    Ok((newest, modified))
 }
 
 /// Orders URIs the way browsers should try them: `stun:`, then `turn:` over
@@ -242,6 +233,33 @@ mod tests {
                 "turns:turn.example.com:5349",
             ]
         );
+    }
+
+    #[test]
+    fn uris_from_a_file_may_be_empty_and_come_in_browser_order() {
+        let dir = std::env::temp_dir().join(format!("vc-ice-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secrets = dir.join("secrets");
+        std::fs::write(&secrets, "s\n").unwrap();
+        let uris = dir.join("uris");
+        // No relay has an address yet: no ICE servers, not an error.
+        std::fs::write(&uris, "").unwrap();
+        let ice = IceConfig::with_secret_file(vec![], secrets)
+            .unwrap()
+            .with_uris_file(uris.clone())
+            .unwrap();
+        assert!(ice.ice_servers(Some("p"), Duration::from_secs(60)).is_empty());
+        assert_eq!(
+            parse_uris("# relays\nturns:a:443?transport=tcp,turn:a:3478?transport=udp\nturn:b:3478?transport=udp\n")
+                .unwrap(),
+            vec![
+                "turn:a:3478?transport=udp",
+                "turn:b:3478?transport=udp",
+                "turns:a:443?transport=tcp"
+            ]
+        );
+        assert!(parse_uris("http://a").unwrap_err().contains("must start with turn:"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

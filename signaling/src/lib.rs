@@ -28,6 +28,7 @@ pub mod state;
 pub mod store;
 pub mod time;
 pub mod turn_identity;
+pub mod watched_file;
 pub mod web;
 
 pub use config::Config;

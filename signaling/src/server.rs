@@ -169,10 +169,12 @@ pub async fn start_with_backends(config: Config, backends: Backends) -> Result<R
         let (relay, ice) = start_relay(&config).await?;
         (Some(relay), ice)
     } else if let Some(path) = &config.turn_secret_file {
-        (
-            None,
-            IceConfig::with_secret_file(config.turn_uris.clone(), path.clone())?,
-        )
+        let ice = IceConfig::with_secret_file(config.turn_uris.clone(), path.clone())?;
+        let ice = match &config.turn_uris_file {
+            Some(uris) => ice.with_uris_file(uris.clone())?,
+            None => ice,
+        };
+        (None, ice)
     } else {
         (None, IceConfig::none())
     };

@@ -1488,3 +1488,73 @@ async fn turn_credentials_follow_a_rewritten_secret_file() {
     assert!(verifies_with(&w, b"second"), "{w}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn turn_uris_follow_a_kubelet_swapped_uris_file_without_a_restart() {
+    // As the kubelet mounts a ConfigMap: the key is a symlink into ..data,
+    // which is swapped atomically to a new directory on change.
+    let dir = temp_dir("turn-uris");
+    let secret_file = dir.join("turn-secret");
+    std::fs::write(&secret_file, "s\n").unwrap();
+    let mount = dir.join("mount");
+    let version = |n: u32, text: &str| {
+        let data = mount.join(format!("..v{n}"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("uris"), text).unwrap();
+        let link = mount.join(format!("..data_tmp{n}"));
+        std::os::unix::fs::symlink(format!("..v{n}"), &link).unwrap();
+        std::fs::rename(&link, mount.join("..data")).unwrap();
+    };
+    // No relay has an address yet.
+    version(1, "");
+    std::os::unix::fs::symlink("..data/uris", mount.join("uris")).unwrap();
+    let server = start(videochat_signaling::Config {
+        turn_uris_file: Some(mount.join("uris")),
+        turn_secret_file: Some(secret_file),
+        ..test_config()
+    })
+    .await;
+    let ice_urls = || async {
+        let (status, _, body) = http(&server, "GET", "/api/ice-servers", &[], None).await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["ice_servers"][0]["urls"]
+            .as_array()
+            .map(|urls| {
+                urls.iter()
+                    .map(|u| u.as_str().unwrap().to_owned())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    assert!(ice_urls().await.is_empty(), "no relay address yet");
+    version(
+        2,
+        "turns:turn.example.com:443?transport=tcp\nturn:203.0.113.1:3478?transport=udp,turn:203.0.113.2:3478?transport=udp\n",
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let urls = ice_urls().await;
+        if !urls.is_empty() {
+            assert_eq!(
+                urls,
+                vec![
+                    "turn:203.0.113.1:3478?transport=udp",
+                    "turn:203.0.113.2:3478?transport=udp",
+                    "turns:turn.example.com:443?transport=tcp",
+                ]
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the swapped URIs file was never re-read"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A bad version keeps the last good list.
+    version(3, "http://evil.example\n");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(ice_urls().await.len(), 3);
+    server.shutdown().await;
+}
