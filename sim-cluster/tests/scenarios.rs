@@ -435,6 +435,16 @@ async fn assert_idle(spec: Value, window: Duration, max_reconciles: u64, why: &s
     })
     .await;
     // Nothing changes now: every write would be the operator's.
+    let clusters: Api<VideoChatCluster> = Api::namespaced(client.clone(), NAMESPACE);
+    let status_of = || async {
+        clusters
+            .get(CLUSTER)
+            .await
+            .ok()
+            .and_then(|c| serde_json::to_value(c.status).ok())
+            .unwrap_or_default()
+    };
+    let status_before = status_of().await;
     let started = std::time::Instant::now();
     let reconciles_before = operator.reconciles();
     tokio::time::sleep(window).await;
@@ -445,7 +455,11 @@ async fn assert_idle(spec: Value, window: Duration, max_reconciles: u64, why: &s
         .map(|r| format!("{} {}", r.method, r.path))
         .collect();
     let reconciles = operator.reconciles() - reconciles_before;
-    assert!(writes.is_empty(), "an idle cluster got writes: {writes:?}");
+    assert!(
+        writes.is_empty(),
+        "an idle cluster got writes: {writes:?}\nstatus before: {status_before}\nstatus after:  {}",
+        status_of().await
+    );
     assert!(
         reconciles <= max_reconciles,
         "{reconciles} reconciles in {window:?} of idleness (at most {max_reconciles}: {why})"
