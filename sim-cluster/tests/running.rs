@@ -10,7 +10,7 @@ mod support;
 use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -447,8 +447,13 @@ async fn a_revision_that_cannot_run_is_rolled_back_and_a_good_one_rolls_forward(
         .endpoints;
     hello_and_join(&endpoints.signaling_url.expect("URL"), "after-rollback").await;
 
-    // A good change afterwards rolls forward: the new revision runs and the
-    // rollback condition clears.
+    // A good change afterwards rolls forward: new pods run the new revision
+    // and the rollback condition clears.
+    let rolled_back_pods: BTreeSet<String> = component_images(&client, "signaling")
+        .await
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
     apply(&client, spec(&good_image, 6)).await;
     let (cluster, _) = wait_ready(&sim, &client, READY_LIMIT).await;
     let cleared = condition(&cluster, "RolledBack").is_none_or(|c| c["status"] != "True");
@@ -457,12 +462,19 @@ async fn a_revision_that_cannot_run_is_rolled_back_and_a_good_one_rolls_forward(
         "no RolledBack=True once a good revision is out: {:?}",
         condition(&cluster, "RolledBack")
     );
-    let pods = component_images(&client, "signaling").await;
-    assert!(
-        pods.iter()
-            .all(|(_, image, ready)| *image == good_image && *ready),
-        "{pods:?}"
-    );
+    eventually(
+        "the new revision's pods replace the old ones",
+        Duration::from_secs(60),
+        || async {
+            let pods = component_images(&client, "signaling").await;
+            (!pods.is_empty()
+                && pods.iter().all(|(name, image, ready)| {
+                    !rolled_back_pods.contains(name) && *image == good_image && *ready
+                }))
+            .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,42 +504,77 @@ async fn a_scaled_down_signaling_pod_drains_and_goes_long_before_its_grace_perio
         .collect();
     assert_eq!(before.len(), 2);
 
-    apply(&client, spec(1)).await;
+    // What `kubectl get pods -w` shows from here on.
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    // The pod chosen for removal is terminating: out of the endpoints at
-    // once, its process told to stop (SIGTERM).
-    let (leaving, grace) = eventually(
-        "a signaling pod is terminating",
-        Duration::from_secs(30),
-        || async {
-            for name in &before {
-                let pod = pods.get(name).await.ok()?;
-                if pod.metadata.deletion_timestamp.is_some() {
-                    return Some((
-                        name.clone(),
-                        pod.metadata.deletion_grace_period_seconds.unwrap_or(30),
-                    ));
+    let selector =
+        format!("app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/component=signaling");
+    let listed = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .expect("list pods");
+    let version = listed
+        .metadata
+        .resource_version
+        .expect("list resourceVersion");
+    let mut changes = pods
+        .watch(
+            &WatchParams::default().labels(&selector).timeout(150),
+            &version,
+        )
+        .await
+        .expect("watch pods")
+        .boxed();
+    apply(&client, spec(1)).await;
+    // The pod chosen for removal turns terminating, then not ready (out of
+    // the endpoints while its process gets SIGTERM and drains), then goes.
+    let mut terminating: Option<(String, Instant, i64)> = None;
+    let mut unready_while_terminating = false;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let gone_after = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let change = tokio::time::timeout(left, changes.next())
+            .await
+            .expect("a signaling pod is removed in time")
+            .expect("the watch goes on")
+            .expect("a watch event");
+        match change {
+            WatchEvent::Modified(pod) if pod.metadata.deletion_timestamp.is_some() => {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                if terminating.is_none() {
+                    let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
+                    terminating = Some((name.clone(), Instant::now(), grace));
                 }
+                let ready = pod
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                unready_while_terminating |= !ready;
             }
-            None
-        },
-    )
-    .await;
-    let terminating_since = Instant::now();
+            WatchEvent::Deleted(pod) => {
+                let name = pod.metadata.name.unwrap_or_default();
+                let (leaving, since, _) = terminating
+                    .clone()
+                    .expect("the pod was terminating before it went");
+                assert_eq!(name, leaving, "the terminating pod is the one that went");
+                break since.elapsed();
+            }
+            _ => {}
+        }
+    };
+    let (_, _, grace) = terminating.expect("a pod was terminating");
+    eprintln!("scale-down: pod removed {gone_after:?} after it began terminating (grace {grace}s)");
     assert!(
         grace >= 60,
         "signaling gets a long grace period for calls to move ({grace}s)"
     );
-    // With no call on it, it drains at once and the process exits: the pod
-    // is gone after seconds, not after the grace period.
-    eventually(
-        "the drained pod is removed",
-        Duration::from_secs(grace as u64),
-        || async { pods.get_opt(&leaving).await.ok()?.is_none().then_some(()) },
-    )
-    .await;
-    let gone_after = terminating_since.elapsed();
-    eprintln!("scale-down: pod removed {gone_after:?} after it began terminating (grace {grace}s)");
+    assert!(
+        unready_while_terminating,
+        "the pod reports not ready while it drains"
+    );
+    // With no call on it, it drains at once and its process exits: the pod
+    // goes after seconds, not at the end of the grace period.
     assert!(
         gone_after < Duration::from_secs(grace as u64 / 2),
         "an empty pod goes after its drain, not at the end of its {grace}s grace period ({gone_after:?})"
