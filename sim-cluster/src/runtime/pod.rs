@@ -108,6 +108,16 @@ impl PodWorker {
             (Some(network), address, ns)
         };
         let dir = shared.network.state_dir.join("pods").join(uid(pod));
+        // Container logs live here even when the pod has no volume.
+        if let Err(error) = std::fs::create_dir_all(&dir) {
+            if let Some(network) = &network {
+                shared.network.remove_pod(network);
+            }
+            return Err(crate::SimError::Runtime(format!(
+                "cannot create {}: {error}",
+                dir.display()
+            )));
+        }
         let volumes = match PodVolumes::create(pod, &dir, &shared.network.state_dir.join("claims"))
         {
             Ok(volumes) => volumes,
