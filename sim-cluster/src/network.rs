@@ -98,7 +98,13 @@ fn namespace_prefix(index: u8) -> String {
 /// Whether the owner of a cluster index is gone (so its leftovers may go).
 fn owner_gone(state_dir: &Path) -> bool {
     match std::fs::read_to_string(state_dir.join("owner")) {
-        Ok(pid) => !Path::new(&format!("/proc/{}", pid.trim())).exists(),
+        // Gone, or a zombie nobody reaped yet.
+        Ok(pid) => std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+            .map(|stat| {
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true),
         // No owner file yet: the owner may be between creating the bridge
         // and writing it; only a bridge older than a minute is abandoned.
         Err(_) => std::fs::metadata(state_dir)
@@ -116,6 +122,16 @@ fn remove_index(index: u8) {
         for line in String::from_utf8_lossy(&output.stdout).lines() {
             let name = line.split_whitespace().next().unwrap_or_default();
             if name.starts_with(&prefix) {
+                // Processes of a run that died without cleaning up (a
+                // deleted namespace would not stop them).
+                if let Ok(pids) = Command::new(ip_tool())
+                    .args(["netns", "pids", name])
+                    .output()
+                {
+                    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                        let _ = Command::new("kill").args(["-KILL", pid]).output();
+                    }
+                }
                 ip_quiet(&["netns", "del", name]);
             }
         }

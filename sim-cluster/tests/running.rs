@@ -29,6 +29,14 @@ const READY_LIMIT: Duration = Duration::from_secs(120);
 
 async fn running_cluster() -> SimCluster {
     init_tracing();
+    let bin_dir = videochat_sim_cluster::runtime::images::cargo_bin_dir();
+    for binary in ["videochat-signaling", "videochat-turn"] {
+        assert!(
+            bin_dir.join(binary).is_file(),
+            "{} is missing: run `cargo build -p videochat-signaling -p videochat-turn` first",
+            bin_dir.join(binary).display()
+        );
+    }
     SimCluster::start(SimClusterOptions {
         run_pods: true,
         restart_backoff: Duration::from_secs(1),
