@@ -395,7 +395,7 @@ async fn a_revision_that_cannot_run_is_rolled_back_and_a_good_one_rolls_forward(
     let clusters: Api<VideoChatCluster> = Api::namespaced(client.clone(), NAMESPACE);
     let rolled_back = eventually(
         "the bad revision is rolled back",
-        Duration::from_secs(90),
+        Duration::from_secs(120),
         || async {
             let cluster = clusters.get(CLUSTER).await.ok()?;
             let condition = condition(&cluster, "RolledBack")?;
