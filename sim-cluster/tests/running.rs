@@ -191,8 +191,18 @@ async fn hello_and_join(url: &str, room: &str) -> Value {
 }
 
 /// coturn's client, client-to-client through one relay: (sent, received).
-async fn uclient(host: &str, port: &str, username: &str, credential: &str) -> (u64, u64, String) {
-    let run = tokio::process::Command::new("turnutils_uclient")
+async fn uclient(
+    host: &str,
+    port: &str,
+    tcp: bool,
+    username: &str,
+    credential: &str,
+) -> (u64, u64, String) {
+    let mut command = tokio::process::Command::new("turnutils_uclient");
+    if tcp {
+        command.arg("-t");
+    }
+    let run = command
         .args([
             "-y", "-u", username, "-w", credential, "-l", "172", "-z", "5", "-m", "2", "-n", "20",
         ])
@@ -313,27 +323,33 @@ async fn install_runs_every_component_and_clients_use_the_published_endpoints() 
         ice["username"].as_str().expect("username"),
         ice["credential"].as_str().expect("credential"),
     );
-    let relay_hosts: BTreeSet<(String, String)> = endpoints
+    let relay_uris: BTreeSet<(String, String, String)> = endpoints
         .turn_uris
         .iter()
-        .filter(|u| u.transport == "udp")
+        .filter(|u| u.transport == "udp" || u.transport == "tcp")
         .filter_map(|u| {
             let rest = u.uri.strip_prefix("turn:")?.split('?').next()?;
             let (host, port) = rest.rsplit_once(':')?;
-            Some((host.to_owned(), port.to_owned()))
+            Some((host.to_owned(), port.to_owned(), u.transport.clone()))
         })
         .collect();
-    let advertised: BTreeSet<String> = relay_hosts.iter().map(|(h, _)| h.clone()).collect();
+    let advertised: BTreeSet<String> = relay_uris.iter().map(|(h, _, _)| h.clone()).collect();
     assert_eq!(
         advertised, node_addresses,
         "one relay address per node, the node's: {:?}",
         endpoints.turn_uris
     );
-    for (host, port) in &relay_hosts {
-        let (sent, received, text) = uclient(host, port, username, credential).await;
+    assert_eq!(
+        relay_uris.len(),
+        4,
+        "UDP and TCP on each relay: {relay_uris:?}"
+    );
+    for (host, port, transport) in &relay_uris {
+        let tcp = transport == "tcp";
+        let (sent, received, text) = uclient(host, port, tcp, username, credential).await;
         assert!(
             sent > 0 && received == sent,
-            "relay {host}:{port} relays every message ({sent} sent, {received} back):\n{text}"
+            "relay {host}:{port} over {transport} relays every message ({sent} sent, {received} back):\n{text}"
         );
     }
 }
