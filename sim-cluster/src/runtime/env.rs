@@ -276,6 +276,63 @@ pub fn command_line(
 mod tests {
     use super::*;
 
+    fn store_with(objects: &[(&str, Value)]) -> std::sync::Arc<Store> {
+        let store = Store::new(crate::resources::builtin_types(), Vec::new());
+        for (plural, object) in objects {
+            let resource = store.resource("", plural).cloned().expect("type");
+            store
+                .create(&resource, Some("ns"), object.clone(), "test")
+                .expect("create");
+        }
+        store
+    }
+
+    #[test]
+    fn env_from_secrets_config_maps_and_the_downward_api() {
+        let store = store_with(&[
+            (
+                "secrets",
+                serde_json::json!({"metadata": {"name": "s", "namespace": "ns"},
+                    "data": {"password": "c2VjcmV0"}}),
+            ),
+            (
+                "configmaps",
+                serde_json::json!({"metadata": {"name": "c", "namespace": "ns"},
+                    "data": {"LISTEN": "0.0.0.0:8080", "MODE": "json"}}),
+            ),
+        ]);
+        let pod = serde_json::json!({"metadata": {"name": "p-0", "namespace": "ns",
+            "labels": {"app": "x"}}, "spec": {"nodeName": "node-a"}});
+        let container = serde_json::json!({
+            "envFrom": [{"configMapRef": {"name": "c"}, "prefix": "APP_"}],
+            "env": [
+                {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "s", "key": "password"}}},
+                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+                {"name": "URL", "value": "http://$(IP):1/$(NODE)"},
+                {"name": "GONE", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "nope", "optional": true}}},
+            ],
+        });
+        let env = render(&store, &pod, &container, "10.244.1.9", "10.200.1.2").expect("env");
+        assert_eq!(env["APP_LISTEN"], "0.0.0.0:8080");
+        assert_eq!(env["APP_MODE"], "json");
+        assert_eq!(env["PASSWORD"], "secret");
+        assert_eq!(env["NODE"], "node-a");
+        assert_eq!(env["IP"], "10.244.1.9");
+        assert_eq!(env["APP"], "x");
+        assert_eq!(env["URL"], "http://10.244.1.9:1/node-a");
+        assert!(
+            !env.contains_key("GONE"),
+            "an optional missing key sets nothing"
+        );
+
+        let missing = serde_json::json!({"env": [{"name": "X",
+            "valueFrom": {"secretKeyRef": {"name": "s", "key": "other"}}}]});
+        let error = render(&store, &pod, &missing, "", "").expect_err("a missing key");
+        assert!(error.contains("other"), "{error}");
+    }
+
     #[test]
     fn expansion_follows_the_kubelet_rules() {
         let vars = BTreeMap::from([("A".to_string(), "x".to_string())]);
