@@ -3,7 +3,6 @@
 //! inside the container's namespaces with its environment; each with its
 //! timeout, period and thresholds.
 
-use crate::controllers::str_at;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -203,7 +202,7 @@ async fn probe_once(spec: &Value, target: &Target, timeout: Duration) -> bool {
             _ => false,
         };
     }
-    tracing::warn!(probe = %str_at(spec, "/"), "probe without a handler");
+    tracing::warn!(probe = %spec, "probe without a handler");
     false
 }
 
