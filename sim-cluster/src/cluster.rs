@@ -2,6 +2,7 @@
 
 use crate::admission::CustomSchema;
 use crate::error::{Result, SimError};
+use crate::network::ClusterNetwork;
 use crate::resources::{self, ResourceType};
 use crate::server::{self, ApiState, RecordedRequest};
 use crate::store::{Part, Store};
@@ -21,6 +22,12 @@ pub struct SimClusterOptions {
     pub nodes: Vec<String>,
     /// Images that pull; any other fails with ErrImagePull.
     pub images: Vec<String>,
+    /// Run pods as real processes in network namespaces (needs root and
+    /// iproute2); without it pods are scheduled but never start.
+    pub run_pods: bool,
+    /// First delay before restarting a container that exited (doubles
+    /// after each further exit, as a kubelet's back-off).
+    pub restart_backoff: std::time::Duration,
 }
 
 impl Default for SimClusterOptions {
@@ -30,6 +37,8 @@ impl Default for SimClusterOptions {
             controllers: true,
             nodes: vec!["node-a".into(), "node-b".into()],
             images: crate::kubelet::default_images(),
+            run_pods: false,
+            restart_backoff: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -48,6 +57,9 @@ pub struct SimCluster {
     pub store: Arc<Store>,
     requests: Arc<Mutex<Vec<RecordedRequest>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The container runtime (with `run_pods`); dropped before the network.
+    runtime: Option<crate::runtime::Runtime>,
+    network: Option<Arc<ClusterNetwork>>,
 }
 
 fn read_crd(path: &PathBuf) -> Result<Value> {
@@ -76,6 +88,18 @@ impl SimCluster {
             crd_objects.push(crd);
         }
         let store = Store::new(types, custom);
+        let network = if options.run_pods {
+            let network = Arc::new(ClusterNetwork::create(&options.nodes)?);
+            store
+                .address_block
+                .store(network.index, std::sync::atomic::Ordering::Relaxed);
+            store
+                .graceful_pods
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            Some(network)
+        } else {
+            None
+        };
         let crd_type = store
             .resource("apiextensions.k8s.io", "customresourcedefinitions")
             .cloned()
@@ -88,7 +112,15 @@ impl SimCluster {
             .cloned()
             .ok_or_else(|| SimError::CrdParse("no Node type".into()))?;
         for (index, node) in options.nodes.iter().enumerate() {
-            let object = node_object(node, index);
+            let (internal, external) = network
+                .as_ref()
+                .and_then(|n| n.node(node))
+                .map(|n| (n.address.clone(), n.external_address.clone()))
+                .unwrap_or_else(|| {
+                    let address = format!("10.200.0.{}", index + 2);
+                    (address.clone(), address)
+                });
+            let object = node_object(node, &internal, &external);
             store.create(&node_type, None, object.clone(), "sim-cluster")?;
             store.replace(&node_type, None, node, object, "sim-cluster", Part::Status)?;
         }
@@ -115,12 +147,23 @@ impl SimCluster {
                 options.images.clone(),
             ));
         }
+        let runtime = match &network {
+            Some(network) => Some(crate::runtime::Runtime::start(
+                store.clone(),
+                network.clone(),
+                options.images.clone(),
+                options.restart_backoff,
+            )?),
+            None => None,
+        };
         tracing::info!(%address, "simulated cluster API serving");
         Ok(Self {
             address,
             store,
             requests,
             tasks,
+            runtime,
+            network,
         })
     }
 
@@ -139,6 +182,14 @@ impl SimCluster {
         self.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
+    /// The output of a pod's container so far (with `run_pods`).
+    pub fn container_log(&self, pod_uid: &str, container: &str) -> String {
+        self.runtime
+            .as_ref()
+            .map(|r| r.logs(pod_uid, container))
+            .unwrap_or_default()
+    }
+
     pub fn resource(&self, group: &str, plural: &str) -> Option<ResourceType> {
         self.store.resource(group, plural).cloned()
     }
@@ -149,18 +200,22 @@ impl Drop for SimCluster {
         for task in &self.tasks {
             task.abort();
         }
+        // Containers first, then the namespaces they ran in.
+        self.runtime.take();
+        if let Some(network) = self.network.take() {
+            network.remove();
+        }
     }
 }
 
-fn node_object(name: &str, index: usize) -> Value {
-    let address = format!("10.200.0.{}", index + 2);
+fn node_object(name: &str, address: &str, external: &str) -> Value {
     serde_json::json!({
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
         "spec": {},
         "status": {
             "addresses": [
                 {"type": "InternalIP", "address": address},
-                {"type": "ExternalIP", "address": address},
+                {"type": "ExternalIP", "address": external},
                 {"type": "Hostname", "address": name},
             ],
             "conditions": [{"type": "Ready", "status": "True"}],

@@ -30,6 +30,9 @@ pub enum SimError {
     },
     #[error("{what} failed: {detail}")]
     Command { what: String, detail: String },
+    /// The pod runtime or its network (namespaces, processes, volumes).
+    #[error("pod runtime: {0}")]
+    Runtime(String),
     #[error("kube client: {0}")]
     Kube(#[from] kube::Error),
 }

@@ -93,6 +93,9 @@ pub struct Store {
     /// Set while a kubelet runs: deleting a scheduled pod then marks it
     /// terminating and the kubelet removes it after its process stops.
     pub graceful_pods: AtomicBool,
+    /// The cluster network's index when pods run (0 without): load
+    /// balancers get addresses in 10.210.<index>.0/24, which it routes.
+    pub address_block: std::sync::atomic::AtomicU8,
 }
 
 pub fn now_rfc3339() -> String {
@@ -162,6 +165,7 @@ impl Store {
             types,
             custom,
             graceful_pods: AtomicBool::new(false),
+            address_block: std::sync::atomic::AtomicU8::new(0),
         })
     }
 

@@ -190,7 +190,13 @@ fn allocate_load_balancer(store: &Store, svc_type: &ResourceType, service: &Valu
             // The uid ends in the store's object counter: unique per Service.
             let serial = u64::from_str_radix(uid(service).rsplit('-').next().unwrap_or("0"), 16)
                 .unwrap_or(0);
-            format!("10.210.{}.{}", (serial / 250) % 250, serial % 250 + 1)
+            match store
+                .address_block
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                0 => format!("10.210.{}.{}", (serial / 250) % 250, serial % 250 + 1),
+                block => format!("10.210.{block}.{}", serial % 250 + 2),
+            }
         });
     let mut object = service.clone();
     object["status"] = json!({"loadBalancer": {"ingress": [{"ip": address, "ipMode": "VIP"}]}});

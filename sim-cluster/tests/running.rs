@@ -1,0 +1,611 @@
+//! Scenarios with running pods: the real operator against the simulated
+//! cluster whose kubelet runs the real binaries (signaling, TURN,
+//! redis-server, SecantusDB) in network namespaces. Each asserts what a
+//! platform team would check, as a user would: through the addresses the
+//! VideoChatCluster's status publishes. Needs root and iproute2, and the
+//! binaries built (`cargo build -p videochat-signaling -p videochat-turn`).
+
+mod support;
+
+use futures::{SinkExt, StreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use support::operator::OperatorReplica;
+use support::{eventually, init_tracing};
+use tokio_tungstenite::tungstenite::Message;
+use videochat_operator::VideoChatCluster;
+use videochat_sim_cluster::{SimCluster, SimClusterOptions};
+
+const NAMESPACE: &str = "videochat";
+const CLUSTER: &str = "demo";
+/// Bound on reaching Ready from nothing on two busy cores (processes
+/// start, probes pass every 5 s, signaling waits for both databases).
+const READY_LIMIT: Duration = Duration::from_secs(120);
+
+async fn running_cluster() -> SimCluster {
+    init_tracing();
+    let bin_dir = videochat_sim_cluster::runtime::images::cargo_bin_dir();
+    for binary in ["videochat-signaling", "videochat-turn"] {
+        assert!(
+            bin_dir.join(binary).is_file(),
+            "{} is missing: run `cargo build -p videochat-signaling -p videochat-turn` first",
+            bin_dir.join(binary).display()
+        );
+    }
+    SimCluster::start(SimClusterOptions {
+        run_pods: true,
+        restart_backoff: Duration::from_secs(1),
+        ..SimClusterOptions::default()
+    })
+    .await
+    .expect("the simulated cluster with a kubelet starts (root and iproute2 needed)")
+}
+
+async fn apply(client: &Client, spec: Value) -> VideoChatCluster {
+    let clusters: Api<VideoChatCluster> = Api::namespaced(client.clone(), NAMESPACE);
+    let object = json!({
+        "apiVersion": "videochat.dev/v1alpha1",
+        "kind": "VideoChatCluster",
+        "metadata": {"name": CLUSTER, "namespace": NAMESPACE},
+        "spec": spec,
+    });
+    clusters
+        .patch(
+            CLUSTER,
+            &PatchParams::apply("kubectl").force(),
+            &Patch::Apply(object),
+        )
+        .await
+        .expect("kubectl apply")
+}
+
+/// A status condition of the resource, as JSON (what `kubectl get -o yaml` shows).
+fn condition(cluster: &VideoChatCluster, type_: &str) -> Option<Value> {
+    let status = serde_json::to_value(cluster.status.as_ref()?).ok()?;
+    status
+        .get("conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// Every pod with its phase, readiness and container states, for messages.
+async fn pod_summary(sim: &SimCluster, client: &Client) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut lines = Vec::new();
+    for pod in pods
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let status = pod.status.clone().unwrap_or_default();
+        let containers = serde_json::to_string(&status.container_statuses).unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let mut logs = String::new();
+        for container in pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default()
+        {
+            let log = sim.container_log(&uid, &container.name);
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            logs.push_str(&format!("\n    {} log tail: {:?}", container.name, tail));
+        }
+        lines.push(format!(
+            "{} on {:?} ip {:?}: {:?} {containers}{logs}",
+            pod.metadata.name.unwrap_or_default(),
+            pod.spec.and_then(|s| s.node_name),
+            status.pod_ip,
+            status.phase,
+        ));
+    }
+    lines.join("\n")
+}
+
+/// Waits until the cluster reports Ready with its endpoints; the time it took.
+async fn wait_ready(
+    sim: &SimCluster,
+    client: &Client,
+    limit: Duration,
+) -> (VideoChatCluster, Duration) {
+    let clusters: Api<VideoChatCluster> = Api::namespaced(client.clone(), NAMESPACE);
+    let started = Instant::now();
+    loop {
+        if let Ok(cluster) = clusters.get(CLUSTER).await {
+            let ready = condition(&cluster, "Ready").is_some_and(|c| c["status"] == "True");
+            let endpoints = cluster
+                .status
+                .as_ref()
+                .map(|s| s.endpoints.clone())
+                .unwrap_or_default();
+            let current = cluster.status.as_ref().and_then(|s| s.observed_generation)
+                == cluster.metadata.generation;
+            if ready
+                && current
+                && endpoints.signaling_url.is_some()
+                && !endpoints.turn_uris.is_empty()
+            {
+                return (cluster, started.elapsed());
+            }
+        }
+        if started.elapsed() > limit {
+            let cluster = clusters.get(CLUSTER).await.ok();
+            panic!(
+                "not Ready within {limit:?}: status {}\npods:\n{}",
+                serde_json::to_string_pretty(&cluster.and_then(|c| c.status)).unwrap_or_default(),
+                pod_summary(sim, client).await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `hello` then `join` over the WebSocket URL; the welcome message.
+async fn hello_and_join(url: &str, room: &str) -> Value {
+    let (mut socket, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .expect("WebSocket connect in time")
+    .unwrap_or_else(|e| panic!("WebSocket connect to {url}: {e}"));
+    let next = async |socket: &mut tokio_tungstenite::WebSocketStream<_>| -> Value {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+                .await
+                .expect("a message in time")
+                .expect("socket open")
+                .expect("a frame");
+            if let Message::Text(text) = message {
+                return serde_json::from_str(text.as_str()).expect("JSON");
+            }
+        }
+    };
+    socket
+        .send(Message::text(json!({"type": "hello"}).to_string()))
+        .await
+        .expect("send hello");
+    let welcome = next(&mut socket).await;
+    assert_eq!(
+        welcome["type"], "welcome",
+        "first answer to hello: {welcome}"
+    );
+    socket
+        .send(Message::text(
+            json!({"type": "join", "room": room, "name": "Alice", "last_seq": 0}).to_string(),
+        ))
+        .await
+        .expect("send join");
+    let joined = next(&mut socket).await;
+    assert_eq!(joined["type"], "joined", "answer to join: {joined}");
+    assert_eq!(joined["room"], room);
+    welcome
+}
+
+/// coturn's client, client-to-client through one relay: (sent, received).
+async fn uclient(
+    host: &str,
+    port: &str,
+    tcp: bool,
+    username: &str,
+    credential: &str,
+) -> (u64, u64, String) {
+    let mut command = tokio::process::Command::new("turnutils_uclient");
+    if tcp {
+        command.arg("-t");
+    }
+    let run = command
+        .args([
+            "-y", "-u", username, "-w", credential, "-l", "172", "-z", "5", "-m", "2", "-n", "20",
+        ])
+        .args(["-p", port, host])
+        .kill_on_drop(true)
+        .output();
+    // uclient waits for ever for an answer that does not come.
+    let Ok(output) = tokio::time::timeout(Duration::from_secs(30), run).await else {
+        return (
+            0,
+            0,
+            format!("turnutils_uclient got no answer from {host}:{port} within 30 s"),
+        );
+    };
+    let output = output.expect("run turnutils_uclient (Debian package coturn)");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    let number = |key: &str| -> u64 {
+        text.lines()
+            .rev()
+            .find_map(|l| {
+                let rest = &l[l.find(key)? + key.len()..];
+                rest.trim_start_matches(['=', ' ', ':'])
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    (number("tot_send_msgs"), number("tot_recv_msgs"), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_runs_every_component_and_clients_use_the_published_endpoints() {
+    let sim = running_cluster().await;
+    let client = sim.client().expect("client");
+    let _operator = OperatorReplica::start(sim.address, NAMESPACE, "operator-0", None);
+    apply(
+        &client,
+        json!({
+            "autoscaling": {"enabled": false},
+            "signaling": {"replicas": 1, "service": {"type": "LoadBalancer"}},
+            "turn": {"replicas": 2},
+        }),
+    )
+    .await;
+    let (cluster, took) = wait_ready(&sim, &client, READY_LIMIT).await;
+    eprintln!("apply to Ready: {took:?}");
+
+    // Every pod runs a real process, Ready, on its own address; the two
+    // relays on two nodes, at their node's address (host network).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let pods = pods.list(&ListParams::default()).await.expect("pods").items;
+    let mut addresses = BTreeSet::new();
+    for pod in &pods {
+        let status = pod.status.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let container = &status.container_statuses.clone().unwrap_or_default()[0];
+        assert!(
+            container.ready
+                && container
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.running.as_ref())
+                    .is_some(),
+            "{name} runs and is ready: {container:?}"
+        );
+        addresses.insert(status.pod_ip.clone().expect("pod IP"));
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node_addresses: BTreeSet<String> = nodes
+        .list(&ListParams::default())
+        .await
+        .expect("nodes")
+        .items
+        .iter()
+        .flat_map(|n| {
+            n.status
+                .clone()
+                .unwrap_or_default()
+                .addresses
+                .unwrap_or_default()
+        })
+        .filter(|a| a.type_ == "ExternalIP")
+        .map(|a| a.address)
+        .collect();
+    let relays: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/component"))
+                .map(String::as_str)
+                == Some("turn")
+        })
+        .collect();
+    assert_eq!(relays.len(), 2, "two relays");
+    let relay_nodes: BTreeSet<String> = relays
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    assert_eq!(relay_nodes.len(), 2, "the relays are on two nodes");
+    // Host-network pods share their node's address; the others each have one.
+    assert_eq!(
+        addresses.len(),
+        pods.len(),
+        "pods of the pod network have addresses of their own: {addresses:?}"
+    );
+
+    // A user gets the signaling URL and the TURN URIs from the status only.
+    let endpoints = cluster.status.clone().expect("status").endpoints;
+    let url = endpoints.signaling_url.clone().expect("signaling URL");
+    let welcome = hello_and_join(&url, "r1").await;
+    let ice = &welcome["ice_servers"][0];
+    let (username, credential) = (
+        ice["username"].as_str().expect("username"),
+        ice["credential"].as_str().expect("credential"),
+    );
+    let relay_uris: BTreeSet<(String, String, String)> = endpoints
+        .turn_uris
+        .iter()
+        .filter(|u| u.transport == "udp" || u.transport == "tcp")
+        .filter_map(|u| {
+            let rest = u.uri.strip_prefix("turn:")?.split('?').next()?;
+            let (host, port) = rest.rsplit_once(':')?;
+            Some((host.to_owned(), port.to_owned(), u.transport.clone()))
+        })
+        .collect();
+    let advertised: BTreeSet<String> = relay_uris.iter().map(|(h, _, _)| h.clone()).collect();
+    assert_eq!(
+        advertised, node_addresses,
+        "one relay address per node, the node's: {:?}",
+        endpoints.turn_uris
+    );
+    assert_eq!(
+        relay_uris.len(),
+        4,
+        "UDP and TCP on each relay: {relay_uris:?}"
+    );
+    for (host, port, transport) in &relay_uris {
+        let tcp = transport == "tcp";
+        let (sent, received, text) = uclient(host, port, tcp, username, credential).await;
+        assert!(
+            sent > 0 && received == sent,
+            "relay {host}:{port} over {transport} relays every message ({sent} sent, {received} back):\n{text}"
+        );
+    }
+}
+
+/// The Deployment's pods of one component, with the image each runs.
+async fn component_images(client: &Client, component: &str) -> Vec<(String, String, bool)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let selector =
+        format!("app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/component={component}");
+    pods.list(&ListParams::default().labels(&selector))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let image = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers[0].image.clone())
+                .unwrap_or_default();
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            (p.metadata.name.unwrap_or_default(), image, ready)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_that_cannot_run_is_rolled_back_and_a_good_one_rolls_forward() {
+    let sim = running_cluster().await;
+    let client = sim.client().expect("client");
+    let _operator = OperatorReplica::start(sim.address, NAMESPACE, "operator-0", None);
+    let good_image = format!(
+        "ghcr.io/videochat-dev/videochat-signaling:{}",
+        env!("CARGO_PKG_VERSION")
+    );
+    // The shortest deadline the CRD allows, and a revision counts as good
+    // as soon as all its pods are ready.
+    let spec = |image: &str, max_peers: i32| {
+        json!({
+            "autoscaling": {"enabled": false},
+            "rollout": {"progressDeadlineSeconds": 30, "stabilizationSeconds": 0},
+            "signaling": {"replicas": 1, "image": image, "service": {"type": "LoadBalancer"},
+                "limits": {"maxPeersPerRoom": max_peers}},
+            "turn": {"replicas": 1},
+        })
+    };
+    apply(&client, spec(&good_image, 8)).await;
+    wait_ready(&sim, &client, READY_LIMIT).await;
+
+    // A tag the registry does not have.
+    let bad_image = "ghcr.io/videochat-dev/videochat-signaling:0.0.0-does-not-exist";
+    let started = Instant::now();
+    apply(&client, spec(bad_image, 8)).await;
+    let clusters: Api<VideoChatCluster> = Api::namespaced(client.clone(), NAMESPACE);
+    let rolled_back = eventually(
+        "the bad revision is rolled back",
+        Duration::from_secs(120),
+        || async {
+            let cluster = clusters.get(CLUSTER).await.ok()?;
+            let condition = condition(&cluster, "RolledBack")?;
+            (condition["status"] == "True").then_some(condition)
+        },
+    )
+    .await;
+    eprintln!(
+        "apply of a bad image to RolledBack: {:?}",
+        started.elapsed()
+    );
+    let message = rolled_back["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("signaling") && message.contains("rolled back"),
+        "a person reads what was rolled back: {rolled_back}"
+    );
+
+    // The good revision serves again, and nothing runs the bad image.
+    eventually(
+        "signaling runs the last good image, ready",
+        Duration::from_secs(60),
+        || async {
+            let pods = component_images(&client, "signaling").await;
+            (!pods.is_empty()
+                && pods
+                    .iter()
+                    .all(|(_, image, ready)| *image == good_image && *ready))
+            .then_some(())
+        },
+    )
+    .await;
+    let events: Api<Event> = Api::namespaced(client.clone(), NAMESPACE);
+    let events = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items;
+    let rollback_event = events.iter().find(|e| {
+        e.reason.as_deref() == Some("RolledBack")
+            && e.type_.as_deref() == Some("Warning")
+            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(CLUSTER)
+    });
+    assert!(
+        rollback_event.is_some(),
+        "a Warning event RolledBack on the resource: {:?}",
+        events
+            .iter()
+            .map(|e| (&e.reason, &e.note))
+            .collect::<Vec<_>>()
+    );
+    let endpoints = clusters
+        .get(CLUSTER)
+        .await
+        .expect("cluster")
+        .status
+        .expect("status")
+        .endpoints;
+    hello_and_join(&endpoints.signaling_url.expect("URL"), "after-rollback").await;
+
+    // A good change afterwards rolls forward: new pods run the new revision
+    // and the rollback condition clears.
+    let rolled_back_pods: BTreeSet<String> = component_images(&client, "signaling")
+        .await
+        .into_iter()
+        .map(|(name, _, _)| name)
+        .collect();
+    apply(&client, spec(&good_image, 6)).await;
+    let (cluster, _) = wait_ready(&sim, &client, READY_LIMIT).await;
+    let cleared = condition(&cluster, "RolledBack").is_none_or(|c| c["status"] != "True");
+    assert!(
+        cleared,
+        "no RolledBack=True once a good revision is out: {:?}",
+        condition(&cluster, "RolledBack")
+    );
+    eventually(
+        "the new revision's pods replace the old ones",
+        Duration::from_secs(60),
+        || async {
+            let pods = component_images(&client, "signaling").await;
+            (!pods.is_empty()
+                && pods.iter().all(|(name, image, ready)| {
+                    !rolled_back_pods.contains(name) && *image == good_image && *ready
+                }))
+            .then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaled_down_signaling_pod_drains_and_goes_long_before_its_grace_period() {
+    let sim = running_cluster().await;
+    let client = sim.client().expect("client");
+    let _operator = OperatorReplica::start(sim.address, NAMESPACE, "operator-0", None);
+    let spec = |replicas: i32| {
+        json!({
+            "autoscaling": {"enabled": false},
+            "signaling": {"replicas": replicas, "service": {"type": "LoadBalancer"}},
+            "turn": {"replicas": 1},
+        })
+    };
+    apply(&client, spec(2)).await;
+    let (cluster, _) = wait_ready(&sim, &client, READY_LIMIT).await;
+    let url = cluster
+        .status
+        .expect("status")
+        .endpoints
+        .signaling_url
+        .expect("URL");
+    let before: BTreeSet<String> = component_images(&client, "signaling")
+        .await
+        .into_iter()
+        .map(|(n, _, _)| n)
+        .collect();
+    assert_eq!(before.len(), 2);
+
+    // What `kubectl get pods -w` shows from here on.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let selector =
+        format!("app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/component=signaling");
+    let listed = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .expect("list pods");
+    let version = listed
+        .metadata
+        .resource_version
+        .expect("list resourceVersion");
+    let mut changes = pods
+        .watch(
+            &WatchParams::default().labels(&selector).timeout(150),
+            &version,
+        )
+        .await
+        .expect("watch pods")
+        .boxed();
+    apply(&client, spec(1)).await;
+    // The pod chosen for removal turns terminating, then not ready (out of
+    // the endpoints while its process gets SIGTERM and drains), then goes.
+    let mut terminating: Option<(String, Instant, i64)> = None;
+    let mut unready_while_terminating = false;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let gone_after = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let change = tokio::time::timeout(left, changes.next())
+            .await
+            .expect("a signaling pod is removed in time")
+            .expect("the watch goes on")
+            .expect("a watch event");
+        match change {
+            WatchEvent::Modified(pod) if pod.metadata.deletion_timestamp.is_some() => {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                if terminating.is_none() {
+                    let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
+                    terminating = Some((name.clone(), Instant::now(), grace));
+                }
+                let ready = pod
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                unready_while_terminating |= !ready;
+            }
+            WatchEvent::Deleted(pod) => {
+                let name = pod.metadata.name.unwrap_or_default();
+                let (leaving, since, _) = terminating
+                    .clone()
+                    .expect("the pod was terminating before it went");
+                assert_eq!(name, leaving, "the terminating pod is the one that went");
+                break since.elapsed();
+            }
+            _ => {}
+        }
+    };
+    let (_, _, grace) = terminating.expect("a pod was terminating");
+    eprintln!("scale-down: pod removed {gone_after:?} after it began terminating (grace {grace}s)");
+    assert!(
+        grace >= 60,
+        "signaling gets a long grace period for calls to move ({grace}s)"
+    );
+    assert!(
+        unready_while_terminating,
+        "the pod reports not ready while it drains"
+    );
+    // With no call on it, it drains at once and its process exits: the pod
+    // goes after seconds, not at the end of the grace period.
+    assert!(
+        gone_after < Duration::from_secs(grace as u64 / 2),
+        "an empty pod goes after its drain, not at the end of its {grace}s grace period ({gone_after:?})"
+    );
+    // The one left serves.
+    hello_and_join(&url, "after-scale-down").await;
+    let left = component_images(&client, "signaling").await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].2, "the remaining pod is ready");
+}
