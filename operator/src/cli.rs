@@ -87,7 +87,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The leader election settings, when on. Without a pod name the
     /// identity is the host name plus the process id.
-    pub fn leader_election(&self) -> Option<crate::leader::LeaderElection> {
+    pub fn leader_election(&self) -> Option<crate::io::leader::LeaderElection> {
         if !self.leader_election {
             return None;
         }
@@ -96,12 +96,12 @@ impl RunArgs {
             format!("{host}-{}", std::process::id())
         });
         let duration = std::time::Duration::from_secs(self.lease_duration_seconds);
-        Some(crate::leader::LeaderElection {
+        Some(crate::io::leader::LeaderElection {
             namespace: self.lease_namespace.clone(),
             lease_name: self.lease_name.clone(),
             identity,
             // client-go's proportions: renew deadline 2/3, retry 2/15 of the lease.
-            config: crate::leader::LeaderConfig {
+            config: crate::io::leader::LeaderConfig {
                 lease_duration: duration,
                 renew_deadline: duration * 2 / 3,
                 retry_period: (duration * 2 / 15).max(std::time::Duration::from_millis(200)),
@@ -244,7 +244,7 @@ pub fn plan_command(args: &PlanArgs) -> Result<String> {
     let now = args
         .now
         .clone()
-        .unwrap_or_else(crate::controller::now_rfc3339);
+        .unwrap_or_else(crate::io::controller::now_rfc3339);
     let mut plan = plan::plan(&PlanInput {
         cluster: &cluster,
         observed: &observed,

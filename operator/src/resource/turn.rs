@@ -1,6 +1,6 @@
 //! Spec of the TURN relay component.
 
-use super::{IMAGE_REGISTRY, SecretKeyRef};
+use super::secret_ref::{IMAGE_REGISTRY, SecretKeyRef};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
@@ -64,8 +64,11 @@ pub struct TurnSpec {
     pub resources: Option<ResourceRequirements>,
     /// Node selection, affinity, tolerations, topology spread and image
     /// pull Secrets of the pods.
-    #[serde(default, skip_serializing_if = "super::PodPlacementSpec::is_empty")]
-    pub placement: super::PodPlacementSpec,
+    #[serde(
+        default,
+        skip_serializing_if = "super::placement::PodPlacementSpec::is_empty"
+    )]
+    pub placement: super::placement::PodPlacementSpec,
     /// TURN over TLS (`turns:`) from a Secret holding `tls.crt` and `tls.key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TurnTlsSpec>,
@@ -140,14 +143,17 @@ impl Default for TurnSpec {
             quotas: TurnQuotasSpec::default(),
             secret_rotation: None,
             resources: None,
-            placement: super::PodPlacementSpec::default(),
+            placement: super::placement::PodPlacementSpec::default(),
             tls: None,
         }
     }
 }
 
 fn default_image() -> String {
-    format!("{IMAGE_REGISTRY}/videochat-turn:{}", crate::VERSION)
+    format!(
+        "{IMAGE_REGISTRY}/videochat-turn:{}",
+        crate::version::VERSION
+    )
 }
 fn default_replicas() -> i32 {
     2
@@ -173,6 +179,21 @@ pub struct SecretRotationSpec {
     /// How often a new secret is added, e.g. `24h`, `7d`, `1h30m` (at least 60s).
     #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+[smhd])+$"))]
     pub interval: String,
+}
+
+/// Shortest rotation interval accepted.
+pub const MIN_ROTATION_INTERVAL_SECONDS: i64 = 60;
+
+/// Parses a rotation interval such as `24h`, `90m`, `7d` or `1h30m` into
+/// seconds; shorter than [`MIN_ROTATION_INTERVAL_SECONDS`] is an error.
+pub fn parse_rotation_interval(text: &str) -> Result<i64, String> {
+    let total = crate::duration::parse_seconds(text)?;
+    if total < MIN_ROTATION_INTERVAL_SECONDS {
+        return Err(format!(
+            "{text:?} is shorter than the minimum rotation interval of {MIN_ROTATION_INTERVAL_SECONDS}s"
+        ));
+    }
+    Ok(total)
 }
 
 /// An inclusive port range for relayed transport addresses.
