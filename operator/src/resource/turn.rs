@@ -172,12 +172,17 @@ fn default_credential_ttl() -> i32 {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    // CEL's duration() has no `d`: a whole day or more is long enough as is.
-    validation = Rule::new("self.interval.matches('[1-9][0-9]*d') || duration(self.interval) >= duration('60s')").message("turn.secretRotation.interval must be at least 60s")
+    // The interval in seconds, term by term, as humantime reads it (CEL's
+    // duration() knows neither days nor humantime's spellings).
+    validation = Rule::new("self.interval.findAll('[0-9]+[a-zA-Z]+').map(t, int(t.find('[0-9]+')) * (t.matches('^[0-9]+(s|sec|secs|second|seconds)$') ? 1 : t.matches('^[0-9]+(m|min|mins|minute|minutes)$') ? 60 : t.matches('^[0-9]+(h|hr|hrs|hour|hours)$') ? 3600 : t.matches('^[0-9]+(d|day|days)$') ? 86400 : t.matches('^[0-9]+(w|wk|wks|week|weeks)$') ? 604800 : t.matches('^[0-9]+(M|month|months)$') ? 2630016 : 31557600)).sum() >= 60").message("turn.secretRotation.interval must be at least 60s")
 )]
 pub struct SecretRotationSpec {
-    /// How often a new secret is added, e.g. `24h`, `7d`, `1h30m` (at least 60s).
-    #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+[smhd])+$"))]
+    /// How often a new secret is added, e.g. `24h`, `7d`, `1h30m`, `1h 30m`,
+    /// `2w` (at least 60s): whole numbers with units from seconds
+    /// (`s`, `sec`, `m`, `min`, `h`, `hr`, `d`, `day`, `w`, `week`, `M`,
+    /// `month`, `y`, `year`, plurals too) written together or separated by
+    /// one space.
+    #[schemars(length(min = 2, max = 32), regex(pattern = crate::duration::SPEC_DURATION_PATTERN))]
     pub interval: String,
 }
 
