@@ -87,7 +87,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// The leader election settings, when on. Without a pod name the
     /// identity is the host name plus the process id.
-    pub fn leader_election(&self) -> Option<crate::leader::LeaderElection> {
+    pub fn leader_election(&self) -> Option<crate::io::leader::LeaderElection> {
         if !self.leader_election {
             return None;
         }
@@ -96,12 +96,12 @@ impl RunArgs {
             format!("{host}-{}", std::process::id())
         });
         let duration = std::time::Duration::from_secs(self.lease_duration_seconds);
-        Some(crate::leader::LeaderElection {
+        Some(crate::io::leader::LeaderElection {
             namespace: self.lease_namespace.clone(),
             lease_name: self.lease_name.clone(),
             identity,
             // client-go's proportions: renew deadline 2/3, retry 2/15 of the lease.
-            config: crate::leader::LeaderConfig {
+            config: crate::io::leader::LeaderConfig {
                 lease_duration: duration,
                 renew_deadline: duration * 2 / 3,
                 retry_period: (duration * 2 / 15).max(std::time::Duration::from_millis(200)),
@@ -244,21 +244,24 @@ pub fn plan_command(args: &PlanArgs) -> Result<String> {
     let now = args
         .now
         .clone()
-        .unwrap_or_else(crate::controller::now_rfc3339);
-    let mut plan = plan::plan(&PlanInput {
+        .unwrap_or_else(crate::io::controller::now_rfc3339);
+    let plan = plan::plan(&PlanInput {
         cluster: &cluster,
         observed: &observed,
         fresh_secrets: &fresh,
         now: &now,
     })?;
-    if !args.show_secrets {
-        redact_secrets(&mut plan.objects);
-    }
+    // What is printed; the plan's own objects stay as rendered.
+    let objects: Vec<DynamicObject> = plan
+        .objects
+        .iter()
+        .map(|object| printed(object, args.show_secrets))
+        .collect();
     let yaml = |value: &dyn erased::Yaml| value.to_yaml();
     match args.output {
         PlanOutput::Objects => {
             let mut out = String::new();
-            for object in &plan.objects {
+            for object in &objects {
                 out.push_str("---\n");
                 out.push_str(&yaml(object)?);
             }
@@ -269,21 +272,45 @@ pub fn plan_command(args: &PlanArgs) -> Result<String> {
             actions: &plan.actions,
             status: &plan.status,
             events: &plan.events,
-            objects: &plan.objects,
+            objects: &objects,
         }),
     }
 }
 
-fn redact_secrets(objects: &mut [DynamicObject]) {
-    for object in objects {
-        let is_secret = object.types.as_ref().is_some_and(|t| t.kind == "Secret");
-        if let (true, Some(data)) = (is_secret, object.data.get_mut("data"))
-            && let Some(map) = data.as_object_mut()
-        {
-            for value in map.values_mut() {
-                *value = serde_json::Value::String(REDACTED.into());
-            }
-        }
+/// An object as `plan` prints it: a Secret's values are a placeholder
+/// unless `show_secrets`.
+fn printed(object: &DynamicObject, show_secrets: bool) -> DynamicObject {
+    use serde_json::Value;
+    let is_secret = object.types.as_ref().is_some_and(|t| t.kind == "Secret");
+    let Value::Object(fields) = &object.data else {
+        return object.clone();
+    };
+    if show_secrets || !is_secret {
+        return object.clone();
+    }
+    let hidden = |values: &Value| match values {
+        Value::Object(map) => Value::Object(
+            map.keys()
+                .map(|key| (key.clone(), Value::String(REDACTED.into())))
+                .collect(),
+        ),
+        other => other.clone(),
+    };
+    let data = fields
+        .iter()
+        .map(|(name, value)| {
+            let value = if name == "data" {
+                hidden(value)
+            } else {
+                value.clone()
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    DynamicObject {
+        types: object.types.clone(),
+        metadata: object.metadata.clone(),
+        data: Value::Object(data),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Names and labels of the children. One place, so the plan, the controller's
-//! lookups and the tests agree on them.
+//! Names, labels and annotations of the children. One place, so the
+//! deciders, the rendering, the controller's lookups and the tests agree on
+//! them.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,16 @@ pub const VERSION: &str = "app.kubernetes.io/version";
 pub const REVISION_ANNOTATION: &str = "videochat.dev/revision";
 /// Pod template annotation: hash of the component's configuration.
 pub const CONFIG_HASH_ANNOTATION: &str = "videochat.dev/config-hash";
+
+/// Pod annotation: when the operator asked the pod to drain (RFC 3339).
+pub const DRAINING_SINCE_ANNOTATION: &str = "videochat.dev/draining-since";
+/// The ReplicaSet removes pods with the lowest cost first.
+pub const POD_DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
+/// Cost given to draining pods: below the default 0 of every other pod.
+pub const DRAINING_DELETION_COST: i32 = -1000;
+/// Secret annotation: creation time of each line of the TURN secret file,
+/// comma separated, in the same order.
+pub const SECRET_CREATED_ANNOTATION: &str = "videochat.dev/secret-created-at";
 
 pub const APP_NAME: &str = "videochat";
 pub const MANAGER: &str = "videochat-operator";
@@ -68,7 +79,7 @@ pub fn labels(cluster: &str, component: Option<Component>) -> BTreeMap<String, S
         (INSTANCE.to_string(), cluster.to_string()),
         (PART_OF.to_string(), APP_NAME.to_string()),
         (MANAGED_BY.to_string(), MANAGER.to_string()),
-        (VERSION.to_string(), crate::VERSION.to_string()),
+        (VERSION.to_string(), crate::version::VERSION.to_string()),
     ]);
     if let Some(component) = component {
         labels.insert(COMPONENT.to_string(), component.as_str().to_string());
@@ -99,3 +110,12 @@ pub fn turn_udp_service_name(cluster: &str) -> String {
 pub fn turn_tcp_service_name(cluster: &str) -> String {
     format!("{cluster}-turn-tcp")
 }
+/// Key of the generated TURN secret (one secret per line, newest last).
+pub const TURN_SECRET_KEY: &str = "turn-secret";
+
+/// Name of the Secret holding the admin bearer token of a cluster's servers.
+pub fn admin_token_secret_name(cluster: &str) -> String {
+    format!("{cluster}-admin-token")
+}
+/// Key of the token in that Secret.
+pub const ADMIN_TOKEN_KEY: &str = "token";

@@ -5,7 +5,8 @@ use clap::CommandFactory;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use videochat_operator::cli::{Cli, Command, LogFormat, RunArgs};
-use videochat_operator::{admin, controller, metrics, resource};
+use videochat_operator::io::{admin, controller};
+use videochat_operator::{metrics, resource};
 
 const PROGRAM: &str = "videochat-operator";
 

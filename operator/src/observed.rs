@@ -2,6 +2,10 @@
 //! `plan` subcommand), looked up by kind and name.
 
 use crate::error::{Error, Result};
+use crate::labels::{self, Component};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::DynamicObject;
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -49,6 +53,53 @@ impl Observed {
 
     pub fn iter(&self) -> impl Iterator<Item = &DynamicObject> {
         self.objects.values()
+    }
+
+    /// Every object of `kind` that parses as `K`.
+    pub fn all_typed<K: DeserializeOwned>(&self, kind: &str) -> Vec<K> {
+        self.iter()
+            .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == kind))
+            .filter_map(|o| {
+                serde_json::to_value(o)
+                    .ok()
+                    .and_then(|v| serde_json::from_value(v).ok())
+            })
+            .collect()
+    }
+
+    /// Observed pods of one component of a cluster.
+    pub fn component_pods(&self, cluster: &str, component: Component) -> Vec<Pod> {
+        self.iter()
+            .filter(|o| o.types.as_ref().is_some_and(|t| t.kind == "Pod"))
+            .filter(|o| {
+                let labels = o.metadata.labels.as_ref();
+                let label = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+                label(labels::INSTANCE) == Some(cluster)
+                    && label(labels::COMPONENT) == Some(component.as_str())
+            })
+            .filter_map(|o| {
+                serde_json::to_value(o)
+                    .ok()
+                    .and_then(|v| serde_json::from_value(v).ok())
+            })
+            .collect()
+    }
+
+    /// The decoded value of `key` in an observed Secret.
+    pub fn secret_value(&self, name: &str, key: &str) -> Option<String> {
+        let secret = self.get("Secret", name)?;
+        let data = secret.data.get("data").and_then(|d| d.get(key));
+        if let Some(encoded) = data.and_then(|v| v.as_str()) {
+            let bytes = STANDARD.decode(encoded).ok()?;
+            return String::from_utf8(bytes).ok();
+        }
+        // Objects written by hand for `plan -f` may use stringData.
+        secret
+            .data
+            .get("stringData")
+            .and_then(|d| d.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
     }
 
     pub fn len(&self) -> usize {

@@ -17,11 +17,11 @@ use kube::api::DynamicObject;
 use serde_json::{Value, json};
 use support::*;
 use videochat_operator::VideoChatCluster;
-use videochat_operator::autoscale::in_plan::rolling_out;
+use videochat_operator::autoscale::rolling_out;
 use videochat_operator::autoscale::{
     AutoscalePolicy, AutoscaleStatus, PodLoad, ScaleAction, hold_scale_down, plan_scaling,
 };
-use videochat_operator::controller::cluster_trigger;
+use videochat_operator::io::controller::cluster_trigger;
 use videochat_operator::observed::Observed;
 use videochat_operator::plan::Plan;
 use videochat_operator::rollout::decision::{DATABASE_ROLLBACK_BLOCKED, database_downgrade};

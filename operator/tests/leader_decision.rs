@@ -7,7 +7,7 @@
 use k8s_openapi::api::coordination::v1::LeaseSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use videochat_operator::leader::{LeaseDecision, decide_lease};
+use videochat_operator::io::leader::{LeaseDecision, decide_lease};
 
 fn at(offset_seconds: i64) -> Timestamp {
     let base: Timestamp = "2026-11-21T10:00:00Z".parse().expect("valid time");

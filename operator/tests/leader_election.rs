@@ -17,8 +17,8 @@ use kube::client::Body;
 use support::*;
 use tokio::sync::watch;
 use videochat_operator::VideoChatCluster;
-use videochat_operator::controller::{self, Context};
-use videochat_operator::leader::{LeaderConfig, LeaderElection, LeaderElector, spawn_elector};
+use videochat_operator::io::controller::{self, Context};
+use videochat_operator::io::leader::{LeaderConfig, LeaderElection, LeaderElector, spawn_elector};
 use videochat_operator::metrics::Metrics;
 use videochat_operator::testing::ApiDouble;
 

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use support::*;
 use videochat_operator::VideoChatCluster;
-use videochat_operator::controller::{self, Context};
+use videochat_operator::io::controller::{self, Context};
 use videochat_operator::metrics::Metrics;
 use videochat_operator::testing::{ApiDouble, RecordedRequest};
 

@@ -15,9 +15,9 @@ use support::*;
 use tokio::sync::watch;
 use videochat_operator::Error;
 use videochat_operator::VideoChatCluster;
-use videochat_operator::autoscale::pod_admin::{PodAdmin, PodTarget};
-use videochat_operator::cache::caches_from;
-use videochat_operator::controller::{self, Context};
+use videochat_operator::io::cache::caches_from;
+use videochat_operator::io::controller::{self, Context};
+use videochat_operator::io::pod_admin::{PodAdmin, PodTarget};
 use videochat_operator::metrics::Metrics;
 use videochat_operator::testing::ApiDouble;
 

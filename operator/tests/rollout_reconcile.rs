@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use support::*;
 use videochat_operator::VideoChatCluster;
-use videochat_operator::controller::{self, Context};
+use videochat_operator::io::controller::{self, Context};
 use videochat_operator::metrics::Metrics;
 use videochat_operator::testing::ApiDouble;
 

@@ -1,5 +1,5 @@
 //! Operator scenarios on the simulated cluster: the real operator
-//! (`videochat_operator::controller::run`) against the simulated API and
+//! (`videochat_operator::io::controller::run`) against the simulated API and
 //! controllers, each test with a cluster of its own (they run in
 //! parallel). Each asserts what a platform team would check.
 

@@ -406,27 +406,18 @@ impl RelayConfig {
     }
 }
 
-/// Parses `500ms`, `30s`, `10m`, `1h` or a bare number of seconds.
+/// Longest duration a flag takes.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86400);
+
+/// A duration flag, in the workspace's one duration grammar (humantime's:
+/// `500ms`, `30s`, `10m`, `1h 30m`, `2days`), at most 365 days.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms, 30s, 10m or 1h"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
-    };
-    if !secs.is_finite() || !(0.0..=365.0 * 86400.0).contains(&secs) {
-        return Err(format!("{s:?} is out of range"));
+    let duration = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 30s, 10m or 1h 30m: {e}"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("{s:?} is longer than 365 days"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    Ok(duration)
 }
 
 #[cfg(test)]
@@ -436,10 +427,16 @@ mod tests {
     #[test]
     fn durations_parse() {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5d"), Ok(Duration::from_secs(5 * 86400)));
+        assert_eq!(parse_duration("365d"), Ok(MAX_DURATION));
+        assert!(parse_duration("366d").is_err(), "past the limit");
         assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
+        // A unit is required: a bare number reads as seconds to some and
+        // as milliseconds to others.
+        assert!(parse_duration("3").is_err());
     }
 
     #[test]

@@ -4,18 +4,15 @@
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::AutoscaleStatus;
 use super::load::PodLoad;
 use super::policy::AutoscalePolicy;
 use super::replicas::{ScaleReason, recommend_replicas};
-use crate::rollout::Component;
+use crate::labels::Component;
+use crate::resource::AutoscaleStatus;
 
-/// Pod annotation: when the operator asked the pod to drain (RFC 3339).
-pub const DRAINING_SINCE_ANNOTATION: &str = "videochat.dev/draining-since";
-/// The ReplicaSet removes pods with the lowest cost first.
-pub const POD_DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
-/// Cost given to draining pods: below the default 0 of every other pod.
-pub const DRAINING_DELETION_COST: i32 = -1000;
+pub use crate::labels::{
+    DRAINING_DELETION_COST, DRAINING_SINCE_ANNOTATION, POD_DELETION_COST_ANNOTATION,
+};
 
 /// What the controller does for the scaler.
 #[derive(Clone, Debug, PartialEq)]

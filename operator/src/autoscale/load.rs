@@ -4,7 +4,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
 
-use super::drain::DRAINING_SINCE_ANNOTATION;
+use crate::labels::DRAINING_SINCE_ANNOTATION;
 use crate::rollout::health::pod_is_ready;
 
 /// The gauge a component's load is read from.

@@ -1,7 +1,7 @@
 //! Just enough of the Prometheus text exposition format to read one gauge
 //! from a pod's `/metrics`: the sum of its samples over all label sets.
 
-use crate::Error;
+use crate::error::Error;
 
 /// Largest `/metrics` body read; a pod answering more is misbehaving.
 pub const MAX_METRICS_BYTES: usize = 4 * 1024 * 1024;

@@ -3,55 +3,29 @@
 //! windows, and a scale-down that drains the least-loaded pods first so no
 //! live call is cut short of the grace period.
 //!
-//! Pure decisions; the controller scrapes, drains and scales.
+//! Pure decisions; the controller (`crate::io`) scrapes, drains and scales,
+//! and rendering writes the replicas decided here.
 
-pub mod controller_io;
+pub mod decide;
 pub mod drain;
-pub mod in_plan;
 pub mod load;
+pub mod load_document;
 pub mod metrics_text;
-pub mod pod_admin;
 pub mod policy;
 pub mod replicas;
+pub mod rolling;
 
+pub use decide::{decide_scaling, held_replicas, load_metric, policy_of};
 pub use drain::{
     DRAINING_DELETION_COST, DRAINING_SINCE_ANNOTATION, POD_DELETION_COST_ANNOTATION,
-    ROLLOUT_IN_PROGRESS, ScaleAction, hold_scale_down, plan_scaling,
+    ROLLOUT_IN_PROGRESS, ScaleAction, ScalingPlan, hold_scale_down, plan_scaling,
 };
 pub use load::{LoadMetric, PodLoad, pod_load};
+pub use load_document::{POD_LOAD_API_VERSION, POD_LOAD_KIND, pod_load_object};
 pub use metrics_text::{MAX_METRICS_BYTES, parse_gauge};
 pub use policy::AutoscalePolicy;
-pub use replicas::{Recommendation, ReplicaDecision, ScaleReason, recommend_replicas};
+pub use replicas::{ReplicaDecision, ScaleReason, recommend_replicas};
+pub use rolling::rolling_out;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-
-/// Autoscaling state of one component, in the resource's status: what the
-/// user sees, and what the next decision needs (the recommendations inside
-/// the stabilization windows).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AutoscaleStatus {
-    /// Sum of the load gauge (connections or allocations) over the pods that
-    /// reported it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub current_load: Option<i64>,
-    /// Replicas the scaler wants now (after windows, step and bounds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub desired_replicas: Option<i32>,
-    /// Reason of the last decision (a `ScaleReason` name) and its explanation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_decision_reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_decision_message: Option<String>,
-    /// When replicas last changed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_scale_time: Option<Time>,
-    /// Pods asked to drain before a scale-down.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub draining_pods: Vec<String>,
-    /// Recent raw recommendations, newest last, kept for the stabilization windows.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub recommendations: Vec<Recommendation>,
-}
+/// The autoscaling state kept in the resource's status (a CRD type).
+pub use crate::resource::{AutoscaleStatus, Recommendation};

@@ -1,24 +1,15 @@
 //! The replica count from load and CPU: targets per pod, tolerance,
 //! stabilization windows (as the HorizontalPodAutoscaler), max step, bounds.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
 use super::load::PodLoad;
 use super::policy::AutoscalePolicy;
+use crate::resource::Recommendation;
 
 /// Most recommendations kept in status; one per distinct replica count is
 /// enough for the windows (only the newest time of each value matters).
 const MAX_RECOMMENDATIONS: usize = 64;
-
-/// A raw recommendation at a point in time.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct Recommendation {
-    pub time: Time,
-    pub replicas: i32,
-}
 
 /// Why the replica count is what it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

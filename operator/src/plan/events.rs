@@ -2,7 +2,8 @@
 //! or workloads changed, and transitions of phase or of the Degraded reason.
 //! A reconcile that changes nothing produces none.
 
-use super::{Action, Change};
+use super::action::{Action, Change};
+use super::conditions::DEGRADED;
 use crate::resource::VideoChatClusterStatus;
 use serde::Serialize;
 
@@ -88,7 +89,7 @@ pub(crate) fn planned_events(
         s.and_then(|s| {
             s.conditions
                 .iter()
-                .find(|c| c.type_ == super::status::DEGRADED && c.status == "True")
+                .find(|c| c.type_ == DEGRADED && c.status == "True")
                 .map(|c| (c.reason.clone(), c.message.clone()))
         })
     };

@@ -3,57 +3,10 @@
 //! still carried out, so one object the API refuses (an immutable field, a
 //! webhook) does not stop every other component from being reconciled.
 
+use super::conditions::{DEGRADED, condition};
 use super::events::{PlannedEvent, event};
-use super::status::DEGRADED;
 use crate::resource::{Phase, VideoChatClusterStatus};
-
-/// What kind of write failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailedWrite {
-    /// Server-side apply of a desired object.
-    Apply,
-    /// Deleting a child the spec no longer asks for.
-    Delete,
-    /// Asking a pod to drain (or marking it draining) before a scale-down.
-    Drain,
-    /// Deleting a drained or stuck pod.
-    DeletePod,
-}
-
-impl FailedWrite {
-    /// The condition and Event reason.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::Apply | Self::Delete => "ApplyFailed",
-            Self::Drain | Self::DeletePod => "DrainFailed",
-        }
-    }
-
-    fn verb(self) -> &'static str {
-        match self {
-            Self::Apply => "applying",
-            Self::Delete => "deleting",
-            Self::Drain => "draining",
-            Self::DeletePod => "deleting pod",
-        }
-    }
-}
-
-/// One failed write.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WriteFailure {
-    pub write: FailedWrite,
-    /// `Kind/name` of the object (`Pod/name` for pod actions).
-    pub object: String,
-    /// The API's or the pod's answer.
-    pub message: String,
-}
-
-impl WriteFailure {
-    fn describe(&self) -> String {
-        format!("{} {}: {}", self.write.verb(), self.object, self.message)
-    }
-}
+use crate::write_failure::WriteFailure;
 
 /// Folds failed writes into the status to write (Degraded=True with the
 /// first failure's reason, every failure in the message, phase Degraded) and
@@ -81,7 +34,7 @@ pub fn report_write_failures(
     if let Some(earlier) = earlier {
         message = format!("{message}; {earlier}");
     }
-    let mut condition = super::condition(DEGRADED, true, first.write.reason(), message);
+    let mut condition = condition(DEGRADED, true, first.write.reason(), message);
     condition.observed_generation = status.observed_generation;
     condition.last_transition_time = previous
         .into_iter()

@@ -1,65 +1,14 @@
 //! Status from observed objects: per-component pods and revisions,
-//! conditions, phase, endpoints.
+//! conditions, phase.
 
-use super::Ctx;
+use super::conditions::{DEGRADED, PROGRESSING, READY, condition, finish_conditions};
 use crate::labels::{self, Component};
+use crate::render::Ctx;
 use crate::resource::{
-    ComponentStatus, ComponentsStatus, Condition, Endpoints, Phase, ServiceType, VideoChatCluster,
-    VideoChatClusterStatus,
+    ComponentStatus, ComponentsStatus, Endpoints, Phase, VideoChatCluster, VideoChatClusterStatus,
 };
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Service;
 use std::collections::BTreeMap;
-
-pub const READY: &str = "Ready";
-pub const PROGRESSING: &str = "Progressing";
-pub const DEGRADED: &str = "Degraded";
-
-/// The first load-balancer address (IP, else hostname) of an observed Service.
-pub(crate) fn load_balancer_address(ctx: &Ctx<'_>, service: &str) -> Option<String> {
-    let service: Service = ctx.observed.typed("Service", service)?;
-    let ingress = service.status?.load_balancer?.ingress?;
-    ingress.into_iter().find_map(|i| {
-        i.ip.filter(|s| !s.is_empty())
-            .or(i.hostname.filter(|s| !s.is_empty()))
-    })
-}
-
-fn host_for_uri(host: &str) -> String {
-    if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    }
-}
-
-/// Signaling URL and TURN URIs, from the spec and the Services' addresses.
-/// Unknown parts (a load balancer still pending) are left out.
-pub(crate) fn endpoints(ctx: &Ctx<'_>) -> Endpoints {
-    let spec = &ctx.cluster.spec;
-    let signaling = Component::Signaling.workload_name(&ctx.name);
-    let signaling_url = if let Some(ingress) = &spec.signaling.ingress {
-        let scheme = if ingress.tls_secret_name.is_some() {
-            "wss"
-        } else {
-            "ws"
-        };
-        Some(format!("{scheme}://{}/ws", ingress.host))
-    } else {
-        let port = spec.signaling.service.port;
-        match spec.signaling.service.type_ {
-            ServiceType::LoadBalancer => load_balancer_address(ctx, &signaling)
-                .map(|host| format!("ws://{}:{port}/ws", host_for_uri(&host))),
-            _ => Some(format!("ws://{}:{port}/ws", ctx.service_host(&signaling))),
-        }
-    };
-
-    let turn_uris = super::turn::uris(ctx);
-    Endpoints {
-        signaling_url,
-        turn_uris,
-    }
-}
 
 /// How one component's workload is doing.
 struct Observation {
@@ -206,13 +155,9 @@ pub(crate) fn compute(
     let mut components = ComponentsStatus::default();
     let mut observations = Vec::new();
     for (&component, revision) in revisions {
-        let desired = match component {
-            Component::Signaling => {
-                super::workload::replicas(ctx, component, cluster.spec.signaling.replicas)
-            }
-            Component::Turn => super::turn::replicas(ctx),
-            Component::Redis | Component::MongoDb => 1,
-        };
+        // Judged against the replicas held before this reconcile's scaling
+        // decision (the day-two report sets the scaler's desired count).
+        let desired = ctx.held(component);
         let slot = match component {
             Component::Signaling => &mut components.signaling,
             Component::Turn => &mut components.turn,
@@ -359,35 +304,4 @@ pub(crate) fn invalid_spec(
         components: previous.components,
         endpoints: previous.endpoints,
     }
-}
-
-/// A condition without its generation and transition time, which are filled in
-/// against the previous status.
-pub(crate) fn condition(type_: &str, status: bool, reason: &str, message: String) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if status { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: String::new(),
-        observed_generation: None,
-    }
-}
-
-/// Keeps the previous transition time when a condition's status did not change.
-fn finish_conditions(
-    mut conditions: Vec<Condition>,
-    previous: &[Condition],
-    generation: Option<i64>,
-    now: &str,
-) -> Vec<Condition> {
-    for c in &mut conditions {
-        c.observed_generation = generation;
-        c.last_transition_time = previous
-            .iter()
-            .find(|p| p.type_ == c.type_ && p.status == c.status)
-            .map(|p| p.last_transition_time.clone())
-            .unwrap_or_else(|| now.to_string());
-    }
-    conditions
 }

@@ -1,7 +1,7 @@
 //! Specs of the two databases: each either managed by the operator (a
 //! StatefulSet with a volume) or external (a URL in a Secret).
 
-use super::SecretKeyRef;
+use super::secret_ref::SecretKeyRef;
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
@@ -66,8 +66,11 @@ pub struct ManagedRedisSpec {
     pub resources: Option<ResourceRequirements>,
     /// Node selection, affinity, tolerations, topology spread and image
     /// pull Secrets of the pods.
-    #[serde(default, skip_serializing_if = "super::PodPlacementSpec::is_empty")]
-    pub placement: super::PodPlacementSpec,
+    #[serde(
+        default,
+        skip_serializing_if = "super::placement::PodPlacementSpec::is_empty"
+    )]
+    pub placement: super::placement::PodPlacementSpec,
 }
 
 impl Default for ManagedRedisSpec {
@@ -76,7 +79,7 @@ impl Default for ManagedRedisSpec {
             image: default_redis_image(),
             storage: StorageSpec::default(),
             resources: None,
-            placement: super::PodPlacementSpec::default(),
+            placement: super::placement::PodPlacementSpec::default(),
         }
     }
 }
@@ -101,8 +104,11 @@ pub struct ManagedMongoDbSpec {
     pub resources: Option<ResourceRequirements>,
     /// Node selection, affinity, tolerations, topology spread and image
     /// pull Secrets of the pods.
-    #[serde(default, skip_serializing_if = "super::PodPlacementSpec::is_empty")]
-    pub placement: super::PodPlacementSpec,
+    #[serde(
+        default,
+        skip_serializing_if = "super::placement::PodPlacementSpec::is_empty"
+    )]
+    pub placement: super::placement::PodPlacementSpec,
 }
 
 impl Default for ManagedMongoDbSpec {
@@ -111,7 +117,7 @@ impl Default for ManagedMongoDbSpec {
             image: default_mongodb_image(),
             storage: StorageSpec::default(),
             resources: None,
-            placement: super::PodPlacementSpec::default(),
+            placement: super::placement::PodPlacementSpec::default(),
         }
     }
 }

@@ -6,6 +6,7 @@ mod autoscaling;
 mod database;
 mod placement;
 mod rollout;
+mod secret_ref;
 mod signaling;
 mod status;
 mod turn;
@@ -16,23 +17,23 @@ pub use database::{
 };
 pub use placement::PodPlacementSpec;
 pub use rollout::RolloutSpec;
+pub use secret_ref::{IMAGE_REGISTRY, SecretKeyRef};
 pub use signaling::{
     IngressSpec, ServiceExposureSpec, ServiceType, SignalingLimitsSpec, SignalingSpec,
 };
 pub use status::{
-    ComponentStatus, ComponentsStatus, Condition, Endpoints, Phase, TurnUri, VideoChatClusterStatus,
+    AutoscaleStatus, ComponentStatus, ComponentsStatus, Condition, Endpoints, Phase,
+    Recommendation, RolloutTracking, TurnUri, VideoChatClusterStatus,
 };
 pub use turn::{
-    MAX_LOAD_BALANCER_LISTENERS, NodeAddressType, PortRangeSpec, SecretRotationSpec,
-    TurnExposureMode, TurnExposureSpec, TurnQuotasSpec, TurnSpec, TurnTlsSpec,
+    MAX_LOAD_BALANCER_LISTENERS, MIN_ROTATION_INTERVAL_SECONDS, NodeAddressType, PortRangeSpec,
+    SecretRotationSpec, TurnExposureMode, TurnExposureSpec, TurnQuotasSpec, TurnSpec, TurnTlsSpec,
+    parse_rotation_interval,
 };
 
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-
-/// The default registry path of the project's images.
-pub const IMAGE_REGISTRY: &str = "ghcr.io/videochat-dev";
 
 /// Desired state of one videochat appliance: signaling, TURN, Redis and MongoDB.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
@@ -77,25 +78,13 @@ pub struct VideoChatClusterSpec {
     pub autoscaling: AutoscalingSpec,
 }
 
-/// A key in a Secret in the resource's namespace.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct SecretKeyRef {
-    /// Name of the Secret.
-    #[schemars(length(min = 1, max = 253))]
-    pub name: String,
-    /// Key inside the Secret.
-    #[schemars(length(min = 1, max = 253))]
-    pub key: String,
-}
-
 /// The CRD as YAML, exactly what `videochat-operator crd` prints and
 /// `crds/videochatcluster.yaml` holds.
 /// Keys are sorted at every level, so the text does not depend on whether
 /// serde_json's `preserve_order` feature is on (other crates in the same
 /// build, e.g. bson through the MongoDB driver, turn it on).
-pub fn crd_yaml() -> Result<String, crate::Error> {
-    let fail = |message: String| crate::Error::Serialize {
+pub fn crd_yaml() -> Result<String, crate::error::Error> {
+    let fail = |message: String| crate::error::Error::Serialize {
         what: "CustomResourceDefinition".into(),
         message,
     };
@@ -137,7 +126,7 @@ pub fn validation_errors(cluster: &VideoChatCluster) -> Vec<String> {
     // reconcile that fails on every try.
     if errors.is_empty()
         && let Some(rotation) = &cluster.spec.turn.secret_rotation
-        && let Err(message) = crate::rotation::parse_interval(&rotation.interval)
+        && let Err(message) = turn::parse_rotation_interval(&rotation.interval)
     {
         errors.push(format!("turn.secretRotation.interval: {message}"));
     }

@@ -1,6 +1,6 @@
 //! Spec of the signaling component.
 
-use super::{IMAGE_REGISTRY, SecretKeyRef};
+use super::secret_ref::{IMAGE_REGISTRY, SecretKeyRef};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
@@ -34,8 +34,11 @@ pub struct SignalingSpec {
     pub auth_secret_ref: Option<SecretKeyRef>,
     /// Node selection, affinity, tolerations, topology spread and image
     /// pull Secrets of the pods.
-    #[serde(default, skip_serializing_if = "super::PodPlacementSpec::is_empty")]
-    pub placement: super::PodPlacementSpec,
+    #[serde(
+        default,
+        skip_serializing_if = "super::placement::PodPlacementSpec::is_empty"
+    )]
+    pub placement: super::placement::PodPlacementSpec,
 }
 
 impl Default for SignalingSpec {
@@ -48,13 +51,16 @@ impl Default for SignalingSpec {
             ingress: None,
             limits: SignalingLimitsSpec::default(),
             auth_secret_ref: None,
-            placement: super::PodPlacementSpec::default(),
+            placement: super::placement::PodPlacementSpec::default(),
         }
     }
 }
 
 fn default_image() -> String {
-    format!("{IMAGE_REGISTRY}/videochat-signaling:{}", crate::VERSION)
+    format!(
+        "{IMAGE_REGISTRY}/videochat-signaling:{}",
+        crate::version::VERSION
+    )
 }
 
 fn default_replicas() -> i32 {

@@ -1,6 +1,9 @@
 //! The status the operator writes on the status subresource.
 
+use crate::labels::Component;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::KubeSchema;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Observed state of a VideoChatCluster.
@@ -99,10 +102,100 @@ pub struct ComponentStatus {
     pub last_good_revision: Option<String>,
     /// Rollout tracking: revision clocks, last good and failed revision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollout: Option<crate::rollout::RolloutTracking>,
+    pub rollout: Option<RolloutTracking>,
     /// Autoscaling: current load, desired replicas, last decision, drains.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub autoscaling: Option<crate::autoscale::AutoscaleStatus>,
+    pub autoscaling: Option<AutoscaleStatus>,
+}
+
+impl ComponentsStatus {
+    /// A component's slot.
+    pub fn get(&self, component: Component) -> Option<&ComponentStatus> {
+        match component {
+            Component::Signaling => self.signaling.as_ref(),
+            Component::Turn => self.turn.as_ref(),
+            Component::Redis => self.redis.as_ref(),
+            Component::MongoDb => self.mongodb.as_ref(),
+        }
+    }
+
+    /// Mutable access to a component's slot.
+    pub fn get_mut(&mut self, component: Component) -> Option<&mut ComponentStatus> {
+        match component {
+            Component::Signaling => self.signaling.as_mut(),
+            Component::Turn => self.turn.as_mut(),
+            Component::Redis => self.redis.as_mut(),
+            Component::MongoDb => self.mongodb.as_mut(),
+        }
+    }
+}
+
+/// What the operator remembers about one component's rollout between
+/// reconciles; lives in the resource's status so that a restarted (or newly
+/// elected) operator continues where the previous one stopped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutTracking {
+    /// Revision (pod template hash) currently running or rolling out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// When the operator first saw `revision` on the workload; the progress
+    /// deadline counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_since: Option<Time>,
+    /// When all desired replicas of `revision` were first seen ready; the
+    /// stabilization period counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_since: Option<Time>,
+    /// Last revision that became healthy; its template is kept in a
+    /// ControllerRevision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_good_revision: Option<String>,
+    /// A revision that failed and was rolled back; not tried again while the
+    /// resource's generation stays `failedGeneration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_revision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_generation: Option<i64>,
+    /// Why `failedRevision` was judged bad (a `FailureReason` name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+}
+
+/// Autoscaling state of one component, in the resource's status: what the
+/// user sees, and what the next decision needs (the recommendations inside
+/// the stabilization windows).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscaleStatus {
+    /// Sum of the load gauge (connections or allocations) over the pods that
+    /// reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_load: Option<i64>,
+    /// Replicas the scaler wants now (after windows, step and bounds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// Reason of the last decision (a `ScaleReason` name) and its explanation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision_message: Option<String>,
+    /// When replicas last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    /// Pods asked to drain before a scale-down.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining_pods: Vec<String>,
+    /// Recent raw recommendations, newest last, kept for the stabilization windows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recommendations: Vec<Recommendation>,
+}
+
+/// A raw recommendation at a point in time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Recommendation {
+    pub time: Time,
+    pub replicas: i32,
 }
 
 /// Where clients connect.

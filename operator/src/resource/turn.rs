@@ -1,6 +1,6 @@
 //! Spec of the TURN relay component.
 
-use super::{IMAGE_REGISTRY, SecretKeyRef};
+use super::secret_ref::{IMAGE_REGISTRY, SecretKeyRef};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
@@ -64,8 +64,11 @@ pub struct TurnSpec {
     pub resources: Option<ResourceRequirements>,
     /// Node selection, affinity, tolerations, topology spread and image
     /// pull Secrets of the pods.
-    #[serde(default, skip_serializing_if = "super::PodPlacementSpec::is_empty")]
-    pub placement: super::PodPlacementSpec,
+    #[serde(
+        default,
+        skip_serializing_if = "super::placement::PodPlacementSpec::is_empty"
+    )]
+    pub placement: super::placement::PodPlacementSpec,
     /// TURN over TLS (`turns:`) from a Secret holding `tls.crt` and `tls.key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TurnTlsSpec>,
@@ -140,14 +143,17 @@ impl Default for TurnSpec {
             quotas: TurnQuotasSpec::default(),
             secret_rotation: None,
             resources: None,
-            placement: super::PodPlacementSpec::default(),
+            placement: super::placement::PodPlacementSpec::default(),
             tls: None,
         }
     }
 }
 
 fn default_image() -> String {
-    format!("{IMAGE_REGISTRY}/videochat-turn:{}", crate::VERSION)
+    format!(
+        "{IMAGE_REGISTRY}/videochat-turn:{}",
+        crate::version::VERSION
+    )
 }
 fn default_replicas() -> i32 {
     2
@@ -166,13 +172,33 @@ fn default_credential_ttl() -> i32 {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    // CEL's duration() has no `d`: a whole day or more is long enough as is.
-    validation = Rule::new("self.interval.matches('[1-9][0-9]*d') || duration(self.interval) >= duration('60s')").message("turn.secretRotation.interval must be at least 60s")
+    // The interval in seconds, term by term, as humantime reads it (CEL's
+    // duration() knows neither days nor humantime's spellings).
+    validation = Rule::new("self.interval.findAll('[0-9]+[a-zA-Z]+').map(t, int(t.find('[0-9]+')) * (t.matches('^[0-9]+(s|sec|secs|second|seconds)$') ? 1 : t.matches('^[0-9]+(m|min|mins|minute|minutes)$') ? 60 : t.matches('^[0-9]+(h|hr|hrs|hour|hours)$') ? 3600 : t.matches('^[0-9]+(d|day|days)$') ? 86400 : t.matches('^[0-9]+(w|wk|wks|week|weeks)$') ? 604800 : t.matches('^[0-9]+(M|month|months)$') ? 2630016 : 31557600)).sum() >= 60").message("turn.secretRotation.interval must be at least 60s")
 )]
 pub struct SecretRotationSpec {
-    /// How often a new secret is added, e.g. `24h`, `7d`, `1h30m` (at least 60s).
-    #[schemars(length(min = 2, max = 32), regex(pattern = r"^([0-9]+[smhd])+$"))]
+    /// How often a new secret is added, e.g. `24h`, `7d`, `1h30m`, `1h 30m`,
+    /// `2w` (at least 60s): whole numbers with units from seconds
+    /// (`s`, `sec`, `m`, `min`, `h`, `hr`, `d`, `day`, `w`, `week`, `M`,
+    /// `month`, `y`, `year`, plurals too) written together or separated by
+    /// one space.
+    #[schemars(length(min = 2, max = 32), regex(pattern = crate::duration::SPEC_DURATION_PATTERN))]
     pub interval: String,
+}
+
+/// Shortest rotation interval accepted.
+pub const MIN_ROTATION_INTERVAL_SECONDS: i64 = 60;
+
+/// Parses a rotation interval such as `24h`, `90m`, `7d` or `1h30m` into
+/// seconds; shorter than [`MIN_ROTATION_INTERVAL_SECONDS`] is an error.
+pub fn parse_rotation_interval(text: &str) -> Result<i64, String> {
+    let total = crate::duration::parse_seconds(text)?;
+    if total < MIN_ROTATION_INTERVAL_SECONDS {
+        return Err(format!(
+            "{text:?} is shorter than the minimum rotation interval of {MIN_ROTATION_INTERVAL_SECONDS}s"
+        ));
+    }
+    Ok(total)
 }
 
 /// An inclusive port range for relayed transport addresses.

@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::jiff::Timestamp;
 
-use super::RolloutTracking;
 use super::health::{FailureReason, Health, WorkloadObservation, assess};
 use super::history::RevisionRecord;
-use super::order::{Component, Gate, RolloutState, gate_rollouts};
+use super::order::{Gate, RolloutState, gate_rollouts};
 use super::policy::RolloutPolicy;
+use crate::labels::Component;
+use crate::resource::RolloutTracking;
 
 /// Everything the rollback decision of one component looks at.
 #[derive(Clone, Debug)]

@@ -5,9 +5,9 @@ use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::jiff::Timestamp;
 
-use super::RolloutTracking;
 use super::policy::RolloutPolicy;
 use super::revision::{pod_revision, revision_of};
+use crate::resource::RolloutTracking;
 
 /// The facts about a workload that rollout health depends on.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 
-use super::order::Component;
+use crate::labels::Component;
 use crate::labels::{self, COMPONENT as COMPONENT_LABEL, INSTANCE as INSTANCE_LABEL};
 
 /// ControllerRevision label carrying the revision it stores.

@@ -1,4 +1,4 @@
-//! Runs the real operator (`videochat_operator::controller::run`) against a
+//! Runs the real operator (`videochat_operator::io::controller::run`) against a
 //! simulated cluster, each replica on its own thread and runtime so that
 //! killing one stops it mid-step, as `kill -9` would: nothing it holds
 //! (the Lease) is released.
@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
-use videochat_operator::leader::{LeaderConfig, LeaderElection};
+use videochat_operator::io::leader::{LeaderConfig, LeaderElection};
 use videochat_operator::metrics::Metrics;
 
 pub struct OperatorReplica {
@@ -54,7 +54,7 @@ impl OperatorReplica {
                 let config = kube::Config::new(url);
                 let client = kube::Client::try_from(config).expect("operator client");
                 let ready = Arc::new(AtomicBool::new(false));
-                if let Err(error) = videochat_operator::controller::run(
+                if let Err(error) = videochat_operator::io::controller::run(
                     client,
                     Some(namespace),
                     task_metrics,

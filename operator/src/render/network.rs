@@ -1,9 +1,11 @@
 //! NetworkPolicies (only signaling reaches the databases; TURN and signaling
 //! reachable on their ports) and PodDisruptionBudgets.
 
-use super::{Ctx, to_dynamic};
+use super::context::Ctx;
+use super::{mongodb, redis, signaling, turn};
 use crate::error::Result;
 use crate::labels::{self, Component};
+use crate::objects::to_dynamic;
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
@@ -60,7 +62,7 @@ pub(crate) fn desired(ctx: &Ctx<'_>) -> Result<Vec<DynamicObject>> {
             ctx,
             Component::Redis,
             only_signaling.clone(),
-            vec![port("TCP", super::redis::PORT, None)],
+            vec![port("TCP", redis::PORT, None)],
         ))?);
     }
     if spec.mongodb.managed.is_some() {
@@ -68,7 +70,7 @@ pub(crate) fn desired(ctx: &Ctx<'_>) -> Result<Vec<DynamicObject>> {
             ctx,
             Component::MongoDb,
             only_signaling,
-            vec![port("TCP", super::mongodb::PORT, None)],
+            vec![port("TCP", mongodb::PORT, None)],
         ))?);
     }
     // Clients and peers come from anywhere; the admin port serves metrics scrapers.
@@ -82,13 +84,13 @@ pub(crate) fn desired(ctx: &Ctx<'_>) -> Result<Vec<DynamicObject>> {
     ];
     turn_ports.extend(turn.tls_ports().into_iter().map(|p| port("TCP", p, None)));
     turn_ports.push(port("UDP", relay_ports.min, Some(relay_ports.max)));
-    turn_ports.push(port("TCP", super::turn::ADMIN_PORT, None));
+    turn_ports.push(port("TCP", turn::ADMIN_PORT, None));
     objects.push(to_dynamic(&policy(ctx, Component::Turn, None, turn_ports))?);
     objects.push(to_dynamic(&policy(
         ctx,
         Component::Signaling,
         None,
-        vec![port("TCP", super::signaling::CONTAINER_PORT, None)],
+        vec![port("TCP", signaling::CONTAINER_PORT, None)],
     ))?);
 
     // Voluntary disruptions (node drains) take one pod at a time; the

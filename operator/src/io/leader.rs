@@ -16,7 +16,7 @@ use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::watch;
 
-use crate::Error;
+use crate::error::Error;
 
 /// Timing of the election.
 #[derive(Clone, Debug, PartialEq, Eq)]

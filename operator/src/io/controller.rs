@@ -1,14 +1,14 @@
 //! The thin I/O layer: observe a cluster's children, run the plan, apply
 //! it with server-side apply, write status, publish events. Every decision
-//! is in [`crate::plan`].
+//! is made by [`crate::plan`], which never imports from here.
 
+use super::cache::{ChildCaches, reflect};
+use super::leader::{LeaderElection, spawn_elector};
+use super::pod_admin::{HttpPodAdmin, PodAdmin};
+use super::pods::{observe_pods, record_pods, run_pod_actions};
 use crate::FIELD_MANAGER;
-use crate::autoscale::controller_io::{observe_pods, record_pods, run_pod_actions};
-use crate::autoscale::pod_admin::{HttpPodAdmin, PodAdmin};
-use crate::cache::{ChildCaches, reflect};
 use crate::error::{Error, Result};
 use crate::labels;
-use crate::leader::{LeaderElection, spawn_elector};
 use crate::metrics::Metrics;
 use crate::observed::Observed;
 use crate::plan::{self, Action as PlanAction, FailedWrite, FreshSecrets, PlanInput, WriteFailure};
@@ -187,7 +187,7 @@ pub async fn observe(client: &Client, cluster: &VideoChatCluster) -> Result<Obse
         }
         match secrets.get(&reference.name).await {
             Ok(secret) => {
-                let mut object = plan::to_dynamic(&secret)?;
+                let mut object = crate::objects::to_dynamic(&secret)?;
                 object.types = Some(TypeMeta {
                     api_version: "v1".into(),
                     kind: "Secret".into(),
@@ -256,7 +256,7 @@ pub async fn observe_cached(
             },
         };
         if let Some(secret) = secret {
-            let mut object = plan::to_dynamic(&secret)?;
+            let mut object = crate::objects::to_dynamic(&secret)?;
             object.types = Some(TypeMeta {
                 api_version: "v1".into(),
                 kind: "Secret".into(),
@@ -326,7 +326,7 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
             observed
         }
     };
-    crate::node_addresses::observe_nodes(&ctx.client, cluster, &mut observed).await?;
+    super::nodes::observe_nodes(&ctx.client, cluster, &mut observed).await?;
     let fresh = FreshSecrets::generate();
     let now = now_rfc3339();
     let plan = plan::plan(&PlanInput {
@@ -344,7 +344,7 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
     }
 
     // Drains before any scale-down lands; each pod action stands alone.
-    let now_time = crate::rollout::day_two::parse_now(&now)?;
+    let now_time = plan::parse_now(&now)?;
     let mut failures = run_pod_actions(
         &ctx.client,
         ctx.pod_admin.as_ref(),
@@ -413,7 +413,7 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
         .conditions
         .iter()
         .any(|c| c.type_ == "Progressing" && c.status == "True")
-        || crate::rollout::day_two::needs_prompt_recheck(&status)
+        || plan::needs_prompt_recheck(&status)
         || !failures.is_empty();
     let mut requeue = if progressing { PROGRESS_POLL } else { RESYNC };
     // The autoscaler needs fresh load figures at its metrics interval.
@@ -454,7 +454,8 @@ async fn apply_plan(
                 change,
             } => {
                 let Some(object) = plan.objects.iter().find(|o| {
-                    plan::type_of(o).1 == *kind && o.metadata.name.as_deref() == Some(child)
+                    crate::objects::type_of(o).1 == *kind
+                        && o.metadata.name.as_deref() == Some(child)
                 }) else {
                     continue;
                 };

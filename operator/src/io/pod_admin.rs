@@ -12,9 +12,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::load::LoadMetric;
-use super::metrics_text::{MAX_METRICS_BYTES, parse_gauge};
-use crate::Error;
+use crate::autoscale::load::LoadMetric;
+use crate::autoscale::metrics_text::{MAX_METRICS_BYTES, parse_gauge};
+use crate::error::Error;
 use crate::labels::Component;
 
 /// Signaling's HTTP port (`/metrics`, `/api/admin/drain`).

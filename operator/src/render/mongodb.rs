@@ -1,16 +1,20 @@
 //! Managed MongoDB: single-node StatefulSet with a data volume, a headless
 //! Service, root credentials from the generated Secret.
 
-use super::{Built, Ctx, pods, workload};
+use super::context::{Ctx, SpecTemplate};
+use super::{pods, workload};
 use crate::error::Result;
 use crate::labels::{self, Component};
 use crate::resource::ManagedMongoDbSpec;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::core::v1::{Container, ContainerPort, Probe, TCPSocketAction};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::DynamicObject;
 
 pub const PORT: i32 = 27017;
 
-pub(crate) fn desired(ctx: &Ctx<'_>, spec: &ManagedMongoDbSpec) -> Result<Built> {
+/// The pod template the spec asks for.
+pub(crate) fn template(ctx: &Ctx<'_>, spec: &ManagedMongoDbSpec) -> SpecTemplate {
     let component = Component::MongoDb;
     let secret = labels::mongodb_secret_name(&ctx.name);
     let from_secret = |env: &str, key: &str| pods::env_from_secret(env, &secret, key);
@@ -58,11 +62,24 @@ pub(crate) fn desired(ctx: &Ctx<'_>, spec: &ManagedMongoDbSpec) -> Result<Built>
         ]),
         ..Container::default()
     };
-    workload::database(
+    workload::database_template(
         ctx,
         component,
         container,
         vec![pods::empty_dir("configdb"), pods::empty_dir("tmp")],
+    )
+}
+
+/// The StatefulSet running `template`, and its headless Service.
+pub(crate) fn objects(
+    ctx: &Ctx<'_>,
+    spec: &ManagedMongoDbSpec,
+    template: PodTemplateSpec,
+) -> Result<Vec<DynamicObject>> {
+    workload::database_objects(
+        ctx,
+        Component::MongoDb,
+        template,
         &spec.storage,
         "mongodb",
         PORT,

@@ -8,11 +8,14 @@
 //! address it cannot know at render time from the address ConfigMap,
 //! mounted as files named by node or pod, and re-reads it when it changes.
 
+use super::context::{Ctx, SpecTemplate};
 use super::hash::short_hash;
-use super::{Built, Ctx, pods, to_dynamic, workload};
+use super::secrets::SecretRefs;
+use super::{pods, workload};
 use crate::error::Result;
 use crate::labels::{self, Component};
-use crate::resource::{SecretKeyRef, TurnExposureMode, TurnUri};
+use crate::objects::{to_dynamic, type_of};
+use crate::resource::{TurnExposureMode, TurnUri};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentStrategy, RollingUpdateDeployment, StatefulSet, StatefulSetSpec,
     StatefulSetUpdateStrategy,
@@ -25,6 +28,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::DynamicObject;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -167,7 +171,7 @@ fn node_addresses(ctx: &Ctx<'_>) -> BTreeMap<String, String> {
     let wanted = ctx.cluster.spec.turn.exposure.node_address_type.as_str();
     ctx.observed
         .iter()
-        .filter(|o| super::type_of(o).1 == "Node")
+        .filter(|o| type_of(o).1 == "Node")
         .filter_map(|o| {
             let node: Node = serde_json::from_value(serde_json::to_value(o).ok()?).ok()?;
             let name = node.metadata.name.clone()?;
@@ -216,7 +220,7 @@ fn relay_pods(ctx: &Ctx<'_>) -> Vec<Pod> {
     let selector = labels::selector(&ctx.name, Component::Turn);
     ctx.observed
         .iter()
-        .filter(|o| super::type_of(o).1 == "Pod")
+        .filter(|o| type_of(o).1 == "Pod")
         .filter(|o| {
             let labels = o.metadata.labels.as_ref();
             selector
@@ -225,25 +229,6 @@ fn relay_pods(ctx: &Ctx<'_>) -> Vec<Pod> {
         })
         .filter_map(|o| serde_json::from_value(serde_json::to_value(o).ok()?).ok())
         .collect()
-}
-
-/// The TURN replica count to apply: the spec's, or with autoscaling the
-/// current count of the workload within the bounds.
-pub(crate) fn replicas(ctx: &Ctx<'_>) -> i32 {
-    let spec = &ctx.cluster.spec;
-    if mode(ctx) != TurnExposureMode::LoadBalancer || !spec.autoscaling.enabled {
-        return workload::replicas(ctx, Component::Turn, spec.turn.replicas);
-    }
-    let bounds = &spec.autoscaling.turn;
-    let current = ctx
-        .observed
-        .typed::<StatefulSet>("StatefulSet", &Component::Turn.workload_name(&ctx.name))
-        .and_then(|s| s.spec.replicas)
-        .unwrap_or(bounds.min_replicas);
-    current.clamp(
-        bounds.min_replicas,
-        bounds.max_replicas.max(bounds.min_replicas),
-    )
 }
 
 /// LoadBalancer mode: the relay pods that get a Service. Pods past the
@@ -265,7 +250,7 @@ pub(crate) fn relay_pod_names(ctx: &Ctx<'_>) -> Vec<String> {
         .map(|ordinal| ordinal + 1)
         .max()
         .unwrap_or(0);
-    let count = replicas(ctx).max(existing).max(0);
+    let count = ctx.held(Component::Turn).max(existing).max(0);
     (0..count).map(|i| format!("{workload}-{i}")).collect()
 }
 
@@ -299,7 +284,7 @@ fn uri_hosts(ctx: &Ctx<'_>) -> Vec<String> {
             let addresses = address_map(ctx);
             relay_pod_names(ctx)
                 .into_iter()
-                .take(usize::try_from(replicas(ctx)).unwrap_or(0))
+                .take(usize::try_from(ctx.held(Component::Turn)).unwrap_or(0))
                 .filter_map(|pod| addresses.get(&pod).cloned())
                 .collect()
         }
@@ -379,20 +364,14 @@ fn service_port(name: &str, port: i32, protocol: &str) -> ServicePort {
     }
 }
 
-pub(crate) fn desired(ctx: &Ctx<'_>, secret: &SecretKeyRef) -> Result<Built> {
+/// The pod template the spec asks for.
+pub(crate) fn template(ctx: &Ctx<'_>, secrets: &SecretRefs) -> SpecTemplate {
     let spec = &ctx.cluster.spec.turn;
     let mode = mode(ctx);
     let component = Component::Turn;
-    let workload_name = component.workload_name(&ctx.name);
     let config_name = labels::config_map_name(&ctx.name, component);
     let data = config(ctx);
     let config_hash = short_hash(&data);
-    let config_map = ConfigMap {
-        metadata: ctx.meta(config_name.clone(), Some(component)),
-        data: Some(data),
-        ..ConfigMap::default()
-    };
-    let mut objects = vec![to_dynamic(&config_map)?];
 
     // How the relay learns its address: from the mounted map (re-read on
     // change, so a new load-balancer IP or node address needs no roll), or
@@ -410,14 +389,6 @@ pub(crate) fn desired(ctx: &Ctx<'_>, secret: &SecretKeyRef) -> Result<Built> {
             env.push(env_from_field(RELAY_ADDRESS_KEY_ENV, "metadata.name"));
         }
         _ => {}
-    }
-    if learns {
-        let map = ConfigMap {
-            metadata: ctx.meta(address_config_map_name(&ctx.name), Some(component)),
-            data: Some(address_map(ctx)),
-            ..ConfigMap::default()
-        };
-        objects.push(to_dynamic(&map)?);
     }
 
     let host_network = mode == TurnExposureMode::HostNetwork;
@@ -459,10 +430,9 @@ pub(crate) fn desired(ctx: &Ctx<'_>, secret: &SecretKeyRef) -> Result<Built> {
         pods::mount("admin-token", ADMIN_TOKEN_DIR, true),
         pods::mount("tmp", "/tmp", false),
     ];
-    let admin_token = crate::autoscale::controller_io::admin_token_ref(&ctx.name);
     let mut volumes = vec![
-        pods::secret_volume("turn-secret", secret, "secret"),
-        pods::secret_volume("admin-token", &admin_token, "token"),
+        pods::secret_volume("turn-secret", &secrets.turn_ref, "secret"),
+        pods::secret_volume("admin-token", &secrets.admin_token_ref, "token"),
         pods::empty_dir("tmp"),
     ];
     if learns {
@@ -574,8 +544,44 @@ pub(crate) fn desired(ctx: &Ctx<'_>, secret: &SecretKeyRef) -> Result<Built> {
             ..PodSpec::default()
         }),
     };
-    let replicas = replicas(ctx);
     let (template, revision) = workload::with_revision(workload::placed(ctx, component, template));
+    SpecTemplate {
+        template,
+        revision,
+        config: data,
+    }
+}
+
+/// The ConfigMap, the address map the relays learn their address from, the
+/// workload running `template` with `replicas`, and the Services.
+pub(crate) fn objects(
+    ctx: &Ctx<'_>,
+    config: &BTreeMap<String, String>,
+    template: PodTemplateSpec,
+    replicas: i32,
+) -> Result<Vec<DynamicObject>> {
+    let mode = mode(ctx);
+    let component = Component::Turn;
+    let workload_name = component.workload_name(&ctx.name);
+    let config_map = ConfigMap {
+        metadata: ctx.meta(
+            labels::config_map_name(&ctx.name, component),
+            Some(component),
+        ),
+        data: Some(config.clone()),
+        ..ConfigMap::default()
+    };
+    let mut objects = vec![to_dynamic(&config_map)?];
+    if learns_address_from_map(ctx) {
+        let map = ConfigMap {
+            metadata: ctx.meta(address_config_map_name(&ctx.name), Some(component)),
+            data: Some(address_map(ctx)),
+            ..ConfigMap::default()
+        };
+        objects.push(to_dynamic(&map)?);
+    }
+    let listen = listen_ports(ctx);
+    let selector = labels::selector(&ctx.name, component);
 
     match mode {
         TurnExposureMode::HostNetwork => {
@@ -628,7 +634,7 @@ pub(crate) fn desired(ctx: &Ctx<'_>, secret: &SecretKeyRef) -> Result<Built> {
             }
         }
     }
-    Ok(Built { objects, revision })
+    Ok(objects)
 }
 
 /// The headless Service named like the workload: the StatefulSet's

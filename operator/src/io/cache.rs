@@ -72,7 +72,7 @@ fn matches(meta: &kube::api::ObjectMeta, namespace: &str, wanted: &[(&str, &str)
 }
 
 fn to_observed<K: Serialize>(object: &K, api_version: &str, kind: &str) -> Result<DynamicObject> {
-    let mut object = crate::plan::to_dynamic(object)?;
+    let mut object = crate::objects::to_dynamic(object)?;
     object.types = Some(TypeMeta {
         api_version: api_version.into(),
         kind: kind.into(),

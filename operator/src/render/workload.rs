@@ -1,10 +1,11 @@
-//! Deployments and StatefulSets: revision hashes, replica counts, rollout
-//! strategy.
+//! Deployments and StatefulSets: revision hashes, rollout strategy.
 
+use super::context::{Ctx, SpecTemplate};
 use super::hash::short_hash;
-use super::{Built, Ctx, pods, to_dynamic};
+use super::pods;
 use crate::error::Result;
 use crate::labels::{self, Component};
+use crate::objects::to_dynamic;
 use crate::resource::StorageSpec;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment, StatefulSet,
@@ -17,6 +18,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::DynamicObject;
 use std::collections::BTreeMap;
 
 /// Pod template metadata of a component whose metrics Prometheus scrapes on
@@ -104,29 +106,6 @@ pub(crate) fn placed(
     template
 }
 
-/// The replica count to apply. With autoscaling on, the current count is
-/// kept within the bounds (the scaler owns it); otherwise the spec's.
-pub(crate) fn replicas(ctx: &Ctx<'_>, component: Component, spec_replicas: i32) -> i32 {
-    let autoscaling = &ctx.cluster.spec.autoscaling;
-    if !autoscaling.enabled {
-        return spec_replicas;
-    }
-    let bounds = match component {
-        Component::Signaling => &autoscaling.signaling,
-        Component::Turn => &autoscaling.turn,
-        _ => return spec_replicas,
-    };
-    let current = ctx
-        .observed
-        .typed::<Deployment>("Deployment", &component.workload_name(&ctx.name))
-        .and_then(|d| d.spec.replicas)
-        .unwrap_or(bounds.min_replicas);
-    current.clamp(
-        bounds.min_replicas,
-        bounds.max_replicas.max(bounds.min_replicas),
-    )
-}
-
 pub(crate) fn deployment(
     ctx: &Ctx<'_>,
     component: Component,
@@ -165,19 +144,14 @@ pub(crate) fn deployment(
     }
 }
 
-/// A managed database: its single container in a one-replica StatefulSet
-/// with a `data` volume claim (plus the given scratch `volumes`), and a
-/// headless Service exposing the container's TCP port `port_name`.
-pub(crate) fn database(
+/// A managed database's pod template: its single container (plus the given
+/// scratch `volumes` and the `data` volume claim's mount).
+pub(crate) fn database_template(
     ctx: &Ctx<'_>,
     component: Component,
     container: Container,
     volumes: Vec<Volume>,
-    storage: &StorageSpec,
-    port_name: &str,
-    port: i32,
-) -> Result<Built> {
-    let name = component.workload_name(&ctx.name);
+) -> SpecTemplate {
     let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels::selector(&ctx.name, component)),
@@ -193,6 +167,25 @@ pub(crate) fn database(
         }),
     };
     let (template, revision) = with_revision(placed(ctx, component, template));
+    SpecTemplate {
+        template,
+        revision,
+        config: BTreeMap::new(),
+    }
+}
+
+/// A managed database: `template` in a one-replica StatefulSet with a
+/// `data` volume claim, and a headless Service exposing the container's TCP
+/// port `port_name`.
+pub(crate) fn database_objects(
+    ctx: &Ctx<'_>,
+    component: Component,
+    template: PodTemplateSpec,
+    storage: &StorageSpec,
+    port_name: &str,
+    port: i32,
+) -> Result<Vec<DynamicObject>> {
+    let name = component.workload_name(&ctx.name);
     let stateful_set = stateful_set(
         ctx,
         component,
@@ -216,10 +209,7 @@ pub(crate) fn database(
         }),
         ..Service::default()
     };
-    Ok(Built {
-        objects: vec![to_dynamic(&service)?, to_dynamic(&stateful_set)?],
-        revision,
-    })
+    Ok(vec![to_dynamic(&service)?, to_dynamic(&stateful_set)?])
 }
 
 fn stateful_set(

@@ -26,7 +26,7 @@ pub async fn observe_nodes(
         .await
         .map_err(|e| Error::kube("listing nodes (host-network relay addresses)", e))?;
     for node in list.items {
-        let mut object = crate::plan::to_dynamic(&node)?;
+        let mut object = crate::objects::to_dynamic(&node)?;
         object.types = Some(TypeMeta {
             api_version: "v1".into(),
             kind: "Node".into(),

@@ -1,17 +1,21 @@
 //! Managed Redis: StatefulSet (append-only file on a volume) and a headless Service.
 
-use super::{Built, Ctx, pods, workload};
+use super::context::{Ctx, SpecTemplate};
+use super::{pods, workload};
 use crate::error::Result;
 use crate::labels::{self, Component};
 use crate::resource::ManagedRedisSpec;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::api::core::v1::{Container, ContainerPort, ExecAction, Probe, TCPSocketAction};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::DynamicObject;
 
 pub const PORT: i32 = 6379;
 const REDIS_COMMAND: &str = "exec redis-server --appendonly yes --appendfsync everysec \
      --dir /data --requirepass \"$REDIS_PASSWORD\"";
 
-pub(crate) fn desired(ctx: &Ctx<'_>, spec: &ManagedRedisSpec) -> Result<Built> {
+/// The pod template the spec asks for.
+pub(crate) fn template(ctx: &Ctx<'_>, spec: &ManagedRedisSpec) -> SpecTemplate {
     let component = Component::Redis;
     let container = Container {
         name: "redis".into(),
@@ -68,11 +72,19 @@ pub(crate) fn desired(ctx: &Ctx<'_>, spec: &ManagedRedisSpec) -> Result<Built> {
         ]),
         ..Container::default()
     };
-    workload::database(
+    workload::database_template(ctx, component, container, vec![pods::empty_dir("tmp")])
+}
+
+/// The StatefulSet running `template`, and its headless Service.
+pub(crate) fn objects(
+    ctx: &Ctx<'_>,
+    spec: &ManagedRedisSpec,
+    template: PodTemplateSpec,
+) -> Result<Vec<DynamicObject>> {
+    workload::database_objects(
         ctx,
-        component,
-        container,
-        vec![pods::empty_dir("tmp")],
+        Component::Redis,
+        template,
         &spec.storage,
         "redis",
         PORT,

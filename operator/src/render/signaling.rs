@@ -1,10 +1,12 @@
 //! Signaling: ConfigMap, Deployment, Service, optional Ingress.
 
+use super::context::{Ctx, SpecTemplate};
 use super::hash::short_hash;
-use super::secrets::Secrets;
-use super::{Built, Ctx, pods, to_dynamic, workload};
+use super::secrets::SecretRefs;
+use super::{pods, workload};
 use crate::error::Result;
 use crate::labels::{self, Component};
+use crate::objects::to_dynamic;
 use crate::resource::Endpoints;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
@@ -16,6 +18,7 @@ use k8s_openapi::api::networking::v1::{
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::DynamicObject;
 use std::collections::BTreeMap;
 
 /// The port the signaling server listens on inside the pod.
@@ -32,7 +35,7 @@ const AUTH_DIR: &str = "/etc/videochat/auth";
 /// The environment of the signaling container (the ConfigMap's data).
 pub(crate) fn config(
     ctx: &Ctx<'_>,
-    secrets: &Secrets,
+    secrets: &SecretRefs,
     endpoints: &Endpoints,
 ) -> BTreeMap<String, String> {
     let spec = &ctx.cluster.spec;
@@ -119,23 +122,17 @@ pub(crate) fn config(
     env
 }
 
-pub(crate) fn desired(ctx: &Ctx<'_>, secrets: &Secrets, endpoints: &Endpoints) -> Result<Built> {
+/// The pod template the spec asks for.
+pub(crate) fn template(ctx: &Ctx<'_>, secrets: &SecretRefs, endpoints: &Endpoints) -> SpecTemplate {
     let spec = &ctx.cluster.spec.signaling;
     let component = Component::Signaling;
-    let name = component.workload_name(&ctx.name);
     let config_name = labels::config_map_name(&ctx.name, component);
     let data = config(ctx, secrets, endpoints);
     let config_hash = short_hash(&data);
-    let config_map = ConfigMap {
-        metadata: ctx.meta(config_name.clone(), Some(component)),
-        data: Some(data),
-        ..ConfigMap::default()
-    };
 
-    let admin_token = crate::autoscale::controller_io::admin_token_ref(&ctx.name);
     let mut volumes = vec![
         pods::secret_volume("turn-secret", &secrets.turn_ref, "secret"),
-        pods::secret_volume("admin-token", &admin_token, "token"),
+        pods::secret_volume("admin-token", &secrets.admin_token_ref, "token"),
         pods::secret_volume("redis", &secrets.redis_url_ref, "url"),
         pods::secret_volume("mongodb", &secrets.mongodb_uri_ref, "uri"),
         pods::empty_dir("tmp"),
@@ -199,8 +196,33 @@ pub(crate) fn desired(ctx: &Ctx<'_>, secrets: &Secrets, endpoints: &Endpoints) -
             ..PodSpec::default()
         }),
     };
-    let replicas = workload::replicas(ctx, component, spec.replicas);
     let (template, revision) = workload::with_revision(workload::placed(ctx, component, template));
+    SpecTemplate {
+        template,
+        revision,
+        config: data,
+    }
+}
+
+/// The ConfigMap, the Deployment running `template` with `replicas`, the
+/// Service and the optional Ingress.
+pub(crate) fn objects(
+    ctx: &Ctx<'_>,
+    config: &BTreeMap<String, String>,
+    template: PodTemplateSpec,
+    replicas: i32,
+) -> Result<Vec<DynamicObject>> {
+    let spec = &ctx.cluster.spec.signaling;
+    let component = Component::Signaling;
+    let name = component.workload_name(&ctx.name);
+    let config_map = ConfigMap {
+        metadata: ctx.meta(
+            labels::config_map_name(&ctx.name, component),
+            Some(component),
+        ),
+        data: Some(config.clone()),
+        ..ConfigMap::default()
+    };
     let deployment: Deployment = workload::deployment(ctx, component, replicas, template);
 
     let service = Service {
@@ -273,5 +295,5 @@ pub(crate) fn desired(ctx: &Ctx<'_>, secrets: &Secrets, endpoints: &Endpoints) -
         };
         objects.push(to_dynamic(&ingress)?);
     }
-    Ok(Built { objects, revision })
+    Ok(objects)
 }

@@ -1,6 +1,6 @@
-//! The autoscaler's I/O in the controller: read the pods' load (their
-//! `/metrics`) and CPU (metrics.k8s.io when installed) into the observed
-//! set, and carry out drain and pod deletion actions of a plan.
+//! The pods, as the controller reads and changes them: read the pods' load
+//! (their `/metrics`) and CPU (metrics.k8s.io when installed) into the
+//! observed set, and carry out the drain and pod deletion actions of a plan.
 
 use std::collections::BTreeMap;
 
@@ -14,35 +14,21 @@ use kube::api::{
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use super::drain::{
-    DRAINING_DELETION_COST, DRAINING_SINCE_ANNOTATION, POD_DELETION_COST_ANNOTATION,
-};
-use super::in_plan::pod_load_object;
 use super::pod_admin::{PodAdmin, PodTarget};
+use crate::autoscale::pod_load_object;
 use crate::error::{Error, Result};
-use crate::labels::{self, Component};
+use crate::labels::{
+    self, ADMIN_TOKEN_KEY, Component, DRAINING_DELETION_COST, DRAINING_SINCE_ANNOTATION,
+    POD_DELETION_COST_ANNOTATION, admin_token_secret_name,
+};
 use crate::observed::Observed;
-use crate::plan::{Action, FailedWrite, WriteFailure};
+use crate::plan::Action;
 use crate::resource::VideoChatCluster;
 use crate::rollout::health::pod_is_ready;
+use crate::write_failure::{FailedWrite, WriteFailure};
 
-/// Name of the Secret holding the admin bearer token of a cluster's servers.
-pub fn admin_token_secret_name(cluster: &str) -> String {
-    format!("{cluster}-admin-token")
-}
 /// Pods scraped at once.
 const SCRAPE_CONCURRENCY: usize = 16;
-
-/// Key of the token in that Secret.
-pub const ADMIN_TOKEN_KEY: &str = "token";
-
-/// Where a cluster's servers find the admin bearer token.
-pub fn admin_token_ref(cluster: &str) -> crate::resource::SecretKeyRef {
-    crate::resource::SecretKeyRef {
-        name: admin_token_secret_name(cluster),
-        key: ADMIN_TOKEN_KEY.into(),
-    }
-}
 
 fn component_of(pod: &Pod) -> Option<Component> {
     let name = pod.metadata.labels.as_ref()?.get(labels::COMPONENT)?;
@@ -130,7 +116,7 @@ pub async fn record_pods(
         {
             targets.push(PodTarget::for_pod(&pod_name, component, ip, token.clone()));
         }
-        let mut object = crate::plan::to_dynamic(&pod)?;
+        let mut object = crate::objects::to_dynamic(&pod)?;
         object.types = Some(TypeMeta {
             api_version: "v1".into(),
             kind: "Pod".into(),
