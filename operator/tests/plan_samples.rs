@@ -64,6 +64,7 @@ fn minimal_sample_plans_every_child_with_owner_and_labels() {
         "Secret/demo-admin-token",
         "Secret/demo-mongodb-credentials",
         "ConfigMap/demo-signaling-config",
+        "ConfigMap/demo-signaling-turn-uris",
         "ConfigMap/demo-turn-config",
         "ConfigMap/demo-turn-addresses",
         "Deployment/demo-signaling",
@@ -409,12 +410,17 @@ fn full_sample_has_ingress_per_relay_load_balancers_and_autoscaled_replicas() {
         turn_config["data"]["VIDEOCHAT_TURN_MAX_ALLOCATIONS_PER_USER"],
         json!("8")
     );
+    let signaling_uris = json(find(&plan, "ConfigMap", "prod-signaling-turn-uris"));
+    assert_eq!(
+        signaling_uris["data"]["uris"],
+        json!(
+            "turn:turn.chat.example.com:3478?transport=udp\nturn:turn.chat.example.com:3478?transport=tcp\nturns:turn.chat.example.com:5349?transport=tcp\nturns:turn.chat.example.com:443?transport=tcp\n"
+        )
+    );
     let signaling_config = json(find(&plan, "ConfigMap", "prod-signaling-config"));
     assert_eq!(
-        signaling_config["data"]["VIDEOCHAT_TURN_URIS"],
-        json!(
-            "turn:turn.chat.example.com:3478?transport=udp,turn:turn.chat.example.com:3478?transport=tcp,turns:turn.chat.example.com:5349?transport=tcp,turns:turn.chat.example.com:443?transport=tcp"
-        )
+        signaling_config["data"]["VIDEOCHAT_TURN_URIS_FILE"],
+        json!("/etc/videochat/turn-uris/uris")
     );
     assert_eq!(
         signaling_config["data"]["VIDEOCHAT_AUTH_SECRET_FILE"],

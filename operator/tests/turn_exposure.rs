@@ -311,10 +311,10 @@ fn load_balancer_mode_gives_each_relay_pod_its_own_service_for_its_whole_range()
             "turn:203.0.113.11:3478?transport=tcp",
         ]
     );
-    let signaling = json(find(&plan, "ConfigMap", "demo-signaling-config"));
+    let signaling = json(find(&plan, "ConfigMap", "demo-signaling-turn-uris"));
     assert_eq!(
-        signaling["data"]["VIDEOCHAT_TURN_URIS"],
-        uris(&plan).join(",")
+        signaling["data"]["uris"],
+        format!("{}\n", uris(&plan).join("\n"))
     );
 }
 
@@ -421,8 +421,11 @@ fn tls_mounts_the_secret_renders_the_relay_flags_and_publishes_turns_uris() {
         "turns:turn.chat.example.com:443?transport=tcp",
     ];
     assert_eq!(uris(&plan), expected);
-    let signaling = json(find(&plan, "ConfigMap", "prod-signaling-config"));
-    assert_eq!(signaling["data"]["VIDEOCHAT_TURN_URIS"], expected.join(","));
+    let signaling = json(find(&plan, "ConfigMap", "prod-signaling-turn-uris"));
+    assert_eq!(
+        signaling["data"]["uris"],
+        format!("{}\n", expected.join("\n"))
+    );
 }
 
 #[test]
@@ -604,4 +607,57 @@ fn host_network_keeps_one_relay_per_node_beside_a_users_affinity() {
         }),
         "one relay per node is kept: {affinity}"
     );
+}
+
+#[test]
+fn relays_that_come_and_go_change_the_uris_file_not_the_signaling_template() {
+    // At install no relay runs yet; then one relay; then a second node's
+    // relay (a scale-up). Signaling's pod template, and so its revision,
+    // stays the same: the URIs reach it as a mounted file it re-reads, so
+    // TURN changes never roll (and drain) signaling.
+    let cluster = sample("minimal");
+    let nodes = || {
+        vec![
+            node("node-a", &[("ExternalIP", "203.0.113.1")]),
+            node("node-b", &[("ExternalIP", "203.0.113.2")]),
+        ]
+    };
+    let install = plan_of(&cluster, nodes());
+    let mut one = nodes();
+    one.push(relay_pod("demo-turn-abc", "node-a", false));
+    let one = plan_of(&cluster, one);
+    let mut two = nodes();
+    two.push(relay_pod("demo-turn-abc", "node-a", false));
+    two.push(relay_pod("demo-turn-def", "node-b", false));
+    let two = plan_of(&cluster, two);
+
+    let template = |plan: &Plan| {
+        json(find(plan, "Deployment", "demo-signaling"))["spec"]["template"].clone()
+    };
+    let file = |plan: &Plan| {
+        json(find(plan, "ConfigMap", "demo-signaling-turn-uris"))["data"]["uris"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(file(&install), "", "no relay address yet");
+    assert_eq!(
+        file(&one),
+        "turn:203.0.113.1:3478?transport=udp\nturn:203.0.113.1:3478?transport=tcp\n"
+    );
+    assert_eq!(file(&two).lines().count(), 4);
+    assert_eq!(template(&install), template(&one));
+    assert_eq!(template(&one), template(&two));
+    let config = json(find(&two, "ConfigMap", "demo-signaling-config"));
+    assert!(config["data"].get("VIDEOCHAT_TURN_URIS").is_none());
+    assert_eq!(
+        config["data"]["VIDEOCHAT_TURN_URIS_FILE"],
+        "/etc/videochat/turn-uris/uris"
+    );
+    let mounted = template(&two)["spec"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .any(|v| v["configMap"]["name"] == "demo-signaling-turn-uris");
+    assert!(mounted);
 }

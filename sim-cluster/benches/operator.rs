@@ -6,12 +6,16 @@
 //! - apply → every child object applied: from `kubectl apply` of the
 //!   VideoChatCluster to the first write of the last object the operator
 //!   ends up owning;
-//! - apply → status Ready (the simulated kubelet reports pods Ready without
-//!   starting processes, so this is the operator's own share of the wait);
+//! - apply → status Ready: with real pods (the default: the simulated
+//!   kubelet runs the debug binaries from `target/debug`, redis-server and
+//!   the MongoDB wire server, which needs root and iproute2, as the
+//!   simulated-cluster tests do), or with `VIDEOCHAT_BENCH_RUN_PODS=0`
+//!   without processes, where pods never turn Ready and only the
+//!   operator's own share is measured;
 //! - over one idle minute after the operator settled: reconciles (from its
 //!   /metrics), writes it made, its CPU time and its RSS.
 //!
-//! Run: `cargo build --release -p videochat-operator && cargo bench -p videochat-sim-cluster --bench operator`
+//! Run: `cargo build --bins && cargo build --release -p videochat-operator && cargo bench -p videochat-sim-cluster --bench operator`
 //! (`VIDEOCHAT_BENCH_IDLE_SECONDS` shortens the idle window for a quick look).
 
 use kube::Api;
@@ -58,10 +62,15 @@ fn main() {
         .build()
         .expect("runtime");
     println!(
-        "operator benchmark: {} ({} runs each, idle window {} s)",
+        "operator benchmark: {} ({} runs each, idle window {} s, {})",
         operator.display(),
         RUNS,
-        idle.as_secs()
+        idle.as_secs(),
+        if run_pods() {
+            "pods run real processes"
+        } else {
+            "pods run nothing"
+        }
     );
     let specs = [
         ("defaults", json!({})),
@@ -230,10 +239,18 @@ fn is_ready(object: &DynamicObject) -> bool {
         })
 }
 
+fn run_pods() -> bool {
+    std::env::var("VIDEOCHAT_BENCH_RUN_PODS").map_or(true, |v| v != "0")
+}
+
 async fn one_run(operator: &std::path::Path, spec: Value, idle: Duration) -> Run {
-    let sim = SimCluster::start(SimClusterOptions::default())
-        .await
-        .expect("the simulated cluster starts");
+    let sim = SimCluster::start(SimClusterOptions {
+        run_pods: run_pods(),
+        restart_backoff: Duration::from_secs(1),
+        ..SimClusterOptions::default()
+    })
+    .await
+    .expect("the simulated cluster starts (real pods need root and iproute2)");
     let client = sim.client().expect("client");
     let dir = std::env::temp_dir().join(format!(
         "videochat-operator-bench-{}-{}",
@@ -268,8 +285,13 @@ async fn one_run(operator: &std::path::Path, spec: Value, idle: Duration) -> Run
         )
         .await
         .expect("apply the VideoChatCluster");
+    let ready_limit = if run_pods() {
+        LIMIT
+    } else {
+        Duration::from_secs(1)
+    };
     let ready_at = tokio::time::timeout(
-        LIMIT,
+        ready_limit,
         poll("status Ready", || async {
             let object = clusters.get(CLUSTER).await.ok()?;
             is_ready(&object).then(Instant::now)
@@ -303,7 +325,9 @@ async fn one_run(operator: &std::path::Path, spec: Value, idle: Duration) -> Run
         {
             continue;
         }
-        first_write.entry(request.path.clone()).or_insert(request.at);
+        first_write
+            .entry(request.path.clone())
+            .or_insert(request.at);
     }
     let objects_applied = first_write
         .values()
@@ -355,7 +379,10 @@ fn report(name: &str, runs: &[Run], idle: Duration) {
             .join(", ")
     );
     if ready.len() == runs.len() {
-        println!("  apply -> status Ready:          median {}", ms(median(ready)));
+        println!(
+            "  apply -> status Ready:          median {}",
+            ms(median(ready))
+        );
     } else {
         println!(
             "  apply -> status Ready:          not reached in {} of {} runs",
@@ -374,7 +401,8 @@ fn report(name: &str, runs: &[Run], idle: Duration) {
         "  idle CPU: median {} over {} s ({:.2} % of one core); RSS median {:.1} MiB, peak {:.1} MiB",
         ms(median(runs.iter().map(|r| r.idle_cpu).collect())),
         idle.as_secs(),
-        median(runs.iter().map(|r| r.idle_cpu).collect()).as_secs_f64() / idle.as_secs_f64() * 100.0,
+        median(runs.iter().map(|r| r.idle_cpu).collect()).as_secs_f64() / idle.as_secs_f64()
+            * 100.0,
         median(runs.iter().map(|r| r.rss_kib).collect()) as f64 / 1024.0,
         median(runs.iter().map(|r| r.peak_rss_kib).collect()) as f64 / 1024.0,
     );

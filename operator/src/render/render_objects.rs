@@ -18,6 +18,9 @@ use crate::resource::Endpoints;
 pub struct SpecTemplates {
     templates: BTreeMap<Component, SpecTemplate>,
     refs: SecretRefs,
+    /// The published endpoints, for what reaches pods as files rather than
+    /// through their templates (the TURN URIs).
+    endpoints: Endpoints,
 }
 
 impl SpecTemplates {
@@ -47,11 +50,12 @@ pub fn spec_templates(ctx: &Ctx<'_>, endpoints: &Endpoints) -> SpecTemplates {
         templates.insert(Component::MongoDb, mongodb::template(ctx, managed));
     }
     templates.insert(Component::Turn, turn::template(ctx, &refs));
-    templates.insert(
-        Component::Signaling,
-        signaling::template(ctx, &refs, endpoints),
-    );
-    SpecTemplates { templates, refs }
+    templates.insert(Component::Signaling, signaling::template(ctx, &refs));
+    SpecTemplates {
+        templates,
+        refs,
+        endpoints: endpoints.clone(),
+    }
 }
 
 /// Every object the cluster should have, in apply order: Secrets, the
@@ -115,6 +119,7 @@ pub fn objects(
     objects.extend(signaling::objects(
         ctx,
         &config(Component::Signaling),
+        &templates.endpoints,
         template(Component::Signaling),
         decisions.deployment_replicas(Component::Signaling),
     )?);

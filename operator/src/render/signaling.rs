@@ -10,8 +10,8 @@ use crate::objects::to_dynamic;
 use crate::resource::Endpoints;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, PodSpec,
-    PodTemplateSpec, Service, ServicePort, ServiceSpec,
+    ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource,
+    KeyToPath, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec, Volume,
 };
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
@@ -31,16 +31,38 @@ const ADMIN_TOKEN_DIR: &str = "/etc/videochat/admin";
 const REDIS_DIR: &str = "/etc/videochat/redis";
 const MONGODB_DIR: &str = "/etc/videochat/mongodb";
 const AUTH_DIR: &str = "/etc/videochat/auth";
+const TURN_URIS_DIR: &str = "/etc/videochat/turn-uris";
+const TURN_URIS_KEY: &str = "uris";
+
+/// The ConfigMap holding the TURN URIs signaling hands to clients.
+pub fn turn_uris_config_map_name(cluster: &str) -> String {
+    format!("{cluster}-signaling-turn-uris")
+}
+
+/// The TURN URIs ConfigMap: one URI per line. A file, not part of the pod
+/// template, so relays that come and go (a scale-up, a node's address,
+/// the first relay at install) reach clients without rolling signaling:
+/// the kubelet swaps the file and signaling re-reads it.
+fn turn_uris_config_map(ctx: &Ctx<'_>, endpoints: &Endpoints) -> ConfigMap {
+    let uris: Vec<&str> = endpoints.turn_uris.iter().map(|u| u.uri.as_str()).collect();
+    let mut text = uris.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    ConfigMap {
+        metadata: ctx.meta(
+            turn_uris_config_map_name(&ctx.name),
+            Some(Component::Signaling),
+        ),
+        data: Some(BTreeMap::from([(TURN_URIS_KEY.to_string(), text)])),
+        ..ConfigMap::default()
+    }
+}
 
 /// The environment of the signaling container (the ConfigMap's data).
-pub(crate) fn config(
-    ctx: &Ctx<'_>,
-    secrets: &SecretRefs,
-    endpoints: &Endpoints,
-) -> BTreeMap<String, String> {
+pub(crate) fn config(ctx: &Ctx<'_>, secrets: &SecretRefs) -> BTreeMap<String, String> {
     let spec = &ctx.cluster.spec;
     let limits = &spec.signaling.limits;
-    let turn_uris: Vec<&str> = endpoints.turn_uris.iter().map(|u| u.uri.as_str()).collect();
     let mut env = BTreeMap::from([
         (
             "VIDEOCHAT_LISTEN".to_string(),
@@ -94,11 +116,11 @@ pub(crate) fn config(
             limits.max_connections.to_string(),
         ),
     ]);
-    // Unknown until the load balancer has an address; an empty list would
-    // read as one empty URI.
-    if !turn_uris.is_empty() {
-        env.insert("VIDEOCHAT_TURN_URIS".into(), turn_uris.join(","));
-    }
+    // Re-read when it changes; empty until a relay has an address.
+    env.insert(
+        "VIDEOCHAT_TURN_URIS_FILE".into(),
+        format!("{TURN_URIS_DIR}/{TURN_URIS_KEY}"),
+    );
     if secrets.auth_ref.is_some() {
         env.insert(
             "VIDEOCHAT_AUTH_SECRET_FILE".into(),
@@ -123,11 +145,11 @@ pub(crate) fn config(
 }
 
 /// The pod template the spec asks for.
-pub(crate) fn template(ctx: &Ctx<'_>, secrets: &SecretRefs, endpoints: &Endpoints) -> SpecTemplate {
+pub(crate) fn template(ctx: &Ctx<'_>, secrets: &SecretRefs) -> SpecTemplate {
     let spec = &ctx.cluster.spec.signaling;
     let component = Component::Signaling;
     let config_name = labels::config_map_name(&ctx.name, component);
-    let data = config(ctx, secrets, endpoints);
+    let data = config(ctx, secrets);
     let config_hash = short_hash(&data);
 
     let mut volumes = vec![
@@ -136,6 +158,19 @@ pub(crate) fn template(ctx: &Ctx<'_>, secrets: &SecretRefs, endpoints: &Endpoint
         pods::secret_volume("redis", &secrets.redis_url_ref, "url"),
         pods::secret_volume("mongodb", &secrets.mongodb_uri_ref, "uri"),
         pods::empty_dir("tmp"),
+        Volume {
+            name: "turn-uris".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: turn_uris_config_map_name(&ctx.name),
+                items: Some(vec![KeyToPath {
+                    key: TURN_URIS_KEY.into(),
+                    path: TURN_URIS_KEY.into(),
+                    ..KeyToPath::default()
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
     ];
     let mut mounts = vec![
         pods::mount("turn-secret", TURN_SECRET_DIR, true),
@@ -143,6 +178,7 @@ pub(crate) fn template(ctx: &Ctx<'_>, secrets: &SecretRefs, endpoints: &Endpoint
         pods::mount("redis", REDIS_DIR, true),
         pods::mount("mongodb", MONGODB_DIR, true),
         pods::mount("tmp", "/tmp", false),
+        pods::mount("turn-uris", TURN_URIS_DIR, true),
     ];
     if let Some(auth) = &secrets.auth_ref {
         volumes.push(pods::secret_volume("auth", auth, "secret"));
@@ -209,6 +245,7 @@ pub(crate) fn template(ctx: &Ctx<'_>, secrets: &SecretRefs, endpoints: &Endpoint
 pub(crate) fn objects(
     ctx: &Ctx<'_>,
     config: &BTreeMap<String, String>,
+    endpoints: &Endpoints,
     template: PodTemplateSpec,
     replicas: i32,
 ) -> Result<Vec<DynamicObject>> {
@@ -244,6 +281,7 @@ pub(crate) fn objects(
 
     let mut objects = vec![
         to_dynamic(&config_map)?,
+        to_dynamic(&turn_uris_config_map(ctx, endpoints))?,
         to_dynamic(&deployment)?,
         to_dynamic(&service)?,
     ];
