@@ -1,7 +1,10 @@
-//! Load generator for the signaling WebSocket; see `videochat_signaling::bench`.
+//! videochat-bench: load against a signaling server (ours or the Node.js
+//! reference). The load tool lives here, outside the library, so that the
+//! library needs no `anyhow`.
+
+mod chat_load;
 
 use clap::Parser;
-use videochat_signaling::bench::{BenchArgs, run};
 
 /// Chat load against a signaling server (ours or the Node.js reference):
 /// prints one JSON line with delivered msgs/s, ack and fan-out latency
@@ -10,7 +13,7 @@ use videochat_signaling::bench::{BenchArgs, run};
 #[command(version)]
 struct Cli {
     #[command(flatten)]
-    args: BenchArgs,
+    args: chat_load::BenchArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -18,5 +21,5 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(cli.args)).map(|_| ())
+    runtime.block_on(chat_load::run(cli.args)).map(|_| ())
 }

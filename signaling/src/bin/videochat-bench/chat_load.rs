@@ -1,4 +1,4 @@
-//! Load generator for `/ws` (the `videochat-bench` binary): N clients in
+//! Chat load on `/ws`: N clients in
 //! rooms of K send chat at a total rate; reports delivered messages per
 //! second, ack and fan-out latency percentiles, and the server's CPU and RSS
 //! read from /proc. Speaks only the chat subset of the protocol, so it runs
@@ -12,8 +12,6 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
-
-use crate::config::parse_duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -35,10 +33,10 @@ pub struct BenchArgs {
     #[arg(long, env = "VIDEOCHAT_BENCH_RATE", default_value_t = 5000.0)]
     pub rate: f64,
     /// Measured time.
-    #[arg(long, env = "VIDEOCHAT_BENCH_DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "VIDEOCHAT_BENCH_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Sending before measuring starts.
-    #[arg(long, env = "VIDEOCHAT_BENCH_WARMUP", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "VIDEOCHAT_BENCH_WARMUP", default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
     /// Connect, join and stay idle; report RSS per connection instead.
     #[arg(long, env = "VIDEOCHAT_BENCH_IDLE")]
