@@ -6,7 +6,7 @@
 
 pub mod api;
 pub mod auth;
-pub mod bench;
+pub mod backends;
 pub mod bus;
 pub mod config;
 pub mod connection;
@@ -30,6 +30,7 @@ pub mod time;
 pub mod turn_identity;
 pub mod web;
 
+pub use backends::{Backends, embedded_backends};
 pub use config::Config;
 pub use error::SignalingError;
-pub use server::{RunningServer, embedded_backends, start, start_with_backends};
+pub use server::{RunningServer, start, start_with_backends};

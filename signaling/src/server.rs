@@ -2,7 +2,6 @@
 //! in-process TURN relay, the HTTP listener, the session reaper, and drain.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -11,16 +10,12 @@ use tokio_util::sync::CancellationToken;
 use videochat_turn::{Relay, RelayConfig};
 
 use crate::api::app;
-use crate::bus::InProcessBus;
+use crate::backends::Backends;
 use crate::config::{Config, read_secret};
 use crate::connection::{end_session, random_id};
-use crate::dead_letters::NoDeadLetters;
 use crate::error::{Result, SignalingError};
 use crate::ice::{IceConfig, turn_uris};
-use crate::presence::InProcessPresence;
-use crate::sessions::EmbeddedSessions;
-use crate::state::{AppState, Backends};
-use crate::store::EmbeddedStore;
+use crate::state::AppState;
 
 /// A started server.
 pub struct RunningServer {
@@ -82,19 +77,6 @@ impl RunningServer {
     }
 }
 
-/// The single-machine backends: embedded store under `--data-dir`, in-process the rest.
-pub fn embedded_backends(config: &Config) -> Result<Backends> {
-    let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
-    let sessions = EmbeddedSessions::open(store.clone(), config.resume_window)?;
-    Ok(Backends {
-        store,
-        bus: Arc::new(InProcessBus::new()),
-        presence: Arc::new(InProcessPresence::new()),
-        sessions: Arc::new(sessions),
-        dead_letters: Arc::new(NoDeadLetters),
-    })
-}
-
 async fn start_relay(config: &Config) -> Result<(Relay, IceConfig)> {
     let mut relay = RelayConfig::local(String::new());
     relay.secrets.clear();
@@ -143,12 +125,8 @@ async fn start_relay(config: &Config) -> Result<(Relay, IceConfig)> {
 /// Validates `config`, opens the backends, starts the relay and the listener.
 pub async fn start(config: Config) -> Result<RunningServer> {
     config.validate()?;
-    let backends = if crate::redis::is_cluster_mode(&config) {
-        // Background tasks of the backends live as long as the process.
-        crate::redis::cluster_backends(&config, CancellationToken::new()).await?
-    } else {
-        embedded_backends(&config)?
-    };
+    // Background tasks of the backends live as long as the process.
+    let backends = crate::backends::open(&config, CancellationToken::new()).await?;
     start_with_backends(config, backends).await
 }
 

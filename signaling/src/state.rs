@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::backends::Backends;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::dead_letters::DeadLetters;
@@ -17,15 +18,6 @@ use crate::presence::Presence;
 use crate::rate_limit::{IpRateLimiter, PerIpCap, PerIpSlot};
 use crate::sessions::Sessions;
 use crate::store::Store;
-
-/// The backends, chosen by configuration.
-pub struct Backends {
-    pub store: Arc<dyn Store>,
-    pub bus: Arc<dyn Bus>,
-    pub presence: Arc<dyn Presence>,
-    pub sessions: Arc<dyn Sessions>,
-    pub dead_letters: Arc<dyn DeadLetters>,
-}
 
 pub struct Shared {
     pub config: Config,

@@ -123,3 +123,34 @@ fn a_bad_flag_is_one_line_with_exit_code_2() {
     let line = refused(&output);
     assert!(line.contains("--max-connections"), "{line}");
 }
+
+#[test]
+fn a_bad_duration_is_one_line_naming_the_setting() {
+    let output = signaling()
+        .args(["--heartbeat", "5 parsecs"])
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(
+        line.contains("--heartbeat") && line.contains("parsecs"),
+        "{line}"
+    );
+
+    // A bare number has no unit: refused rather than guessed.
+    let output = signaling()
+        .env("VIDEOCHAT_RESUME_WINDOW", "60")
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(line.contains("VIDEOCHAT_RESUME_WINDOW"), "{line}");
+
+    let output = signaling()
+        .args(["--chat-sweep", "400days"])
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(
+        line.contains("--chat-sweep") && line.contains("longer than 30 days"),
+        "{line}"
+    );
+}
