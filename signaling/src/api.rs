@@ -19,9 +19,10 @@ use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::auth::{self, Claims};
-use crate::connection::{self, random_id};
+use crate::connection;
 use crate::error::SignalingError;
 use crate::history::history_page;
+use crate::ids::random_id;
 use crate::protocol::{MAX_NAME_LEN, check_chat_body, check_name};
 use crate::sessions::constant_time_eq;
 use crate::state::{AppState, ConnectionRefused};
@@ -466,9 +467,9 @@ async fn post_message(
             created_at: now_rfc3339(),
         })
         .await?;
-    let appended = state
-        .store
-        .append_chat(NewChat {
+    let committed = state
+        .chat
+        .commit(NewChat {
             room: msg.room.clone(),
             peer: "api".to_owned(),
             client_id: msg.id.unwrap_or_else(|| random_id("m-", 12)),
@@ -477,19 +478,9 @@ async fn post_message(
             ts: now_rfc3339(),
         })
         .await?;
-    if !appended.duplicate {
-        let delivery = crate::bus::Delivery::Chat {
-            room: std::sync::Arc::from(msg.room.as_str()),
-            seq: appended.message.seq,
-            frame: crate::protocol::ServerMessage::Chat(&appended.message)
-                .to_json()
-                .into(),
-        };
-        if let Err(e) = state.bus.publish(&msg.room, delivery, None).await {
-            tracing::warn!(error = %e, "publish failed");
-        }
-    }
-    Ok((StatusCode::CREATED, Json(appended.message)).into_response())
+    let message = committed.appended.message.clone();
+    committed.publish().await;
+    Ok((StatusCode::CREATED, Json(message)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -12,9 +12,10 @@ use videochat_turn::{Relay, RelayConfig};
 use crate::api::app;
 use crate::backends::Backends;
 use crate::config::{Config, read_secret};
-use crate::connection::{end_session, random_id};
+use crate::connection::end_session;
 use crate::error::{Result, SignalingError};
 use crate::ice::{IceConfig, turn_uris};
+use crate::ids::random_id;
 use crate::state::AppState;
 
 /// A started server.

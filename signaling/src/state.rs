@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::backends::Backends;
 use crate::bus::Bus;
+use crate::chat::ChatService;
 use crate::config::Config;
 use crate::dead_letters::DeadLetters;
 use crate::ice::IceConfig;
@@ -26,6 +27,8 @@ pub struct Shared {
     pub presence: Arc<dyn Presence>,
     pub sessions: Arc<dyn Sessions>,
     pub dead_letters: Arc<dyn DeadLetters>,
+    /// Commit-then-publish of chat, for WebSocket and REST.
+    pub chat: ChatService,
     pub metrics: Metrics,
     pub ice: IceConfig,
     pub auth_secret: Option<Vec<u8>>,
@@ -72,6 +75,7 @@ impl AppState {
         let metrics = Metrics::new();
         metrics.store_up.set(1);
         metrics.bus_up.set(1);
+        let chat = ChatService::new(backends.store.clone(), backends.bus.clone());
         Self(Arc::new(Shared {
             config,
             store: backends.store,
@@ -79,6 +83,7 @@ impl AppState {
             presence: backends.presence,
             sessions: backends.sessions,
             dead_letters: backends.dead_letters,
+            chat,
             metrics,
             ice,
             auth_secret,

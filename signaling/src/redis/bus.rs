@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::RedisConnection;
 use crate::bus::{Bus, Delivery, Inbox, LocalRoutes};
+use crate::chat::chat_delivery;
 use crate::error::{Result, SignalingError};
-use crate::protocol::ServerMessage;
 use crate::store::Store;
 
 /// How long a peer's location outlives its last attach without a refresh.
@@ -439,12 +439,7 @@ impl RedisBus {
                 return;
             };
             for m in messages {
-                let d = Delivery::Chat {
-                    room: Arc::from(m.room.as_str()),
-                    seq: m.seq,
-                    frame: Utf8Bytes::from(ServerMessage::Chat(&m).to_json()),
-                };
-                self.lock().deliver_room(&room, &d, None);
+                self.lock().deliver_room(&room, &chat_delivery(&m), None);
             }
         }
     }
