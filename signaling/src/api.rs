@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::{self, Claims};
+use crate::auth::Claims;
 use crate::connection;
 use crate::error::SignalingError;
 use crate::history::history_page;
@@ -173,18 +173,19 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// With `--auth-secret-file`, REST calls need a room token (as a bearer token).
+/// With room tokens on, REST calls need one (as a bearer token).
 fn require_token(state: &AppState, headers: &HeaderMap) -> Result<Option<Claims>, ApiError> {
-    let Some(secret) = &state.auth_secret else {
+    let Some(verifier) = &state.auth else {
         return Ok(None);
     };
     let token = bearer(headers).unwrap_or_default();
-    auth::verify(secret, token)
+    verifier
+        .verify(token)
         .map(Some)
         .map_err(|e| ApiError::unauthorized(e.to_string()))
 }
 
-/// With `--auth-secret-file`, a call that reads or writes `room` needs a
+/// With room tokens on, a call that reads or writes `room` needs a
 /// token that admits to it.
 fn require_room_token(
     state: &AppState,

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use videochat_turn::{Relay, RelayConfig};
 
 use crate::api::app;
+use crate::auth::TokenVerifier;
 use crate::backends::Backends;
 use crate::config::{Config, read_secret};
 use crate::connection::end_session;
@@ -134,10 +135,11 @@ pub async fn start(config: Config) -> Result<RunningServer> {
 /// As [`start`], with backends chosen by the caller (other deployments, fault tests).
 pub async fn start_with_backends(config: Config, backends: Backends) -> Result<RunningServer> {
     config.validate()?;
-    let auth_secret = config
-        .auth_secret_file
-        .as_deref()
-        .map(|p| read_secret("--auth-secret-file", p).map(String::into_bytes))
+    let auth = config
+        .room_token_algorithm()?
+        .map(|(algorithm, setting, path)| {
+            TokenVerifier::from_file(algorithm, setting, path.to_path_buf())
+        })
         .transpose()?;
     let admin_token = config
         .admin_token_file
@@ -165,7 +167,7 @@ pub async fn start_with_backends(config: Config, backends: Backends) -> Result<R
     let addr = listener.local_addr()?;
     let reap_every =
         (config.resume_window / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let state = AppState::new(config, backends, ice, auth_secret, admin_token, addr);
+    let state = AppState::new(config, backends, ice, auth, admin_token, addr);
     if let Some(r) = &relay {
         // POST /api/admin/drain drains the in-process relay as SIGTERM does.
         let handle = r.handle();

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::auth::TokenVerifier;
 use crate::backends::Backends;
 use crate::bus::Bus;
 use crate::chat::ChatService;
@@ -31,7 +32,8 @@ pub struct Shared {
     pub chat: ChatService,
     pub metrics: Metrics,
     pub ice: IceConfig,
-    pub auth_secret: Option<Vec<u8>>,
+    /// Room tokens, when required.
+    pub auth: Option<TokenVerifier>,
     pub admin_token: Option<String>,
     pub ip_limiter: IpRateLimiter,
     /// Which browser origins may open `/ws` and make REST writes.
@@ -63,7 +65,7 @@ impl AppState {
         config: Config,
         backends: Backends,
         ice: IceConfig,
-        auth_secret: Option<Vec<u8>>,
+        auth: Option<TokenVerifier>,
         admin_token: Option<String>,
         listen: std::net::SocketAddr,
     ) -> Self {
@@ -86,7 +88,7 @@ impl AppState {
             chat,
             metrics,
             ice,
-            auth_secret,
+            auth,
             admin_token,
             ip_limiter,
             origins,

@@ -154,3 +154,51 @@ fn a_bad_duration_is_one_line_naming_the_setting() {
         "{line}"
     );
 }
+
+#[test]
+fn room_token_settings_that_do_not_fit_together_name_the_setting() {
+    let dir = scratch("keys");
+    let key = dir.join("public.pem");
+    std::fs::write(
+        &key,
+        "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n",
+    )
+    .expect("key");
+    // A public key without the algorithm it verifies.
+    let output = signaling()
+        .arg("--auth-public-key-file")
+        .arg(&key)
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(
+        line.contains("--auth-algorithm") && line.contains("RS256 or ES256"),
+        "{line}"
+    );
+    // An algorithm no key file goes with.
+    let output = signaling()
+        .env("VIDEOCHAT_AUTH_ALGORITHM", "RS256")
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(line.contains("VIDEOCHAT_AUTH_ALGORITHM"), "{line}");
+    // A file that holds no key of that kind.
+    let output = signaling()
+        .arg("--auth-public-key-file")
+        .arg(&key)
+        .args(["--auth-algorithm", "ES256"])
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(
+        line.contains("--auth-public-key-file") && line.contains("not a PEM EC P-256 public key"),
+        "{line}"
+    );
+    // An algorithm that does not exist.
+    let output = signaling()
+        .args(["--auth-algorithm", "none"])
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(line.contains("--auth-algorithm"), "{line}");
+}

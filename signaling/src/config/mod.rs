@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::auth::TokenAlgorithm;
 use crate::error::{Result, SignalingError};
 
 mod cluster;
@@ -87,10 +88,22 @@ pub struct Config {
     )]
     pub allow_loopback_peers: Option<bool>,
 
-    /// File holding the HS256 secret of room tokens; when set, /ws and REST
-    /// writes need a valid token.
+    /// File holding the HS256 secret of room tokens; when set, /ws and every
+    /// REST call on a room need a valid token. Re-read when it changes.
     #[arg(long, env = "VIDEOCHAT_AUTH_SECRET_FILE")]
     pub auth_secret_file: Option<PathBuf>,
+
+    /// File holding the PEM public key (`-----BEGIN PUBLIC KEY-----`) that
+    /// room tokens signed by your auth server verify with; needs
+    /// --auth-algorithm RS256 or ES256. Re-read when it changes.
+    #[arg(long, env = "VIDEOCHAT_AUTH_PUBLIC_KEY_FILE")]
+    pub auth_public_key_file: Option<PathBuf>,
+
+    /// The one algorithm room tokens may be signed with: HS256 (with
+    /// --auth-secret-file, the default there), RS256 or ES256 (with
+    /// --auth-public-key-file). Tokens naming another are refused.
+    #[arg(long, env = "VIDEOCHAT_AUTH_ALGORITHM", value_enum)]
+    pub auth_algorithm: Option<TokenAlgorithm>,
 
     /// File holding the bearer token of /api/admin/*; admin calls are refused without it.
     #[arg(long, env = "VIDEOCHAT_ADMIN_TOKEN_FILE")]
@@ -267,6 +280,7 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         // Connection strings (value or file, not both) and their combinations.
         ClusterUrls::read(self)?;
+        self.room_token_algorithm()?;
         if !self.turn_uris.is_empty() && self.turn_secret_file.is_none() {
             return Err(SignalingError::config(
                 "--turn-uri",
@@ -365,6 +379,47 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Room tokens: the pinned algorithm, the setting naming the key file
+    /// and its path; `None` when tokens are off.
+    pub fn room_token_algorithm(
+        &self,
+    ) -> Result<Option<(TokenAlgorithm, &'static str, &std::path::Path)>> {
+        match (
+            &self.auth_secret_file,
+            &self.auth_public_key_file,
+            self.auth_algorithm,
+        ) {
+            (Some(_), Some(_), _) => Err(SignalingError::config(
+                "--auth-public-key-file",
+                "set either --auth-secret-file (HS256) or --auth-public-key-file (RS256, ES256), not both",
+            )),
+            (Some(secret), None, None | Some(TokenAlgorithm::Hs256)) => Ok(Some((
+                TokenAlgorithm::Hs256,
+                "--auth-secret-file",
+                secret.as_path(),
+            ))),
+            (Some(_), None, Some(other)) => Err(SignalingError::config(
+                "--auth-algorithm",
+                format!(
+                    "{} verifies with a public key: set --auth-public-key-file instead of --auth-secret-file",
+                    other.name()
+                ),
+            )),
+            (None, Some(key), Some(alg @ (TokenAlgorithm::Rs256 | TokenAlgorithm::Es256))) => {
+                Ok(Some((alg, "--auth-public-key-file", key.as_path())))
+            }
+            (None, Some(_), _) => Err(SignalingError::config(
+                "--auth-algorithm",
+                "a public key file needs RS256 or ES256, the algorithm your auth server signs with",
+            )),
+            (None, None, Some(_)) => Err(SignalingError::config(
+                "--auth-algorithm",
+                "needs --auth-secret-file or --auth-public-key-file",
+            )),
+            (None, None, None) => Ok(None),
+        }
     }
 
     /// Whether the in-process TURN relay runs.

@@ -10,7 +10,7 @@ use axum::extract::ws::{Message, WebSocket};
 use super::closing::{CLOSE_POLICY, CLOSE_TOO_BIG, close_now};
 use super::limiter::{Admit, FrameLimiter};
 use super::replies::{internal, message_kind, rate_limited};
-use crate::auth::{self, Claims};
+use crate::auth::Claims;
 use crate::ids::random_id;
 use crate::protocol::{
     ClientMessage, Decoded, ErrorCode, ProtocolError, ServerMessage, decode, error_json,
@@ -124,11 +124,11 @@ pub(super) async fn handshake(
             }
         };
         state.metrics.message_in("hello");
-        let claims = match &state.auth_secret {
+        let claims = match &state.auth {
             None => None,
-            Some(secret) => {
+            Some(verifier) => {
                 let token = token.or(query_token.clone()).unwrap_or_default();
-                match auth::verify(secret, &token) {
+                match verifier.verify(&token) {
                     Ok(c) => Some(c),
                     Err(err) => {
                         tracing::info!(%ip, error = %err, "refused token");
