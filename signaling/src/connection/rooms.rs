@@ -17,6 +17,7 @@ use crate::store::RoomRecord;
 use crate::time::now_rfc3339;
 
 impl Conn {
+    /// Whether the connection's token admits to `room` (always, with tokens off).
     pub(super) fn check_claims(&self, room: &str) -> Result<(), ProtocolError> {
         match &self.claims {
             Some(c) if !c.allows_room(room) => Err(ProtocolError::new(
@@ -28,6 +29,7 @@ impl Conn {
         }
     }
 
+    /// The session's membership of `room`, or `not_in_room` naming `reference`.
     pub(super) fn membership(
         &self,
         room: &str,
