@@ -127,20 +127,36 @@ async fn start_relay(config: &Config) -> Result<(Relay, IceConfig)> {
 /// Validates `config`, opens the backends, starts the relay and the listener.
 pub async fn start(config: Config) -> Result<RunningServer> {
     config.validate()?;
+    // Key files are checked before the store is opened: a bad key must not
+    // leave a data directory behind.
+    let auth = room_token_verifier(&config)?;
     // Background tasks of the backends live as long as the process.
     let backends = crate::backends::open(&config, CancellationToken::new()).await?;
-    start_with_backends(config, backends).await
+    start_serving(config, backends, auth).await
 }
 
 /// As [`start`], with backends chosen by the caller (other deployments, fault tests).
 pub async fn start_with_backends(config: Config, backends: Backends) -> Result<RunningServer> {
     config.validate()?;
-    let auth = config
+    let auth = room_token_verifier(&config)?;
+    start_serving(config, backends, auth).await
+}
+
+/// The room token verifier the configuration asks for, its key read.
+fn room_token_verifier(config: &Config) -> Result<Option<TokenVerifier>> {
+    config
         .room_token_algorithm()?
         .map(|(algorithm, setting, path)| {
             TokenVerifier::from_file(algorithm, setting, path.to_path_buf())
         })
-        .transpose()?;
+        .transpose()
+}
+
+async fn start_serving(
+    config: Config,
+    backends: Backends,
+    auth: Option<TokenVerifier>,
+) -> Result<RunningServer> {
     let admin_token = config
         .admin_token_file
         .as_deref()

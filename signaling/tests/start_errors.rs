@@ -20,6 +20,9 @@ fn signaling() -> Command {
             command.env_remove(key);
         }
     }
+    // Whatever a start does on the way to its error happens in a scratch
+    // directory, never in the source tree.
+    command.current_dir(std::env::temp_dir());
     command.env("RUST_BACKTRACE", "1").args([
         "--listen",
         "127.0.0.1:0",
@@ -182,8 +185,12 @@ fn room_token_settings_that_do_not_fit_together_name_the_setting() {
         .expect("run");
     let line = refused(&output);
     assert!(line.contains("VIDEOCHAT_AUTH_ALGORITHM"), "{line}");
-    // A file that holds no key of that kind.
+    // A file that holds no key of that kind: refused before the store is
+    // opened, so no data directory is left behind.
+    let data = dir.join("data");
     let output = signaling()
+        .arg("--data-dir")
+        .arg(&data)
         .arg("--auth-public-key-file")
         .arg(&key)
         .args(["--auth-algorithm", "ES256"])
@@ -193,6 +200,10 @@ fn room_token_settings_that_do_not_fit_together_name_the_setting() {
     assert!(
         line.contains("--auth-public-key-file") && line.contains("not a PEM EC P-256 public key"),
         "{line}"
+    );
+    assert!(
+        !data.exists(),
+        "a data directory was made for a refused start"
     );
     // An algorithm that does not exist.
     let output = signaling()
