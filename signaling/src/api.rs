@@ -319,6 +319,16 @@ async fn ws_upgrade(
         )
         .into_response();
     }
+    if !state.connect_limiter.try_take(ip) {
+        state.metrics.refused("connect_rate");
+        tracing::debug!(%ip, "websocket refused: connection rate per address");
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this address opens connections too fast; slow down",
+        )
+        .into_response();
+    }
     let guard = match state.try_open_connection(ip) {
         Ok(guard) => guard,
         Err(ConnectionRefused::InstanceFull) => {

@@ -36,6 +36,8 @@ pub struct Shared {
     pub auth: Option<TokenVerifier>,
     pub admin_token: Option<String>,
     pub ip_limiter: IpRateLimiter,
+    /// New WebSocket connections per client address.
+    pub connect_limiter: IpRateLimiter,
     /// Which browser origins may open `/ws` and make REST writes.
     pub origins: OriginPolicy,
     /// WebSocket connections per client address.
@@ -73,6 +75,8 @@ impl AppState {
         let connections_per_ip = PerIpCap::new(config.max_connections_per_ip);
         let handshakes_per_ip = PerIpCap::new(config.max_handshakes_per_ip);
         let ip_limiter = IpRateLimiter::new(config.rate_per_ip, config.rate_per_ip * 2.0);
+        let connect_limiter =
+            IpRateLimiter::new(config.connect_rate_per_ip, config.connect_rate_per_ip * 2.0);
         let (draining, _) = watch::channel(false);
         let metrics = Metrics::new();
         metrics.store_up.set(1);
@@ -91,6 +95,7 @@ impl AppState {
             auth,
             admin_token,
             ip_limiter,
+            connect_limiter,
             origins,
             connections_per_ip,
             handshakes_per_ip,

@@ -161,6 +161,12 @@ pub struct Config {
     #[arg(long, env = "VIDEOCHAT_ABUSE_LIMIT", default_value_t = 100)]
     pub abuse_limit: u32,
 
+    /// New WebSocket connections per second per client IP (burst: twice as
+    /// many; 429 above). Without it a client closed for abuse reconnects at
+    /// once and floods again.
+    #[arg(long, env = "VIDEOCHAT_CONNECT_RATE_PER_IP", default_value_t = 10.0)]
+    pub connect_rate_per_ip: f64,
+
     /// Peers per room, unless the room was created with its own max_peers.
     #[arg(long, env = "VIDEOCHAT_MAX_PEERS_PER_ROOM", default_value_t = 16)]
     pub max_peers_per_room: u32,
@@ -306,7 +312,7 @@ impl Config {
             crate::origin::Origin::parse(origin)
                 .map_err(|e| SignalingError::config("--public-origin", e))?;
         }
-        let checks: [(&'static str, bool); 15] = [
+        let checks: [(&'static str, bool); 16] = [
             ("--max-frame-bytes", self.max_frame_bytes >= 256),
             ("--max-body-bytes", self.max_body_bytes >= 256),
             ("--max-chat-bytes", self.max_chat_bytes >= 1),
@@ -330,6 +336,7 @@ impl Config {
             ),
             ("--rate-per-connection", self.rate_per_connection > 0.0),
             ("--rate-per-ip", self.rate_per_ip > 0.0),
+            ("--connect-rate-per-ip", self.connect_rate_per_ip > 0.0),
             ("--max-peers-per-room", self.max_peers_per_room >= 1),
             (
                 "--max-rooms-per-connection",
