@@ -2,7 +2,7 @@
 # The issue-11 attacks as measured loads against a release videochat-signaling
 # on loopback, each run on a fresh server. Prints one JSON line per run.
 # Usage: signaling/bench/attacks.sh [out.jsonl]
-#   BENCH_RUNS=3  BENCH_FLOODERS=10  BENCH_DURATION=20s
+#   BENCH_RUNS=3  BENCH_FLOODERS=10  BENCH_DURATION=20s  BENCH_ONLY=history|flood
 # The attackers come from 127.0.0.2, the measured clients from 127.0.0.1,
 # so that the per-address limits keep them apart as they would on a network.
 set -euo pipefail
@@ -35,15 +35,22 @@ start_server() {
 
 stop_server() { kill "$PID"; wait "$PID" 2>/dev/null || true; }
 
+ONLY=${BENCH_ONLY:-}
 for run in $(seq "$RUNS"); do
   # (a) History attack. Rate limits out of the way (the attack at its worst):
-  # only the byte bounds stand between it and the server's memory.
-  start_server --rate-per-connection 100000 --rate-per-ip 100000 --heartbeat 2s
-  "$BIN/videochat-bench" history-attack --url "ws://127.0.0.1:$PORT/ws" \
-    --server-pid "$PID" --messages 1000 --attackers 20 --requests 300 --watch 10s >>"$OUT"
-  stop_server
+  # only the byte bounds stand between it and the server's memory. One
+  # attacker (the issue's attack), then 20 at once (memory grows with them,
+  # each bounded by --max-outbox-bytes).
+  for attackers in $([ "$ONLY" = flood ] || echo 1 20); do
+    start_server --rate-per-connection 100000 --rate-per-ip 100000 --heartbeat 2s
+    "$BIN/videochat-bench" history-attack --url "ws://127.0.0.1:$PORT/ws" \
+      --server-pid "$PID" --messages 1000 --attackers "$attackers" --requests 300 \
+      --watch 10s >>"$OUT"
+    stop_server
+  done
 
   # (b) Flood, default limits: the measured client alone, then under the flood.
+  [ "$ONLY" = history ] && continue
   start_server
   "$BIN/videochat-bench" flood --url "ws://127.0.0.1:$PORT/ws" --server-pid "$PID" \
     --flooders 0 --duration "$DURATION" >>"$OUT"
