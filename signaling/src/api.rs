@@ -18,10 +18,11 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::auth::{self, Claims};
-use crate::connection::{self, random_id};
+use crate::auth::Claims;
+use crate::connection;
 use crate::error::SignalingError;
 use crate::history::history_page;
+use crate::ids::random_id;
 use crate::protocol::{MAX_NAME_LEN, check_chat_body, check_name};
 use crate::sessions::constant_time_eq;
 use crate::state::{AppState, ConnectionRefused};
@@ -172,18 +173,19 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// With `--auth-secret-file`, REST calls need a room token (as a bearer token).
+/// With room tokens on, REST calls need one (as a bearer token).
 fn require_token(state: &AppState, headers: &HeaderMap) -> Result<Option<Claims>, ApiError> {
-    let Some(secret) = &state.auth_secret else {
+    let Some(verifier) = &state.auth else {
         return Ok(None);
     };
     let token = bearer(headers).unwrap_or_default();
-    auth::verify(secret, token)
+    verifier
+        .verify(token)
         .map(Some)
         .map_err(|e| ApiError::unauthorized(e.to_string()))
 }
 
-/// With `--auth-secret-file`, a call that reads or writes `room` needs a
+/// With room tokens on, a call that reads or writes `room` needs a
 /// token that admits to it.
 fn require_room_token(
     state: &AppState,
@@ -314,6 +316,16 @@ async fn ws_upgrade(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "draining; connect to another instance",
+        )
+        .into_response();
+    }
+    if !state.connect_limiter.try_take(ip) {
+        state.metrics.refused("connect_rate");
+        tracing::debug!(%ip, "websocket refused: connection rate per address");
+        return ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this address opens connections too fast; slow down",
         )
         .into_response();
     }
@@ -466,9 +478,9 @@ async fn post_message(
             created_at: now_rfc3339(),
         })
         .await?;
-    let appended = state
-        .store
-        .append_chat(NewChat {
+    let committed = state
+        .chat
+        .commit(NewChat {
             room: msg.room.clone(),
             peer: "api".to_owned(),
             client_id: msg.id.unwrap_or_else(|| random_id("m-", 12)),
@@ -477,19 +489,9 @@ async fn post_message(
             ts: now_rfc3339(),
         })
         .await?;
-    if !appended.duplicate {
-        let delivery = crate::bus::Delivery::Chat {
-            room: std::sync::Arc::from(msg.room.as_str()),
-            seq: appended.message.seq,
-            frame: crate::protocol::ServerMessage::Chat(&appended.message)
-                .to_json()
-                .into(),
-        };
-        if let Err(e) = state.bus.publish(&msg.room, delivery, None).await {
-            tracing::warn!(error = %e, "publish failed");
-        }
-    }
-    Ok((StatusCode::CREATED, Json(appended.message)).into_response())
+    let message = committed.appended.message.clone();
+    committed.publish().await;
+    Ok((StatusCode::CREATED, Json(message)).into_response())
 }
 
 #[derive(Deserialize)]

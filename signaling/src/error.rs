@@ -26,8 +26,9 @@ pub enum SignalingError {
     TokenMissing,
     #[error("token is malformed")]
     TokenMalformed,
-    #[error("token algorithm must be HS256")]
-    TokenAlgorithm,
+    /// The token's header names another algorithm than the configured one.
+    #[error("token algorithm must be {0}")]
+    TokenAlgorithm(&'static str),
     #[error("token signature does not match")]
     TokenSignature,
     #[error("token has expired")]

@@ -6,8 +6,9 @@
 
 pub mod api;
 pub mod auth;
-pub mod bench;
+pub mod backends;
 pub mod bus;
+pub mod chat;
 pub mod config;
 pub mod connection;
 pub mod dead_letters;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod history;
 pub mod http_server;
 pub mod ice;
+pub mod ids;
 pub mod metrics;
 pub mod mongo;
 pub mod origin;
@@ -31,6 +33,7 @@ pub mod turn_identity;
 pub mod watched_file;
 pub mod web;
 
+pub use backends::{Backends, embedded_backends};
 pub use config::Config;
 pub use error::SignalingError;
-pub use server::{RunningServer, embedded_backends, start, start_with_backends};
+pub use server::{RunningServer, start, start_with_backends};

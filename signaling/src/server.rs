@@ -2,7 +2,6 @@
 //! in-process TURN relay, the HTTP listener, the session reaper, and drain.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -11,16 +10,14 @@ use tokio_util::sync::CancellationToken;
 use videochat_turn::{Relay, RelayConfig};
 
 use crate::api::app;
-use crate::bus::InProcessBus;
+use crate::auth::TokenVerifier;
+use crate::backends::Backends;
 use crate::config::{Config, read_secret};
-use crate::connection::{end_session, random_id};
-use crate::dead_letters::NoDeadLetters;
+use crate::connection::end_session;
 use crate::error::{Result, SignalingError};
 use crate::ice::{IceConfig, turn_uris};
-use crate::presence::InProcessPresence;
-use crate::sessions::EmbeddedSessions;
-use crate::state::{AppState, Backends};
-use crate::store::EmbeddedStore;
+use crate::ids::random_id;
+use crate::state::AppState;
 
 /// A started server.
 pub struct RunningServer {
@@ -82,19 +79,6 @@ impl RunningServer {
     }
 }
 
-/// The single-machine backends: embedded store under `--data-dir`, in-process the rest.
-pub fn embedded_backends(config: &Config) -> Result<Backends> {
-    let store = Arc::new(EmbeddedStore::open(&config.data_dir)?);
-    let sessions = EmbeddedSessions::open(store.clone(), config.resume_window)?;
-    Ok(Backends {
-        store,
-        bus: Arc::new(InProcessBus::new()),
-        presence: Arc::new(InProcessPresence::new()),
-        sessions: Arc::new(sessions),
-        dead_letters: Arc::new(NoDeadLetters),
-    })
-}
-
 async fn start_relay(config: &Config) -> Result<(Relay, IceConfig)> {
     let mut relay = RelayConfig::local(String::new());
     relay.secrets.clear();
@@ -143,23 +127,36 @@ async fn start_relay(config: &Config) -> Result<(Relay, IceConfig)> {
 /// Validates `config`, opens the backends, starts the relay and the listener.
 pub async fn start(config: Config) -> Result<RunningServer> {
     config.validate()?;
-    let backends = if crate::redis::is_cluster_mode(&config) {
-        // Background tasks of the backends live as long as the process.
-        crate::redis::cluster_backends(&config, CancellationToken::new()).await?
-    } else {
-        embedded_backends(&config)?
-    };
-    start_with_backends(config, backends).await
+    // Key files are checked before the store is opened: a bad key must not
+    // leave a data directory behind.
+    let auth = room_token_verifier(&config)?;
+    // Background tasks of the backends live as long as the process.
+    let backends = crate::backends::open(&config, CancellationToken::new()).await?;
+    start_serving(config, backends, auth).await
 }
 
 /// As [`start`], with backends chosen by the caller (other deployments, fault tests).
 pub async fn start_with_backends(config: Config, backends: Backends) -> Result<RunningServer> {
     config.validate()?;
-    let auth_secret = config
-        .auth_secret_file
-        .as_deref()
-        .map(|p| read_secret("--auth-secret-file", p).map(String::into_bytes))
-        .transpose()?;
+    let auth = room_token_verifier(&config)?;
+    start_serving(config, backends, auth).await
+}
+
+/// The room token verifier the configuration asks for, its key read.
+fn room_token_verifier(config: &Config) -> Result<Option<TokenVerifier>> {
+    config
+        .room_token_algorithm()?
+        .map(|(algorithm, setting, path)| {
+            TokenVerifier::from_file(algorithm, setting, path.to_path_buf())
+        })
+        .transpose()
+}
+
+async fn start_serving(
+    config: Config,
+    backends: Backends,
+    auth: Option<TokenVerifier>,
+) -> Result<RunningServer> {
     let admin_token = config
         .admin_token_file
         .as_deref()
@@ -188,7 +185,7 @@ pub async fn start_with_backends(config: Config, backends: Backends) -> Result<R
     let addr = listener.local_addr()?;
     let reap_every =
         (config.resume_window / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let state = AppState::new(config, backends, ice, auth_secret, admin_token, addr);
+    let state = AppState::new(config, backends, ice, auth, admin_token, addr);
     if let Some(r) = &relay {
         // POST /api/admin/drain drains the in-process relay as SIGTERM does.
         let handle = r.handle();

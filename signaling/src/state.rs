@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::auth::TokenVerifier;
+use crate::backends::Backends;
 use crate::bus::Bus;
+use crate::chat::ChatService;
 use crate::config::Config;
 use crate::dead_letters::DeadLetters;
 use crate::ice::IceConfig;
@@ -18,15 +21,6 @@ use crate::rate_limit::{IpRateLimiter, PerIpCap, PerIpSlot};
 use crate::sessions::Sessions;
 use crate::store::Store;
 
-/// The backends, chosen by configuration.
-pub struct Backends {
-    pub store: Arc<dyn Store>,
-    pub bus: Arc<dyn Bus>,
-    pub presence: Arc<dyn Presence>,
-    pub sessions: Arc<dyn Sessions>,
-    pub dead_letters: Arc<dyn DeadLetters>,
-}
-
 pub struct Shared {
     pub config: Config,
     pub store: Arc<dyn Store>,
@@ -34,11 +28,16 @@ pub struct Shared {
     pub presence: Arc<dyn Presence>,
     pub sessions: Arc<dyn Sessions>,
     pub dead_letters: Arc<dyn DeadLetters>,
+    /// Commit-then-publish of chat, for WebSocket and REST.
+    pub chat: ChatService,
     pub metrics: Metrics,
     pub ice: IceConfig,
-    pub auth_secret: Option<Vec<u8>>,
+    /// Room tokens, when required.
+    pub auth: Option<TokenVerifier>,
     pub admin_token: Option<String>,
     pub ip_limiter: IpRateLimiter,
+    /// New WebSocket connections per client address.
+    pub connect_limiter: IpRateLimiter,
     /// Which browser origins may open `/ws` and make REST writes.
     pub origins: OriginPolicy,
     /// WebSocket connections per client address.
@@ -68,7 +67,7 @@ impl AppState {
         config: Config,
         backends: Backends,
         ice: IceConfig,
-        auth_secret: Option<Vec<u8>>,
+        auth: Option<TokenVerifier>,
         admin_token: Option<String>,
         listen: std::net::SocketAddr,
     ) -> Self {
@@ -76,10 +75,13 @@ impl AppState {
         let connections_per_ip = PerIpCap::new(config.max_connections_per_ip);
         let handshakes_per_ip = PerIpCap::new(config.max_handshakes_per_ip);
         let ip_limiter = IpRateLimiter::new(config.rate_per_ip, config.rate_per_ip * 2.0);
+        let connect_limiter =
+            IpRateLimiter::new(config.connect_rate_per_ip, config.connect_rate_per_ip * 2.0);
         let (draining, _) = watch::channel(false);
         let metrics = Metrics::new();
         metrics.store_up.set(1);
         metrics.bus_up.set(1);
+        let chat = ChatService::new(backends.store.clone(), backends.bus.clone());
         Self(Arc::new(Shared {
             config,
             store: backends.store,
@@ -87,11 +89,13 @@ impl AppState {
             presence: backends.presence,
             sessions: backends.sessions,
             dead_letters: backends.dead_letters,
+            chat,
             metrics,
             ice,
-            auth_secret,
+            auth,
             admin_token,
             ip_limiter,
+            connect_limiter,
             origins,
             connections_per_ip,
             handshakes_per_ip,

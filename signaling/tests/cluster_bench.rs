@@ -15,25 +15,30 @@ use std::time::Duration;
 
 use support_backends::cluster::{Instance, http};
 use support_backends::{MongoServer, RedisServer, TempDir};
-use videochat_signaling::bench::{BenchArgs, run};
-
-fn args(urls: &str, rate: f64, pid: Option<u32>, label: &str) -> BenchArgs {
+/// Runs the `videochat-bench` binary for one load and returns its JSON report.
+fn run(urls: &str, rate: f64, pid: Option<u32>, label: &str) -> serde_json::Value {
     let secs: u64 = std::env::var("VIDEOCHAT_BENCH_DURATION")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    BenchArgs {
-        url: urls.to_owned(),
-        clients: 400,
-        room_size: 4,
-        rate,
-        duration: Duration::from_secs(secs),
-        warmup: Duration::from_secs(2),
-        idle: false,
-        server_pid: pid,
-        connect_parallelism: 64,
-        label: label.to_owned(),
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_videochat-bench"));
+    cmd.args(["--url", urls, "--clients", "400", "--room-size", "4"])
+        .args(["--rate", &rate.to_string()])
+        .args(["--duration", &format!("{secs}s"), "--warmup", "2s"])
+        .args(["--label", label]);
+    if let Some(pid) = pid {
+        cmd.args(["--server-pid", &pid.to_string()]);
     }
+    let out = cmd.output().expect("videochat-bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "videochat-bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout.lines().last().expect("a report line");
+    println!("{line}");
+    serde_json::from_str(line).expect("the report is JSON")
 }
 
 fn rates() -> Vec<f64> {
@@ -84,10 +89,11 @@ async fn cross_instance_chat_fan_out() {
         wait_ready(&a).await;
         wait_ready(&b).await;
         let urls = format!("{},{}", a.ws_url(), b.ws_url());
-        let report = run(args(&urls, rate, a.pid(), "cluster-2x-redis-mongodb"))
-            .await
-            .expect("bench run");
-        assert!(report.sent_per_sec > 0.0, "no load offered: {report:?}");
+        let report = run(&urls, rate, a.pid(), "cluster-2x-redis-mongodb");
+        assert!(
+            report["sent_per_sec"].as_f64() > Some(0.0),
+            "no load offered: {report}"
+        );
     }
 
     let data = TempDir::new("bench-embedded");
@@ -97,14 +103,10 @@ async fn cross_instance_chat_fan_out() {
     let single = Instance::start_with("single", &dir, &one);
     wait_ready(&single).await;
     for rate in rates() {
-        let report = run(args(
-            &single.ws_url(),
-            rate,
-            single.pid(),
-            "single-embedded",
-        ))
-        .await
-        .expect("bench run");
-        assert!(report.sent_per_sec > 0.0, "no load offered: {report:?}");
+        let report = run(&single.ws_url(), rate, single.pid(), "single-embedded");
+        assert!(
+            report["sent_per_sec"].as_f64() > Some(0.0),
+            "no load offered: {report}"
+        );
     }
 }

@@ -526,6 +526,70 @@ async fn one_address_cannot_take_every_connection_slot() {
     server.shutdown().await;
 }
 
+// Attack 3, continued: a client closed for abuse that reconnects at once to
+// flood again is held to a rate of new connections per address, so the
+// replies it can draw stay bounded; other addresses connect as usual.
+#[tokio::test]
+async fn reconnecting_to_flood_again_is_held_to_a_connection_rate() {
+    let server = start(videochat_signaling::Config {
+        rate_per_connection: 5.0,
+        abuse_limit: 10,
+        connect_rate_per_ip: 2.0,
+        ..test_config()
+    })
+    .await;
+    let mut replies = 0;
+    let mut refused = None;
+    // Burst of twice the rate: four connections, then 429.
+    for attempt in 0..6 {
+        match connect_from(ATTACKER, &server).await {
+            Ok(mut c) => {
+                for _ in 0..50 {
+                    c.ws.feed(Message::Binary(vec![0u8; 8].into()))
+                        .await
+                        .unwrap();
+                }
+                c.ws.flush().await.unwrap();
+                while c.try_recv(WAIT).await.is_some() {
+                    replies += 1;
+                }
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 429);
+                let body = String::from_utf8(resp.body().clone().unwrap_or_default()).unwrap();
+                let v = json_body(&body);
+                assert_eq!(v["error"]["code"], "rate_limited", "{body}");
+                assert!(
+                    v["error"]["message"].as_str().unwrap().contains("too fast"),
+                    "{body}"
+                );
+                refused = Some(attempt);
+                break;
+            }
+            Err(other) => panic!("connect: {other}"),
+        }
+    }
+    assert_eq!(
+        refused,
+        Some(4),
+        "the fifth connection in a burst is refused"
+    );
+    // Each connection drew at most its burst and the errors before its
+    // abuse close: the replies are bounded by the connection rate.
+    assert!(replies <= 4 * (10 + 10 + 1), "{replies} replies");
+    // Another address is not held back.
+    let mut other = Client::connect(&server).await;
+    other.join("r", "O").await;
+    assert_eq!(other.chat("r", "c", "served").await, 1);
+    let counted = metric(
+        &server,
+        "videochat_signaling_refused_total{limit=\"connect_rate\"}",
+    )
+    .await;
+    assert!(counted >= 1.0, "{counted}");
+    server.shutdown().await;
+}
+
 /// Reads until the peer closes; the bytes read (None: reset or still open at `WAIT`).
 async fn read_until_closed(s: &mut tokio::net::TcpStream) -> Option<String> {
     let mut out = Vec::new();

@@ -20,6 +20,9 @@ fn signaling() -> Command {
             command.env_remove(key);
         }
     }
+    // Whatever a start does on the way to its error happens in a scratch
+    // directory, never in the source tree.
+    command.current_dir(std::env::temp_dir());
     command.env("RUST_BACKTRACE", "1").args([
         "--listen",
         "127.0.0.1:0",
@@ -122,4 +125,91 @@ fn a_bad_flag_is_one_line_with_exit_code_2() {
         .expect("run");
     let line = refused(&output);
     assert!(line.contains("--max-connections"), "{line}");
+}
+
+#[test]
+fn a_bad_duration_is_one_line_naming_the_setting() {
+    let output = signaling()
+        .args(["--heartbeat", "5 parsecs"])
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(
+        line.contains("--heartbeat") && line.contains("parsecs"),
+        "{line}"
+    );
+
+    // A bare number has no unit: refused rather than guessed.
+    let output = signaling()
+        .env("VIDEOCHAT_RESUME_WINDOW", "60")
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(line.contains("VIDEOCHAT_RESUME_WINDOW"), "{line}");
+
+    let output = signaling()
+        .args(["--chat-sweep", "400days"])
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(
+        line.contains("--chat-sweep") && line.contains("longer than 30 days"),
+        "{line}"
+    );
+}
+
+#[test]
+fn room_token_settings_that_do_not_fit_together_name_the_setting() {
+    let dir = scratch("keys");
+    let key = dir.join("public.pem");
+    std::fs::write(
+        &key,
+        "-----BEGIN PUBLIC KEY-----\n-----END PUBLIC KEY-----\n",
+    )
+    .expect("key");
+    // A public key without the algorithm it verifies.
+    let output = signaling()
+        .arg("--auth-public-key-file")
+        .arg(&key)
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(
+        line.contains("--auth-algorithm") && line.contains("RS256 or ES256"),
+        "{line}"
+    );
+    // An algorithm no key file goes with.
+    let output = signaling()
+        .env("VIDEOCHAT_AUTH_ALGORITHM", "RS256")
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(line.contains("VIDEOCHAT_AUTH_ALGORITHM"), "{line}");
+    // A file that holds no key of that kind: refused before the store is
+    // opened, so no data directory is left behind.
+    let data = dir.join("data");
+    let output = signaling()
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--auth-public-key-file")
+        .arg(&key)
+        .args(["--auth-algorithm", "ES256"])
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(
+        line.contains("--auth-public-key-file") && line.contains("not a PEM EC P-256 public key"),
+        "{line}"
+    );
+    assert!(
+        !data.exists(),
+        "a data directory was made for a refused start"
+    );
+    // An algorithm that does not exist.
+    let output = signaling()
+        .args(["--auth-algorithm", "none"])
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(line.contains("--auth-algorithm"), "{line}");
 }

@@ -1,7 +1,8 @@
 //! The cross-instance bus on Redis pub/sub.
 //!
-//! Each instance keeps the in-process routing (which local connection is
-//! which peer, which local peers are in which room) and subscribes to the
+//! Each instance routes to its own connections with the shared
+//! [`LocalRoutes`] (which local connection is which peer, which local peers
+//! are in which room) and subscribes to the
 //! channel of every room that has local members plus its own instance
 //! channel. A room publish is delivered locally at once and published once
 //! for the other instances. A signal for a peer on another instance goes to
@@ -15,7 +16,7 @@
 //! handed to the local connections; their writers drop what they have and
 //! fill any gap from the store. Redis down: local rooms keep working.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,13 +30,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::connection::RedisConnection;
-use crate::bus::{Bus, Delivery, Inbox};
+use crate::bus::{Bus, Delivery, Inbox, LocalRoutes};
+use crate::chat::chat_delivery;
 use crate::error::{Result, SignalingError};
-use crate::protocol::ServerMessage;
 use crate::store::Store;
 
-/// Signals queued for one detached peer, at most (as the in-process bus).
-const MAX_QUEUED: usize = 256;
 /// How long a peer's location outlives its last attach without a refresh.
 const LOCATION_TTL_SECS: u64 = 24 * 3600;
 /// Locations of attached peers are re-written this often (well within the TTL).
@@ -136,65 +135,11 @@ fn from_wire(w: Wire) -> Delivery {
     }
 }
 
-#[derive(Default)]
-struct PeerSlot {
-    inbox: Option<Inbox>,
-    queued: VecDeque<Delivery>,
-}
-
-#[derive(Default)]
-struct Local {
-    peers: HashMap<String, PeerSlot>,
-    rooms: HashMap<String, HashSet<String>>,
-}
-
-fn deliver(inbox: &Inbox, d: Delivery) {
-    match inbox.sender.try_send(d) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => inbox.overflow.cancel(),
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
-    }
-}
-
-impl Local {
-    fn deliver_room(&self, room: &str, d: &Delivery, except: Option<&str>) {
-        let Some(members) = self.rooms.get(room) else {
-            return;
-        };
-        for peer in members {
-            if Some(peer.as_str()) == except {
-                continue;
-            }
-            if let Some(inbox) = self.peers.get(peer).and_then(|s| s.inbox.as_ref()) {
-                deliver(inbox, d.clone());
-            }
-        }
-    }
-
-    /// Delivers to a local peer or queues while it is detached; false when
-    /// this instance does not know the peer.
-    fn deliver_peer(&mut self, peer: &str, d: Delivery) -> bool {
-        let Some(slot) = self.peers.get_mut(peer) else {
-            return false;
-        };
-        match &slot.inbox {
-            Some(inbox) => deliver(inbox, d),
-            None => {
-                if slot.queued.len() >= MAX_QUEUED {
-                    slot.queued.pop_front();
-                }
-                slot.queued.push_back(d);
-            }
-        }
-        true
-    }
-}
-
 pub struct RedisBus {
     instance: String,
     prefix: String,
     conn: ConnectionManager,
-    local: Mutex<Local>,
+    local: Mutex<LocalRoutes>,
     /// Channels this instance wants, re-subscribed after every reconnect.
     channels: Mutex<HashSet<String>>,
     healthy: AtomicBool,
@@ -236,7 +181,7 @@ impl RedisBus {
             instance,
             prefix,
             conn,
-            local: Mutex::new(Local::default()),
+            local: Mutex::new(LocalRoutes::default()),
             healthy: AtomicBool::new(false),
             store,
         });
@@ -249,7 +194,7 @@ impl RedisBus {
         &self.instance
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Local> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LocalRoutes> {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -369,31 +314,7 @@ impl RedisBus {
                 if to == self.instance {
                     return;
                 }
-                let queued = {
-                    let mut local = self.lock();
-                    let slot = local.peers.remove(&peer);
-                    let mut emptied = Vec::new();
-                    for (room, members) in local.rooms.iter_mut() {
-                        if members.remove(&peer) && members.is_empty() {
-                            emptied.push(room.clone());
-                        }
-                    }
-                    for room in &emptied {
-                        local.rooms.remove(room);
-                    }
-                    let queued: Vec<Delivery> = match slot {
-                        Some(slot) => {
-                            // The old socket, if still open here, is replaced.
-                            if let Some(inbox) = slot.inbox {
-                                inbox.overflow.cancel();
-                            }
-                            slot.queued.into_iter().collect()
-                        }
-                        None => Vec::new(),
-                    };
-                    (queued, emptied)
-                };
-                let (queued, emptied) = queued;
+                let (queued, emptied) = self.lock().hand_over(&peer);
                 for room in emptied {
                     self.set_subscribed(self.room_channel(&room), false).await;
                 }
@@ -482,15 +403,7 @@ impl RedisBus {
 
     /// Records this instance as the location of every attached local peer.
     async fn claim_locations(&self) {
-        let peers: Vec<String> = {
-            let local = self.lock();
-            local
-                .peers
-                .iter()
-                .filter(|(_, s)| s.inbox.is_some())
-                .map(|(p, _)| p.clone())
-                .collect()
-        };
+        let peers = self.lock().attached_peers();
         for chunk in peers.chunks(256) {
             let mut pipe = redis::pipe();
             for peer in chunk {
@@ -512,19 +425,7 @@ impl RedisBus {
     /// Hands the newest stored message of each local room to its local
     /// connections; a writer that missed messages fills the gap from the store.
     async fn sweep_chat(&self) {
-        let rooms: Vec<String> = {
-            let local = self.lock();
-            local
-                .rooms
-                .iter()
-                .filter(|(_, members)| {
-                    members
-                        .iter()
-                        .any(|p| local.peers.get(p).is_some_and(|s| s.inbox.is_some()))
-                })
-                .map(|(r, _)| r.clone())
-                .collect()
-        };
+        let rooms = self.lock().rooms_with_attached_members();
         if rooms.is_empty() || !self.store.healthy().await {
             return;
         }
@@ -538,12 +439,7 @@ impl RedisBus {
                 return;
             };
             for m in messages {
-                let d = Delivery::Chat {
-                    room: Arc::from(m.room.as_str()),
-                    seq: m.seq,
-                    frame: Utf8Bytes::from(ServerMessage::Chat(&m).to_json()),
-                };
-                self.lock().deliver_room(&room, &d, None);
+                self.lock().deliver_room(&room, &chat_delivery(&m), None);
             }
         }
     }
@@ -552,18 +448,7 @@ impl RedisBus {
 #[async_trait]
 impl Bus for RedisBus {
     async fn attach(&self, peer: &str, inbox: Inbox) -> Result<()> {
-        {
-            let mut local = self.lock();
-            let slot = local.peers.entry(peer.to_owned()).or_default();
-            for d in slot.queued.drain(..) {
-                deliver(&inbox, d);
-            }
-            if let Some(old) = slot.inbox.replace(inbox)
-                && Some(old.connection) != slot.inbox.as_ref().map(|i| i.connection)
-            {
-                old.overflow.cancel();
-            }
-        }
+        self.lock().attach(peer, inbox);
         if !self.is_up() {
             return Ok(());
         }
@@ -595,31 +480,12 @@ impl Bus for RedisBus {
     }
 
     async fn detach(&self, peer: &str, connection: u64) -> Result<()> {
-        let mut local = self.lock();
-        if let Some(slot) = local.peers.get_mut(peer)
-            && slot.inbox.as_ref().map(|i| i.connection) == Some(connection)
-        {
-            slot.inbox = None;
-        }
+        self.lock().detach(peer, connection);
         Ok(())
     }
 
     async fn forget(&self, peer: &str) -> Result<()> {
-        let emptied: Vec<String> = {
-            let mut local = self.lock();
-            local.peers.remove(peer);
-            let mut emptied = Vec::new();
-            local.rooms.retain(|room, members| {
-                members.remove(peer);
-                if members.is_empty() {
-                    emptied.push(room.clone());
-                    false
-                } else {
-                    true
-                }
-            });
-            emptied
-        };
+        let emptied = self.lock().forget(peer);
         for room in emptied {
             self.set_subscribed(self.room_channel(&room), false).await;
         }
@@ -641,13 +507,7 @@ impl Bus for RedisBus {
     }
 
     async fn subscribe(&self, room: &str, peer: &str) -> Result<()> {
-        let first = {
-            let mut local = self.lock();
-            let members = local.rooms.entry(room.to_owned()).or_default();
-            let first = members.is_empty();
-            members.insert(peer.to_owned());
-            first
-        };
+        let first = self.lock().subscribe(room, peer);
         if first {
             self.set_subscribed(self.room_channel(room), true).await;
         }
@@ -655,21 +515,7 @@ impl Bus for RedisBus {
     }
 
     async fn unsubscribe(&self, room: &str, peer: &str) -> Result<()> {
-        let emptied = {
-            let mut local = self.lock();
-            match local.rooms.get_mut(room) {
-                Some(members) => {
-                    members.remove(peer);
-                    if members.is_empty() {
-                        local.rooms.remove(room);
-                        true
-                    } else {
-                        false
-                    }
-                }
-                None => false,
-            }
-        };
+        let emptied = self.lock().unsubscribe(room, peer);
         if emptied {
             self.set_subscribed(self.room_channel(room), false).await;
         }

@@ -1,11 +1,10 @@
 //! Redis backend: connection management with reconnect and a circuit
 //! breaker, the cross-instance bus, presence and session state, the Redis
-//! Streams reliable queue with retries and dead letters, chat webhooks on
-//! that queue, and the assembly of cluster mode.
+//! Streams reliable queue with retries and dead letters, and chat webhooks
+//! on that queue. Cluster mode is assembled in `crate::backends`.
 
 pub mod breaker;
 pub mod bus;
-pub mod cluster;
 pub mod connection;
 pub mod dead_letters;
 pub mod error;
@@ -16,7 +15,6 @@ pub mod sessions;
 pub mod webhook;
 
 pub use breaker::CircuitBreaker;
-pub use cluster::{ClusterArgs, cluster_backends, is_cluster_mode};
 pub use connection::{RedisConfig, RedisConnection};
 pub use error::BackendError;
 pub use queue::{

@@ -32,6 +32,9 @@ pub fn test_config() -> Config {
         data_dir: temp_dir("data"),
         no_embedded_turn: true,
         resume_window: Duration::from_secs(1),
+        // Tests open many connections from one address at once; the
+        // connection rate has its own test.
+        connect_rate_per_ip: 100_000.0,
         ..Config::default()
     }
 }

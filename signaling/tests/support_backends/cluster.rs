@@ -44,6 +44,7 @@ impl Instance {
             ("--log", "warn"),
             ("--rate-per-connection", "100000"),
             ("--rate-per-ip", "1000000"),
+            ("--connect-rate-per-ip", "100000"),
             ("--resume-window", "20s"),
             ("--chat-sweep", "300ms"),
             ("--instance-ttl", "2s"),

@@ -7,7 +7,12 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::auth::TokenAlgorithm;
 use crate::error::{Result, SignalingError};
+
+mod cluster;
+
+pub use cluster::{ClusterArgs, ClusterUrls};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -15,28 +20,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses `250ms`, `30s`, `5m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 500ms, 30s, 5m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("`{s}`: unit must be ms, s, m or h")),
-    };
-    if !secs.is_finite() || !(0.0..=30.0 * 86_400.0).contains(&secs) {
-        return Err(format!("`{s}` is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
+/// Longest duration any setting takes.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
 
 /// The signaling server's settings.
 #[derive(Debug, Clone, Args)]
@@ -95,7 +80,7 @@ pub struct Config {
     pub turn_secret_file: Option<PathBuf>,
 
     /// Lifetime of the TURN credentials handed to clients.
-    #[arg(long, env = "VIDEOCHAT_TURN_CREDENTIAL_TTL", default_value = "12h", value_parser = parse_duration)]
+    #[arg(long, env = "VIDEOCHAT_TURN_CREDENTIAL_TTL", default_value = "12h", value_parser = humantime::parse_duration)]
     pub turn_credential_ttl: Duration,
 
     /// Let the in-process relay relay to loopback peers (two browsers on one
@@ -110,10 +95,22 @@ pub struct Config {
     )]
     pub allow_loopback_peers: Option<bool>,
 
-    /// File holding the HS256 secret of room tokens; when set, /ws and REST
-    /// writes need a valid token.
+    /// File holding the HS256 secret of room tokens; when set, /ws and every
+    /// REST call on a room need a valid token. Re-read when it changes.
     #[arg(long, env = "VIDEOCHAT_AUTH_SECRET_FILE")]
     pub auth_secret_file: Option<PathBuf>,
+
+    /// File holding the PEM public key (`-----BEGIN PUBLIC KEY-----`) that
+    /// room tokens signed by your auth server verify with; needs
+    /// --auth-algorithm RS256 or ES256. Re-read when it changes.
+    #[arg(long, env = "VIDEOCHAT_AUTH_PUBLIC_KEY_FILE")]
+    pub auth_public_key_file: Option<PathBuf>,
+
+    /// The one algorithm room tokens may be signed with: HS256 (with
+    /// --auth-secret-file, the default there), RS256 or ES256 (with
+    /// --auth-public-key-file). Tokens naming another are refused.
+    #[arg(long, env = "VIDEOCHAT_AUTH_ALGORITHM", value_enum)]
+    pub auth_algorithm: Option<TokenAlgorithm>,
 
     /// File holding the bearer token of /api/admin/*; admin calls are refused without it.
     #[arg(long, env = "VIDEOCHAT_ADMIN_TOKEN_FILE")]
@@ -171,6 +168,12 @@ pub struct Config {
     #[arg(long, env = "VIDEOCHAT_ABUSE_LIMIT", default_value_t = 100)]
     pub abuse_limit: u32,
 
+    /// New WebSocket connections per second per client IP (burst: twice as
+    /// many; 429 above). Without it a client closed for abuse reconnects at
+    /// once and floods again.
+    #[arg(long, env = "VIDEOCHAT_CONNECT_RATE_PER_IP", default_value_t = 10.0)]
+    pub connect_rate_per_ip: f64,
+
     /// Peers per room, unless the room was created with its own max_peers.
     #[arg(long, env = "VIDEOCHAT_MAX_PEERS_PER_ROOM", default_value_t = 16)]
     pub max_peers_per_room: u32,
@@ -194,27 +197,27 @@ pub struct Config {
 
     /// Time a client has to send a request's headers (also: how long an idle
     /// keep-alive connection stays open).
-    #[arg(long, env = "VIDEOCHAT_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "VIDEOCHAT_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
 
     /// Time a client has to send a REST request's body (408 after).
-    #[arg(long, env = "VIDEOCHAT_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "VIDEOCHAT_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub body_timeout: Duration,
 
     /// How long a dropped session can be resumed (and keeps its place in its rooms).
-    #[arg(long, env = "VIDEOCHAT_RESUME_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "VIDEOCHAT_RESUME_WINDOW", default_value = "60s", value_parser = humantime::parse_duration)]
     pub resume_window: Duration,
 
     /// Interval of WebSocket pings; a client silent for three intervals is dropped.
-    #[arg(long, env = "VIDEOCHAT_HEARTBEAT", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, env = "VIDEOCHAT_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
 
     /// After SIGTERM or POST /api/admin/drain, how long clients get to move before exit.
-    #[arg(long, env = "VIDEOCHAT_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "VIDEOCHAT_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
     /// Delay suggested to draining clients before they reconnect.
-    #[arg(long, env = "VIDEOCHAT_RECONNECT_AFTER", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(long, env = "VIDEOCHAT_RECONNECT_AFTER", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub reconnect_after: Duration,
 
     /// Chat messages replayed after `joined` at most; older ones via `history`.
@@ -231,7 +234,7 @@ pub struct Config {
 
     /// Cluster mode (with --redis-url / --mongodb-uri).
     #[command(flatten)]
-    pub cluster: crate::redis::ClusterArgs,
+    pub cluster: ClusterArgs,
 }
 
 fn parse_port_range(s: &str) -> std::result::Result<(u16, u16), String> {
@@ -289,7 +292,8 @@ impl Config {
     /// Checks what clap cannot: combinations and ranges.
     pub fn validate(&self) -> Result<()> {
         // Connection strings (value or file, not both) and their combinations.
-        crate::redis::cluster::cluster_urls(self)?;
+        ClusterUrls::read(self)?;
+        self.room_token_algorithm()?;
         if !self.turn_uris.is_empty() && self.turn_secret_file.is_none() {
             return Err(SignalingError::config(
                 "--turn-uri",
@@ -315,7 +319,7 @@ impl Config {
             crate::origin::Origin::parse(origin)
                 .map_err(|e| SignalingError::config("--public-origin", e))?;
         }
-        let checks: [(&'static str, bool); 15] = [
+        let checks: [(&'static str, bool); 16] = [
             ("--max-frame-bytes", self.max_frame_bytes >= 256),
             ("--max-body-bytes", self.max_body_bytes >= 256),
             ("--max-chat-bytes", self.max_chat_bytes >= 1),
@@ -339,6 +343,7 @@ impl Config {
             ),
             ("--rate-per-connection", self.rate_per_connection > 0.0),
             ("--rate-per-ip", self.rate_per_ip > 0.0),
+            ("--connect-rate-per-ip", self.connect_rate_per_ip > 0.0),
             ("--max-peers-per-room", self.max_peers_per_room >= 1),
             (
                 "--max-rooms-per-connection",
@@ -347,6 +352,34 @@ impl Config {
             ("--max-connections", self.max_connections >= 1),
             ("--heartbeat", self.heartbeat >= Duration::from_millis(100)),
         ];
+        // Durations beyond a month are typos (and `Instant + d` must not overflow).
+        let durations: [(&'static str, Duration); 14] = [
+            ("--turn-credential-ttl", self.turn_credential_ttl),
+            ("--header-timeout", self.header_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--resume-window", self.resume_window),
+            ("--heartbeat", self.heartbeat),
+            ("--drain-timeout", self.drain_timeout),
+            ("--reconnect-after", self.reconnect_after),
+            ("--backend-timeout", self.cluster.backend_timeout),
+            ("--breaker-open-for", self.cluster.breaker_open_for),
+            ("--queue-backoff", self.cluster.queue_backoff),
+            ("--queue-max-backoff", self.cluster.queue_max_backoff),
+            ("--queue-claim-idle", self.cluster.queue_claim_idle),
+            ("--chat-sweep", self.cluster.chat_sweep),
+            ("--instance-ttl", self.cluster.instance_ttl),
+        ];
+        for (setting, value) in durations {
+            if value > MAX_DURATION {
+                return Err(SignalingError::config(
+                    setting,
+                    format!(
+                        "{} is longer than 30 days",
+                        humantime::format_duration(value)
+                    ),
+                ));
+            }
+        }
         for (setting, ok) in checks {
             if !ok {
                 return Err(SignalingError::config(
@@ -360,6 +393,47 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Room tokens: the pinned algorithm, the setting naming the key file
+    /// and its path; `None` when tokens are off.
+    pub fn room_token_algorithm(
+        &self,
+    ) -> Result<Option<(TokenAlgorithm, &'static str, &std::path::Path)>> {
+        match (
+            &self.auth_secret_file,
+            &self.auth_public_key_file,
+            self.auth_algorithm,
+        ) {
+            (Some(_), Some(_), _) => Err(SignalingError::config(
+                "--auth-public-key-file",
+                "set either --auth-secret-file (HS256) or --auth-public-key-file (RS256, ES256), not both",
+            )),
+            (Some(secret), None, None | Some(TokenAlgorithm::Hs256)) => Ok(Some((
+                TokenAlgorithm::Hs256,
+                "--auth-secret-file",
+                secret.as_path(),
+            ))),
+            (Some(_), None, Some(other)) => Err(SignalingError::config(
+                "--auth-algorithm",
+                format!(
+                    "{} verifies with a public key: set --auth-public-key-file instead of --auth-secret-file",
+                    other.name()
+                ),
+            )),
+            (None, Some(key), Some(alg @ (TokenAlgorithm::Rs256 | TokenAlgorithm::Es256))) => {
+                Ok(Some((alg, "--auth-public-key-file", key.as_path())))
+            }
+            (None, Some(_), _) => Err(SignalingError::config(
+                "--auth-algorithm",
+                "a public key file needs RS256 or ES256, the algorithm your auth server signs with",
+            )),
+            (None, None, Some(_)) => Err(SignalingError::config(
+                "--auth-algorithm",
+                "needs --auth-secret-file or --auth-public-key-file",
+            )),
+            (None, None, None) => Ok(None),
+        }
     }
 
     /// Whether the in-process TURN relay runs.
@@ -381,15 +455,6 @@ fn is_loopback(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("60"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
 
     #[test]
     fn boolean_flags_are_switches_that_also_take_a_value() {

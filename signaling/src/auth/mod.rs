@@ -1,6 +1,8 @@
-//! Optional HS256 JWT room tokens, checked by `jsonwebtoken`: claims `room`
-//! (a room id or `*`), `name`, `sub`, `exp` (unix seconds, required) and
-//! `nbf` (optional).
+//! Optional JWT room tokens, checked by `jsonwebtoken`: claims `room` (a
+//! room id or `*`), `name`, `sub`, `exp` (unix seconds, required) and `nbf`
+//! (optional). The algorithm is pinned by configuration: HS256 with a shared
+//! secret, or RS256 / ES256 with the public key of the platform's auth
+//! server ([`TokenVerifier`], its key file re-read when it changes).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -9,6 +11,44 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::error::SignalingError;
+
+mod key_file;
+
+pub use key_file::TokenVerifier;
+
+/// The algorithm room tokens must be signed with. A token whose header
+/// names another is refused, so a public key can never be used as an HMAC
+/// secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenAlgorithm {
+    /// HMAC-SHA256 with a shared secret (`--auth-secret-file`).
+    #[value(name = "HS256")]
+    Hs256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, verified with an RSA public key.
+    #[value(name = "RS256")]
+    Rs256,
+    /// ECDSA on P-256 with SHA-256, verified with an EC public key.
+    #[value(name = "ES256")]
+    Es256,
+}
+
+impl TokenAlgorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hs256 => "HS256",
+            Self::Rs256 => "RS256",
+            Self::Es256 => "ES256",
+        }
+    }
+
+    fn jwt(self) -> Algorithm {
+        match self {
+            Self::Hs256 => Algorithm::HS256,
+            Self::Rs256 => Algorithm::RS256,
+            Self::Es256 => Algorithm::ES256,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -45,27 +85,38 @@ fn algorithm_of(token: &str) -> Option<String> {
     serde_json::from_slice::<Header>(&bytes).ok().map(|h| h.alg)
 }
 
-/// Checks the signature (HS256 only: the algorithm is pinned, whatever the
-/// header says), `exp` (required) and `nbf` (when present) with
-/// `jsonwebtoken`; returns the claims.
+/// Checks an HS256 token against `secret` (see [`verify_with`]).
 pub fn verify(secret: &[u8], token: &str) -> Result<Claims, SignalingError> {
+    verify_with(
+        TokenAlgorithm::Hs256,
+        &DecodingKey::from_secret(secret),
+        token,
+    )
+}
+
+/// Checks the signature with `key` under `algorithm` only (whatever the
+/// header says), `exp` (required) and `nbf` (when present); returns the claims.
+pub fn verify_with(
+    algorithm: TokenAlgorithm,
+    key: &DecodingKey,
+    token: &str,
+) -> Result<Claims, SignalingError> {
     if token.is_empty() {
         return Err(SignalingError::TokenMissing);
     }
     if token.len() > MAX_TOKEN_LEN {
         return Err(SignalingError::TokenMalformed);
     }
-    if algorithm_of(token).is_some_and(|alg| alg != "HS256") {
-        return Err(SignalingError::TokenAlgorithm);
+    if algorithm_of(token).is_some_and(|alg| alg != algorithm.name()) {
+        return Err(SignalingError::TokenAlgorithm(algorithm.name()));
     }
-    let mut validation = Validation::new(Algorithm::HS256);
+    let mut validation = Validation::new(algorithm.jwt());
     validation.set_required_spec_claims(&["exp"]);
     validation.validate_nbf = true;
     // Tokens are minted by the application's backend for this service; a
     // clock skew allowance would only lengthen every token's life.
     validation.leeway = 0;
-    let key = DecodingKey::from_secret(secret);
-    match jsonwebtoken::decode::<Claims>(token, &key, &validation) {
+    match jsonwebtoken::decode::<Claims>(token, key, &validation) {
         Ok(data) => Ok(data.claims),
         Err(e) => Err(match e.kind() {
             ErrorKind::InvalidSignature => SignalingError::TokenSignature,
@@ -73,7 +124,7 @@ pub fn verify(secret: &[u8], token: &str) -> Result<Claims, SignalingError> {
             ErrorKind::ImmatureSignature => SignalingError::TokenNotYetValid,
             ErrorKind::InvalidAlgorithm
             | ErrorKind::InvalidAlgorithmName
-            | ErrorKind::MissingAlgorithm => SignalingError::TokenAlgorithm,
+            | ErrorKind::MissingAlgorithm => SignalingError::TokenAlgorithm(algorithm.name()),
             _ => SignalingError::TokenMalformed,
         }),
     }
@@ -151,7 +202,7 @@ mod tests {
         );
         assert!(matches!(
             verify(b"k", &none),
-            Err(SignalingError::TokenAlgorithm)
+            Err(SignalingError::TokenAlgorithm("HS256"))
         ));
         let t = sign(
             b"k",
@@ -180,7 +231,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             verify(b"k", &hs384),
-            Err(SignalingError::TokenAlgorithm)
+            Err(SignalingError::TokenAlgorithm("HS256"))
         ));
     }
 }

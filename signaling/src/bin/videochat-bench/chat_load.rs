@@ -1,4 +1,4 @@
-//! Load generator for `/ws` (the `videochat-bench` binary): N clients in
+//! Chat load on `/ws`: N clients in
 //! rooms of K send chat at a total rate; reports delivered messages per
 //! second, ack and fan-out latency percentiles, and the server's CPU and RSS
 //! read from /proc. Speaks only the chat subset of the protocol, so it runs
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::config::parse_duration;
+use crate::measure::{TICKS, Ws, percentile, proc_sample};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -35,10 +35,10 @@ pub struct BenchArgs {
     #[arg(long, env = "VIDEOCHAT_BENCH_RATE", default_value_t = 5000.0)]
     pub rate: f64,
     /// Measured time.
-    #[arg(long, env = "VIDEOCHAT_BENCH_DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "VIDEOCHAT_BENCH_DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Sending before measuring starts.
-    #[arg(long, env = "VIDEOCHAT_BENCH_WARMUP", default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, env = "VIDEOCHAT_BENCH_WARMUP", default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
     /// Connect, join and stay idle; report RSS per connection instead.
     #[arg(long, env = "VIDEOCHAT_BENCH_IDLE")]
@@ -96,39 +96,6 @@ pub struct Report {
     pub server_rss_mib: Option<f64>,
     pub rss_per_connection_kib: Option<f64>,
 }
-
-fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
-}
-
-/// RSS in KiB and CPU ticks (user + system) of `pid`.
-fn proc_sample(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are 14th and 15th.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((rss, utime + stime))
-}
-
-/// Clock ticks per second for /proc CPU times (USER_HZ, 100 on Linux).
-const TICKS: f64 = 100.0;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(url: &str, room: &str, name: &str) -> anyhow::Result<(Ws, String)> {
     // TCP_NODELAY, as browsers do: no Nagle delay on small frames.
