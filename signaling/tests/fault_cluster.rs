@@ -340,12 +340,36 @@ async fn acked_chat_survives_instance_kill_redis_restart_and_store_outage() {
             .filter_map(|c| c["seq"].as_u64())
             .collect();
         let (ordered, repeats) = without_repeats(&got);
-        assert_eq!(
-            ordered,
-            (1..=n).collect::<Vec<u64>>(),
-            "{} missed or reordered chat",
-            r.name
-        );
+        if ordered != (1..=n).collect::<Vec<u64>>() {
+            // What the instances said about this peer, and about sessions
+            // moving between instances, says why its deliveries stopped.
+            let logs: String = [&a, &b, &c]
+                .iter()
+                .flat_map(|i| {
+                    i.log_text()
+                        .lines()
+                        .filter(|l| {
+                            l.contains(&r.client.peer)
+                                || l.contains(&r.client.session)
+                                || l.contains("heartbeat")
+                                || l.contains("sessions")
+                                || l.contains("gap")
+                        })
+                        .map(|l| format!("{}: {l}\n", i.id))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            panic!(
+                "{} missed or reordered chat: got {} seqs ({:?}..{:?}) of 1..={n}, {} resumes, peer {} session {}\n{logs}",
+                r.name,
+                ordered.len(),
+                ordered.first(),
+                ordered.last(),
+                r.resumes,
+                r.client.peer,
+                r.client.session
+            );
+        }
         eprintln!(
             "{}: {} acked, {} resumes, {} replayed twice",
             r.name,
