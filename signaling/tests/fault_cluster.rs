@@ -266,6 +266,13 @@ async fn acked_chat_survives_instance_kill_redis_restart_and_store_outage() {
     }
     // Let the last fan-out and the catch-up sweep land.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // On a loaded machine the store may take longer than that to answer
+    // again: history is read once B says it is ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http(&b.addr, "GET", "/readyz", None, None).await.0 != 200 {
+        assert!(Instant::now() < deadline, "B not ready again within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Every acked message is in history exactly once, with its acked seq.
     // History in pages (the API returns at most 1,000 per call).
