@@ -266,6 +266,13 @@ async fn acked_chat_survives_instance_kill_redis_restart_and_store_outage() {
     }
     // Let the last fan-out and the catch-up sweep land.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // On a loaded machine the store may take longer than that to answer
+    // again: history is read once B says it is ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http(&b.addr, "GET", "/readyz", None, None).await.0 != 200 {
+        assert!(Instant::now() < deadline, "B not ready again within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Every acked message is in history exactly once, with its acked seq.
     // History in pages (the API returns at most 1,000 per call).
@@ -340,12 +347,36 @@ async fn acked_chat_survives_instance_kill_redis_restart_and_store_outage() {
             .filter_map(|c| c["seq"].as_u64())
             .collect();
         let (ordered, repeats) = without_repeats(&got);
-        assert_eq!(
-            ordered,
-            (1..=n).collect::<Vec<u64>>(),
-            "{} missed or reordered chat",
-            r.name
-        );
+        if ordered != (1..=n).collect::<Vec<u64>>() {
+            // What the instances said about this peer, and about sessions
+            // moving between instances, says why its deliveries stopped.
+            let logs: String = [&a, &b, &c]
+                .iter()
+                .flat_map(|i| {
+                    i.log_text()
+                        .lines()
+                        .filter(|l| {
+                            l.contains(&r.client.peer)
+                                || l.contains(&r.client.session)
+                                || l.contains("heartbeat")
+                                || l.contains("sessions")
+                                || l.contains("gap")
+                        })
+                        .map(|l| format!("{}: {l}\n", i.id))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            panic!(
+                "{} missed or reordered chat: got {} seqs ({:?}..{:?}) of 1..={n}, {} resumes, peer {} session {}\n{logs}",
+                r.name,
+                ordered.len(),
+                ordered.first(),
+                ordered.last(),
+                r.resumes,
+                r.client.peer,
+                r.client.session
+            );
+        }
         eprintln!(
             "{}: {} acked, {} resumes, {} replayed twice",
             r.name,

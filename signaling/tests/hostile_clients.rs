@@ -968,6 +968,13 @@ async fn history_flood_from_a_client_that_does_not_read_keeps_memory_bounded() {
 // A slow consumer of room traffic (the outbox overflows from the bus side):
 // it is closed, the sender is not slowed, and a resume brings back what the
 // slow client missed.
+//
+// The slow client stays alive (it sends WebSocket pings, it just never
+// reads), so the outbox is the only thing that can close it. Without that,
+// a client silent for three heartbeats is closed as idle, and on a loaded
+// machine the kernel's send buffer takes longer than that to fill: the
+// heartbeat here is short so that race cannot hide. The resume window is
+// long because the resume is not what is timed here.
 #[tokio::test]
 async fn a_slow_consumer_is_closed_and_catches_up_by_resuming() {
     let server = start(videochat_signaling::Config {
@@ -976,6 +983,8 @@ async fn a_slow_consumer_is_closed_and_catches_up_by_resuming() {
         max_chat_bytes: 1024,
         max_reply_bytes: 64 * 1024,
         max_outbox_bytes: 128 * 1024,
+        heartbeat: Duration::from_secs(2),
+        resume_window: Duration::from_secs(60),
         ..test_config()
     })
     .await;
@@ -1005,6 +1014,9 @@ async fn a_slow_consumer_is_closed_and_catches_up_by_resuming() {
         for _ in 0..50 {
             sent += 1;
             assert_eq!(sender.chat("busy", &format!("s{sent}"), &body).await, sent);
+            // Not idle: a frame from the client, which still reads nothing
+            // (once the server has closed it, the send may fail).
+            let _ = slow.ws.send(Message::Ping(Default::default())).await;
         }
         assert!(sent < 20_000, "the slow consumer was never closed");
     }

@@ -455,6 +455,34 @@ async fn assert_idle(spec: Value, window: Duration, max_reconciles: u64, why: &s
         .map(|r| format!("{} {}", r.method, r.path))
         .collect();
     let reconciles = operator.reconciles() - reconciles_before;
+    if !writes.is_empty() {
+        // When each write came relative to the window, and what the
+        // workloads report now: a rollout step that lands late shows here.
+        let timeline: Vec<String> = sim
+            .requests()
+            .iter()
+            .filter(|r| r.is_write())
+            .map(|r| {
+                let at = r.at.saturating_duration_since(started).as_secs_f64()
+                    - started.saturating_duration_since(r.at).as_secs_f64();
+                format!("{at:+.2}s {} {}", r.method, r.path)
+            })
+            .collect();
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+        let workloads: Vec<String> = deployments
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .iter()
+            .map(|d| format!("{:?}: {:?}", d.metadata.name, d.status))
+            .collect();
+        eprintln!(
+            "writes (seconds from the window's start):\n{}\ndeployments:\n{}",
+            timeline.join("\n"),
+            workloads.join("\n")
+        );
+    }
     assert!(
         writes.is_empty(),
         "an idle cluster got writes: {writes:?}\nstatus before: {status_before}\nstatus after:  {}",

@@ -113,12 +113,13 @@ redis.call('SADD', KEYS[4], ARGV[4])
 return 1
 "#;
 
-// KEYS: session, detached, on-set. ARGV: owner, state, expires ms, sid.
+// KEYS: session, detached, on-set, orphaned set. ARGV: owner, state, expires ms, sid.
 const DETACH: &str = r#"
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'expires', ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('SREM', KEYS[4], ARGV[4])
 return 1
 "#;
 
@@ -142,20 +143,55 @@ redis.call('SREM', KEYS[3], ARGV[1])
 return state
 "#;
 
-// KEYS: on-set of the dead instance, detached, instances. ARGV: expires ms,
-// session key prefix, dead instance id. Detaches every session it held.
+// KEYS: on-set of the dead instance, detached, instances, its orphaned set,
+// its heartbeat key. ARGV: expires ms, session key prefix, dead instance id,
+// "1" when another instance found the heartbeat missing ("0" when a
+// restarted process adopts its previous life). Detaches every session
+// still attached there. A heartbeat that is back by now means the
+// instance lives: nothing is detached (-1). Otherwise the detached sids are
+// remembered for the resume window, so that an instance that was only cut
+// off from Redis for a while (a Redis restart) takes back the sessions it
+// still serves (REVIVE) instead of having them reaped under its clients.
 const ORPHAN: &str = r#"
+if ARGV[4] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then return -1 end
 local sids = redis.call('SMEMBERS', KEYS[1])
+local n = 0
 for _, sid in ipairs(sids) do
   local key = ARGV[2] .. sid
-  if redis.call('EXISTS', key) == 1 then
+  if redis.call('HGET', key, 'instance') == ARGV[3] and redis.call('HGET', key, 'expires') == '0' then
     redis.call('HSET', key, 'expires', ARGV[1])
     redis.call('ZADD', KEYS[2], ARGV[1], sid)
+    if ARGV[4] == '1' then redis.call('SADD', KEYS[4], sid) end
+    n = n + 1
   end
 end
 redis.call('DEL', KEYS[1])
+if ARGV[4] == '1' and n > 0 then
+  redis.call('PEXPIREAT', KEYS[4], ARGV[1])
+else
+  redis.call('DEL', KEYS[4])
+end
 redis.call('SREM', KEYS[3], ARGV[3])
-return #sids
+return n
+"#;
+
+// KEYS: this instance's orphaned set, detached, on-set. ARGV: session key
+// prefix, instance id. Re-attaches the sessions another instance detached
+// while this one's heartbeat was missing, unless they were resumed
+// elsewhere, detached here since, or reaped already.
+const REVIVE: &str = r#"
+local sids = redis.call('SMEMBERS', KEYS[1])
+local n = 0
+for _, sid in ipairs(sids) do
+  local key = ARGV[1] .. sid
+  if redis.call('HGET', key, 'instance') == ARGV[2] and redis.call('ZREM', KEYS[2], sid) == 1 then
+    redis.call('HSET', key, 'expires', '0')
+    redis.call('SADD', KEYS[3], sid)
+    n = n + 1
+  end
+end
+redis.call('DEL', KEYS[1])
+return n
 "#;
 
 pub struct RedisSessions {
@@ -165,7 +201,7 @@ pub struct RedisSessions {
     window: Duration,
     heartbeat_ttl: Duration,
     last_orphan_scan: Mutex<Option<Instant>>,
-    scripts: [redis::Script; 7],
+    scripts: [redis::Script; 8],
 }
 
 impl RedisSessions {
@@ -176,7 +212,8 @@ impl RedisSessions {
             window,
             heartbeat_ttl: Duration::from_secs(6),
             last_orphan_scan: Mutex::new(None),
-            scripts: [CREATE, SAVE, CLAIM, DETACH, REMOVE, TAKE, ORPHAN].map(redis::Script::new),
+            scripts: [CREATE, SAVE, CLAIM, DETACH, REMOVE, TAKE, ORPHAN, REVIVE]
+                .map(redis::Script::new),
         }
     }
 
@@ -200,6 +237,10 @@ impl RedisSessions {
 
     fn alive_key(&self, instance: &str) -> String {
         self.k(&format!("instance:{instance}:alive"))
+    }
+
+    fn orphaned_key(&self, instance: &str) -> String {
+        self.k(&format!("sessions:orphaned:{instance}"))
     }
 
     /// Refreshes this instance's heartbeat every third of its TTL.
@@ -232,8 +273,13 @@ impl RedisSessions {
                             .await
                     })
                     .await;
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "session heartbeat failed");
+                match r {
+                    Ok(()) => {
+                        if let Err(e) = this.revive().await {
+                            tracing::debug!(error = %e, "taking back orphaned sessions failed");
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "session heartbeat failed"),
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -247,7 +293,7 @@ impl RedisSessions {
     /// the same name (a restarted pod keeps its name) are detached with a
     /// fresh resume window; call before accepting connections.
     pub async fn adopt_previous_life(&self) -> Result<()> {
-        let n = self.detach_sessions_of(&self.instance).await?;
+        let n = self.detach_sessions_of(&self.instance, false).await?;
         if n > 0 {
             tracing::info!(
                 sessions = n,
@@ -258,13 +304,16 @@ impl RedisSessions {
     }
 
     /// Detaches every session attached to `instance`, giving each a fresh
-    /// resume window; returns how many were detached.
-    async fn detach_sessions_of(&self, instance: &str) -> Result<i64> {
+    /// resume window; returns how many were detached. `presumed_dead`: its
+    /// heartbeat was found missing (it may take them back if it lives).
+    async fn detach_sessions_of(&self, instance: &str, presumed_dead: bool) -> Result<i64> {
         let expires = now_ms() + self.window.as_millis() as u64;
-        let (on, detached, instances, prefix) = (
+        let (on, detached, instances, orphaned, alive, prefix) = (
             self.on_key(instance),
             self.k("sessions:detached"),
             self.k("instances"),
+            self.orphaned_key(instance),
+            self.alive_key(instance),
             self.k("session:"),
         );
         let script = self.scripts[6].clone();
@@ -276,13 +325,51 @@ impl RedisSessions {
                     .key(&on)
                     .key(&detached)
                     .key(&instances)
+                    .key(&orphaned)
+                    .key(&alive)
                     .arg(expires)
+                    .arg(&prefix)
+                    .arg(&instance)
+                    .arg(if presumed_dead { "1" } else { "0" })
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(n)
+    }
+
+    /// Takes back the sessions of this instance that another one detached
+    /// while this one's heartbeat was missing (Redis restarted or was out
+    /// of reach longer than the heartbeat TTL): their clients are still
+    /// connected here, and the reaper must not end them.
+    pub async fn revive(&self) -> Result<i64> {
+        let (orphaned, detached, on, prefix) = (
+            self.orphaned_key(&self.instance),
+            self.k("sessions:detached"),
+            self.on_key(&self.instance),
+            self.k("session:"),
+        );
+        let script = self.scripts[7].clone();
+        let instance = self.instance.clone();
+        let n: i64 = self
+            .redis
+            .call(|mut c| async move {
+                script
+                    .key(&orphaned)
+                    .key(&detached)
+                    .key(&on)
                     .arg(&prefix)
                     .arg(&instance)
                     .invoke_async(&mut c)
                     .await
             })
             .await?;
+        if n > 0 {
+            tracing::warn!(
+                sessions = n,
+                "this instance's heartbeat had lapsed and its sessions were detached; attached again"
+            );
+        }
         Ok(n)
     }
 
@@ -314,7 +401,11 @@ impl RedisSessions {
             if exists {
                 continue;
             }
-            let n = self.detach_sessions_of(&other).await?;
+            let n = self.detach_sessions_of(&other, true).await?;
+            if n < 0 {
+                // Its heartbeat came back between the two reads.
+                continue;
+            }
             tracing::warn!(instance = %other, sessions = n, "instance stopped sending heartbeats; its sessions may resume elsewhere within the resume window");
         }
         Ok(())
@@ -418,10 +509,11 @@ impl Sessions for RedisSessions {
     }
 
     async fn detach(&self, state: &SessionState, owner: u64, window: Duration) -> Result<()> {
-        let (key, detached, on) = (
+        let (key, detached, on, orphaned) = (
             self.session_key(&state.session),
             self.k("sessions:detached"),
             self.on_key(&self.instance),
+            self.orphaned_key(&self.instance),
         );
         let script = self.scripts[3].clone();
         let json = encode(state);
@@ -433,6 +525,7 @@ impl Sessions for RedisSessions {
                     .key(&key)
                     .key(&detached)
                     .key(&on)
+                    .key(&orphaned)
                     .arg(owner.to_string())
                     .arg(&json)
                     .arg(expires)
