@@ -631,9 +631,8 @@ fn relays_that_come_and_go_change_the_uris_file_not_the_signaling_template() {
     two.push(relay_pod("demo-turn-def", "node-b", false));
     let two = plan_of(&cluster, two);
 
-    let template = |plan: &Plan| {
-        json(find(plan, "Deployment", "demo-signaling"))["spec"]["template"].clone()
-    };
+    let template =
+        |plan: &Plan| json(find(plan, "Deployment", "demo-signaling"))["spec"]["template"].clone();
     let file = |plan: &Plan| {
         json(find(plan, "ConfigMap", "demo-signaling-turn-uris"))["data"]["uris"]
             .as_str()
