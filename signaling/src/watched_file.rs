@@ -11,8 +11,12 @@ use crate::error::{Result, SignalingError};
 /// How often the file's modification time is checked.
 const RELOAD_CHECK: Duration = Duration::from_secs(2);
 
+/// Largest file read: these are secrets, keys and short lists, never more
+/// than a few KiB; a bigger file is a mistake, refused rather than loaded.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024;
+
 /// Turns the file's text into a value, or says why it cannot.
-pub type Parse<T> = fn(&str) -> std::result::Result<T, String>;
+pub type Parse<T> = Box<dyn Fn(&str) -> std::result::Result<T, String> + Send + Sync>;
 
 pub struct WatchedFile<T> {
     /// The flag that names the file, for messages.
@@ -31,8 +35,13 @@ struct State<T> {
 impl<T> WatchedFile<T> {
     /// Reads the file once; a file that cannot be read or parsed at start is
     /// a configuration error naming `setting`.
-    pub fn open(setting: &'static str, path: PathBuf, parse: Parse<T>) -> Result<Self> {
-        let (value, modified) = read(setting, &path, parse)?;
+    pub fn open(
+        setting: &'static str,
+        path: PathBuf,
+        parse: impl Fn(&str) -> std::result::Result<T, String> + Send + Sync + 'static,
+    ) -> Result<Self> {
+        let parse: Parse<T> = Box::new(parse);
+        let (value, modified) = read(setting, &path, &parse)?;
         Ok(Self {
             setting,
             path,
@@ -61,7 +70,7 @@ impl<T> WatchedFile<T> {
                 .ok();
             if modified != state.modified {
                 state.modified = modified;
-                match read(self.setting, &self.path, self.parse) {
+                match read(self.setting, &self.path, &self.parse) {
                     Ok((value, _)) => {
                         tracing::info!(setting = self.setting, path = %self.path.display(), "file reloaded");
                         state.value = Arc::new(value);
@@ -80,12 +89,26 @@ impl<T> WatchedFile<T> {
     }
 }
 
-fn read<T>(setting: &'static str, path: &Path, parse: Parse<T>) -> Result<(T, Option<SystemTime>)> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        SignalingError::config(setting, format!("cannot read {}: {e}", path.display()))
-    })?;
+fn read<T>(
+    setting: &'static str,
+    path: &Path,
+    parse: &Parse<T>,
+) -> Result<(T, Option<SystemTime>)> {
+    let cannot_read =
+        |e: std::io::Error| SignalingError::config(setting, format!("cannot read {}: {e}", path.display()));
+    let size = std::fs::metadata(path).map_err(cannot_read)?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(SignalingError::config(
+            setting,
+            format!(
+                "{} is {size} bytes, over the {MAX_FILE_BYTES} bytes such a file may have",
+                path.display()
+            ),
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(cannot_read)?;
     let value = parse(&text)
-        .map_err(|why| SignalingError::config(setting, format!("{}: {why}", path.display())))?;
+        .map_err(|why| SignalingError::config(setting, format!("{} {why}", path.display())))?;
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
     Ok((value, modified))
 }
@@ -96,7 +119,7 @@ mod tests {
 
     fn numbers(text: &str) -> std::result::Result<Vec<u32>, String> {
         text.split_whitespace()
-            .map(|w| w.parse().map_err(|_| format!("`{w}` is not a number")))
+            .map(|w| w.parse().map_err(|_| format!("holds `{w}`, not a number")))
             .collect()
     }
 
@@ -135,6 +158,17 @@ mod tests {
     }
 
     #[test]
+    fn a_file_over_the_size_limit_is_refused() {
+        let (dir, path) = temp_file(&"1 ".repeat(40_000));
+        let error = WatchedFile::open("--numbers-file", path, numbers)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("over the 65536 bytes"), "{error}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn a_bad_file_at_start_names_the_setting() {
         let (dir, path) = temp_file("x");
         let error = WatchedFile::open("--numbers-file", path, numbers)
@@ -142,7 +176,7 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(error.contains("--numbers-file"), "{error}");
-        assert!(error.contains("`x` is not a number"), "{error}");
+        assert!(error.contains("holds `x`, not a number"), "{error}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

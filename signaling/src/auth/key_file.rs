@@ -4,33 +4,18 @@
 //! re-read when it changes, so keys rotate without a restart; a file that
 //! no longer parses keeps the last good key and is reported once.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::path::PathBuf;
 
 use jsonwebtoken::DecodingKey;
 
 use super::{Claims, TokenAlgorithm, verify_with};
-use crate::error::{Result, SignalingError};
-
-/// How often the file's modification time is checked.
-const RELOAD_CHECK: Duration = Duration::from_secs(2);
-/// Largest key file read; a PEM public key is a few hundred bytes.
-const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
-
-struct Loaded {
-    key: Arc<DecodingKey>,
-    modified: Option<SystemTime>,
-    checked: Instant,
-}
+use crate::error::Result;
+use crate::watched_file::WatchedFile;
 
 /// Verifies room tokens under one pinned algorithm with the key in a file.
 pub struct TokenVerifier {
     algorithm: TokenAlgorithm,
-    /// The setting that named the file, for errors.
-    setting: &'static str,
-    path: PathBuf,
-    loaded: RwLock<Loaded>,
+    key: WatchedFile<DecodingKey>,
 }
 
 impl TokenVerifier {
@@ -41,88 +26,33 @@ impl TokenVerifier {
         setting: &'static str,
         path: PathBuf,
     ) -> Result<Self> {
-        let (key, modified) = read_key(algorithm, setting, &path)?;
-        Ok(Self {
-            algorithm,
-            setting,
-            path,
-            loaded: RwLock::new(Loaded {
-                key: Arc::new(key),
-                modified,
-                checked: Instant::now(),
-            }),
-        })
+        let key = WatchedFile::open(setting, path, move |text| parse_key(algorithm, text))?;
+        Ok(Self { algorithm, key })
     }
 
     pub fn algorithm(&self) -> TokenAlgorithm {
         self.algorithm
     }
 
-    /// Checks `token` with the current key.
+    /// Checks `token` with the current key (re-read when the file changed).
     pub fn verify(&self, token: &str) -> Result<Claims> {
-        verify_with(self.algorithm, &self.current_key(), token)
-    }
-
-    /// The key, re-read first when the file changed since the last check.
-    fn current_key(&self) -> Arc<DecodingKey> {
-        let stale = self
-            .loaded
-            .read()
-            .map(|l| l.checked.elapsed() >= RELOAD_CHECK)
-            .unwrap_or(true);
-        if stale && let Ok(mut loaded) = self.loaded.write() {
-            loaded.checked = Instant::now();
-            let modified = std::fs::metadata(&self.path)
-                .and_then(|m| m.modified())
-                .ok();
-            if modified != loaded.modified {
-                loaded.modified = modified;
-                match read_key(self.algorithm, self.setting, &self.path) {
-                    Ok((key, _)) => {
-                        tracing::info!(path = %self.path.display(), algorithm = self.algorithm.name(), "room token key reloaded");
-                        loaded.key = Arc::new(key);
-                    }
-                    // Keep the last good key; say why once per change.
-                    Err(e) => tracing::warn!(error = %e, "room token key not reloaded"),
-                }
-            }
-        }
-        match self.loaded.read() {
-            Ok(l) => l.key.clone(),
-            Err(poisoned) => poisoned.into_inner().key.clone(),
-        }
+        verify_with(self.algorithm, &self.key.get(), token)
     }
 }
 
-fn read_key(
-    algorithm: TokenAlgorithm,
-    setting: &'static str,
-    path: &Path,
-) -> Result<(DecodingKey, Option<SystemTime>)> {
-    let bad = |reason: String| SignalingError::config(setting, reason);
-    let meta =
-        std::fs::metadata(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
-    if meta.len() > MAX_KEY_FILE_BYTES {
-        return Err(bad(format!(
-            "{} is over {MAX_KEY_FILE_BYTES} bytes; a key file is far smaller",
-            path.display()
-        )));
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+fn parse_key(algorithm: TokenAlgorithm, text: &str) -> std::result::Result<DecodingKey, String> {
     let text = text.trim();
     if text.is_empty() {
-        return Err(bad(format!("{} is empty", path.display())));
+        return Err("is empty".into());
     }
-    let key = match algorithm {
-        TokenAlgorithm::Hs256 => DecodingKey::from_secret(text.as_bytes()),
+    match algorithm {
+        TokenAlgorithm::Hs256 => Ok(DecodingKey::from_secret(text.as_bytes())),
         TokenAlgorithm::Rs256 | TokenAlgorithm::Es256 => {
             // The signing key belongs to the auth server alone.
             if text.contains("PRIVATE KEY") {
-                return Err(bad(format!(
-                    "{} holds a private key; give the public key (-----BEGIN PUBLIC KEY-----)",
-                    path.display()
-                )));
+                return Err(
+                    "holds a private key; give the public key (-----BEGIN PUBLIC KEY-----)".into(),
+                );
             }
             let parsed = if algorithm == TokenAlgorithm::Rs256 {
                 DecodingKey::from_rsa_pem(text.as_bytes())
@@ -130,20 +60,18 @@ fn read_key(
                 DecodingKey::from_ec_pem(text.as_bytes())
             };
             parsed.map_err(|e| {
-                bad(format!(
-                    "{} is not a PEM {} public key ({}): {e}",
-                    path.display(),
+                format!(
+                    "is not a PEM {} public key ({}): {e}",
                     if algorithm == TokenAlgorithm::Rs256 {
                         "RSA"
                     } else {
                         "EC P-256"
                     },
                     algorithm.name()
-                ))
-            })?
+                )
+            })
         }
-    };
-    Ok((key, meta.modified().ok()))
+    }
 }
 
 #[cfg(test)]
