@@ -939,9 +939,14 @@ async fn connected_client(
 
 /// The signaling Deployment's `spec.replicas`.
 async fn signaling_replicas(client: &Client) -> Option<i32> {
+    replicas_of(client, "signaling").await
+}
+
+/// A component Deployment's `spec.replicas`.
+async fn replicas_of(client: &Client, component: &str) -> Option<i32> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
     deployments
-        .get(&format!("{CLUSTER}-signaling"))
+        .get(&format!("{CLUSTER}-{component}"))
         .await
         .ok()
         .and_then(|d| d.spec.replicas)
@@ -1177,5 +1182,205 @@ async fn a_settled_cluster_with_running_pods_causes_no_writes_and_no_reconcile_s
     assert!(
         reconciles <= 1,
         "{reconciles} reconciles in {window:?} of idleness (at most 1)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_scales_up_with_allocations_within_its_bounds_and_drains_before_scaling_down() {
+    let sim = running_cluster().await;
+    let client = sim.client().expect("client");
+    let _operator = OperatorReplica::start(sim.address, NAMESPACE, "operator-0", None);
+    let max_replicas = 2;
+    let per_pod = 2;
+    apply(
+        &client,
+        json!({
+            "autoscaling": {
+                "enabled": true,
+                "metricsIntervalSeconds": 5,
+                "scaleUpStabilizationSeconds": 0,
+                "scaleDownStabilizationSeconds": 0,
+                "drainGraceSeconds": 120,
+                "signaling": {"minReplicas": 1, "maxReplicas": 1},
+                "turn": {"minReplicas": 1, "maxReplicas": max_replicas,
+                    "targetLoadPerPod": per_pod},
+            },
+            "signaling": {"service": {"type": "LoadBalancer"}},
+        }),
+    )
+    .await;
+    let (cluster, _) = wait_ready(&sim, &client, READY_LIMIT).await;
+    let url = cluster
+        .status
+        .clone()
+        .expect("status")
+        .endpoints
+        .signaling_url
+        .expect("signaling URL");
+    eventually("one relay at rest", READY_LIMIT, || async {
+        (replicas_of(&client, "turn").await? == 1).then_some(())
+    })
+    .await;
+    let clusters: Api<VideoChatCluster> = Api::namespaced(client.clone(), NAMESPACE);
+    let relay = udp_relay(&clusters.get(CLUSTER).await.expect("cluster"));
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let listed = deployments
+        .list(&ListParams::default())
+        .await
+        .expect("list deployments");
+    let mut deployment_changes = deployments
+        .watch(
+            &WatchParams::default()
+                .fields(&format!("metadata.name={CLUSTER}-turn"))
+                .timeout(290),
+            &listed.metadata.resource_version.expect("resourceVersion"),
+        )
+        .await
+        .expect("watch the Deployment")
+        .boxed();
+    let most_replicas = Arc::new(std::sync::atomic::AtomicI32::new(1));
+    let recorded = most_replicas.clone();
+    let watcher = tokio::spawn(async move {
+        while let Some(Ok(change)) = deployment_changes.next().await {
+            if let WatchEvent::Added(d) | WatchEvent::Modified(d) = change
+                && let Some(replicas) = d.spec.replicas
+            {
+                recorded.fetch_max(replicas, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+
+    // Load up: three times the target of one relay, with the credential a
+    // client gets from signaling.
+    let credential = welcome_credential(&hello_and_join(&url, "load").await);
+    let mut allocations = Vec::new();
+    for _ in 0..per_pod * 3 {
+        allocations.push(
+            Allocation::make(relay, &credential)
+                .await
+                .expect("allocate"),
+        );
+    }
+    let started = Instant::now();
+    let relays = eventually(
+        "TURN scaled to its maximum, every relay ready and published",
+        Duration::from_secs(150),
+        || async {
+            let pods = component_images(&client, "turn").await;
+            let cluster = clusters.get(CLUSTER).await.ok()?;
+            let published: BTreeSet<SocketAddr> = cluster
+                .status?
+                .endpoints
+                .turn_uris
+                .iter()
+                .filter(|u| u.transport == "udp")
+                .filter_map(|u| u.uri.strip_prefix("turn:")?.split('?').next()?.parse().ok())
+                .collect();
+            (replicas_of(&client, "turn").await? == max_replicas
+                && pods.len() == max_replicas as usize
+                && pods.iter().all(|(_, _, ready)| *ready)
+                && published.len() == max_replicas as usize)
+                .then_some(published)
+        },
+    )
+    .await;
+    eprintln!(
+        "{} allocations: {max_replicas} ready relays after {:?}",
+        allocations.len(),
+        started.elapsed()
+    );
+    // The new relay serves at the address the status publishes.
+    let new_relay = *relays
+        .iter()
+        .find(|r| **r != relay)
+        .expect("a second relay address");
+    let on_new = eventually(
+        "an allocation on the new relay",
+        Duration::from_secs(30),
+        || async { Allocation::make(new_relay, &credential).await.ok() },
+    )
+    .await;
+    let on_new_peer = Allocation::make(new_relay, &credential)
+        .await
+        .expect("a second allocation on the new relay");
+    on_new
+        .exchange(&on_new_peer)
+        .await
+        .expect("the new relay relays");
+    allocations.push(on_new);
+    allocations.push(on_new_peer);
+    assert_eq!(
+        most_replicas.load(std::sync::atomic::Ordering::SeqCst),
+        max_replicas,
+        "the Deployment was never given more than maxReplicas"
+    );
+
+    // Load down: the allocations end; the relay to remove is drained first.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let selector = format!("app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/component=turn");
+    let listed = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .expect("list pods");
+    let mut changes = pods
+        .watch(
+            &WatchParams::default().labels(&selector).timeout(200),
+            &listed.metadata.resource_version.expect("resourceVersion"),
+        )
+        .await
+        .expect("watch pods")
+        .boxed();
+    for allocation in allocations.drain(..) {
+        allocation.close().await;
+    }
+    let left_at = Instant::now();
+    let removed = loop {
+        let change = tokio::time::timeout(Duration::from_secs(180), changes.next())
+            .await
+            .expect("a relay is removed within 180 s of the allocations ending")
+            .expect("the watch goes on")
+            .expect("a watch event");
+        if let WatchEvent::Modified(pod) | WatchEvent::Deleted(pod) = change
+            && pod.metadata.deletion_timestamp.is_some()
+        {
+            break pod;
+        }
+    };
+    eprintln!(
+        "allocations ended: a relay terminating after {:?}",
+        left_at.elapsed()
+    );
+    assert!(
+        removed
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("videochat.dev/draining-since")),
+        "the removed relay was asked to drain before it was deleted: {:?}",
+        removed.metadata.annotations
+    );
+    eventually(
+        "TURN back at one relay, published alone",
+        Duration::from_secs(60),
+        || async {
+            let pods = component_images(&client, "turn").await;
+            let cluster = clusters.get(CLUSTER).await.ok()?;
+            let udp = cluster
+                .status?
+                .endpoints
+                .turn_uris
+                .iter()
+                .filter(|u| u.transport == "udp")
+                .count();
+            (replicas_of(&client, "turn").await? == 1 && pods.len() == 1 && pods[0].2 && udp == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    watcher.abort();
+    assert!(
+        most_replicas.load(std::sync::atomic::Ordering::SeqCst) <= max_replicas,
+        "never past maxReplicas"
     );
 }
