@@ -664,6 +664,8 @@ fn signed_with(credential: &(String, String), secret: &str) -> bool {
 
 /// A `turn` crate client of the relay at `server` holding one allocation.
 struct Allocation {
+    /// The relay's address (a published TURN URI's).
+    server: SocketAddr,
     client: turn::client::Client,
     relayed: Box<dyn webrtc_util::Conn + Send + Sync>,
 }
@@ -692,6 +694,7 @@ impl Allocation {
             .map_err(|_| format!("no answer to Allocate from {server} within 10 s"))?
             .map_err(|e| format!("Allocate on {server}: {e}"))?;
         Ok(Self {
+            server,
             client,
             relayed: Box::new(relayed),
         })
@@ -1308,7 +1311,6 @@ async fn turn_scales_up_with_allocations_within_its_bounds_and_drains_before_sca
         .exchange(&on_new_peer)
         .await
         .expect("the new relay relays");
-    allocations.push(on_new);
     allocations.push(on_new_peer);
     assert_eq!(
         most_replicas.load(std::sync::atomic::Ordering::SeqCst),
@@ -1316,7 +1318,10 @@ async fn turn_scales_up_with_allocations_within_its_bounds_and_drains_before_sca
         "the Deployment was never given more than maxReplicas"
     );
 
-    // Load down: the allocations end; the relay to remove is drained first.
+    // Load down to one allocation on each relay: one relay is enough, so
+    // one is drained, and kept while its allocation lives.
+    let kept_old = allocations.remove(0);
+    let kept_new = on_new;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let selector = format!("app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/component=turn");
     let listed = pods
@@ -1325,7 +1330,7 @@ async fn turn_scales_up_with_allocations_within_its_bounds_and_drains_before_sca
         .expect("list pods");
     let mut changes = pods
         .watch(
-            &WatchParams::default().labels(&selector).timeout(200),
+            &WatchParams::default().labels(&selector).timeout(250),
             &listed.metadata.resource_version.expect("resourceVersion"),
         )
         .await
@@ -1335,31 +1340,114 @@ async fn turn_scales_up_with_allocations_within_its_bounds_and_drains_before_sca
         allocation.close().await;
     }
     let left_at = Instant::now();
-    let removed = loop {
-        let change = tokio::time::timeout(Duration::from_secs(180), changes.next())
+    // The next pod change within `within`; None when there is none.
+    let mut next_pod = async |within: Duration| -> Option<Pod> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let change = tokio::time::timeout(left, changes.next())
+                .await
+                .ok()?
+                .expect("the watch goes on")
+                .expect("a watch event");
+            match change {
+                WatchEvent::Added(pod) | WatchEvent::Modified(pod) | WatchEvent::Deleted(pod) => {
+                    return Some(pod);
+                }
+                WatchEvent::Error(error) => panic!("the pod watch failed: {error:?}"),
+                WatchEvent::Bookmark(_) => {}
+            }
+        }
+    };
+    let draining_mark = "videochat.dev/draining-since";
+    let is_draining = |pod: &Pod| {
+        pod.metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(draining_mark))
+    };
+    let draining = loop {
+        let pod = next_pod(Duration::from_secs(120))
             .await
-            .expect("a relay is removed within 180 s of the allocations ending")
-            .expect("the watch goes on")
-            .expect("a watch event");
-        if let WatchEvent::Modified(pod) | WatchEvent::Deleted(pod) = change
-            && pod.metadata.deletion_timestamp.is_some()
-        {
+            .expect("a relay is asked to drain within 120 s of the load going down");
+        assert!(
+            pod.metadata.deletion_timestamp.is_none() || is_draining(&pod),
+            "a relay was deleted without being drained first: {:?}",
+            pod.metadata
+        );
+        if is_draining(&pod) {
             break pod;
         }
     };
+    let draining_name = draining.metadata.name.clone().unwrap_or_default();
     eprintln!(
-        "allocations ended: a relay terminating after {:?}",
+        "load down: {draining_name} draining after {:?}",
         left_at.elapsed()
     );
-    assert!(
-        removed
-            .metadata
-            .annotations
-            .as_ref()
-            .is_some_and(|a| a.contains_key("videochat.dev/draining-since")),
-        "the removed relay was asked to drain before it was deleted: {:?}",
-        removed.metadata.annotations
+    // Which relay that is: its node's ExternalIP.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = nodes
+        .get(
+            &draining
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .expect("the relay's node"),
+        )
+        .await
+        .expect("node");
+    let external: std::net::IpAddr = node
+        .status
+        .and_then(|s| s.addresses)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|a| a.type_ == "ExternalIP")
+        .expect("ExternalIP")
+        .address
+        .parse()
+        .expect("an IP");
+    let (on_draining, on_staying) = if kept_old.server.ip() == external {
+        (kept_old, kept_new)
+    } else {
+        assert_eq!(
+            kept_new.server.ip(),
+            external,
+            "one kept allocation is on it"
+        );
+        (kept_new, kept_old)
+    };
+    // Its allocation goes on relaying while the drain waits for it: through
+    // three metrics intervals the pod is not deleted.
+    let hold = Instant::now() + Duration::from_secs(15);
+    while let Some(pod) = next_pod(hold.saturating_duration_since(Instant::now())).await {
+        assert!(
+            pod.metadata.name.as_deref() != Some(draining_name.as_str())
+                || pod.metadata.deletion_timestamp.is_none(),
+            "the draining relay was deleted while an allocation on it lived"
+        );
+    }
+    on_draining
+        .exchange(&on_staying)
+        .await
+        .expect("the allocation on the draining relay still relays");
+    // Once it ends, the empty relay goes at once, not after the drain grace.
+    on_draining.close().await;
+    let ended_at = Instant::now();
+    loop {
+        let pod = next_pod(Duration::from_secs(60))
+            .await
+            .expect("the drained relay is deleted within 60 s of its last allocation ending");
+        if pod.metadata.name.as_deref() == Some(draining_name.as_str())
+            && pod.metadata.deletion_timestamp.is_some()
+        {
+            break;
+        }
+    }
+    eprintln!(
+        "last allocation ended: {draining_name} terminating after {:?}",
+        ended_at.elapsed()
     );
+    on_staying.close().await;
     eventually(
         "TURN back at one relay, published alone",
         Duration::from_secs(60),
