@@ -248,10 +248,7 @@ mod tests {
             .unwrap()
             .with_uris_file(uris.clone())
             .unwrap();
-        assert!(
-            ice.ice_servers(Some("p"), Duration::from_secs(60))
-                .is_empty()
-        );
+        assert!(ice.ice_servers(Some("p"), Duration::from_secs(60)).is_empty());
         assert_eq!(
             parse_uris("# relays\nturns:a:443?transport=tcp,turn:a:3478?transport=udp\nturn:b:3478?transport=udp\n")
                 .unwrap(),
@@ -261,11 +258,7 @@ mod tests {
                 "turns:a:443?transport=tcp"
             ]
         );
-        assert!(
-            parse_uris("http://a")
-                .unwrap_err()
-                .contains("must start with turn:")
-        );
+        assert!(parse_uris("http://a").unwrap_err().contains("must start with turn:"));
         let _ = std::fs::remove_dir_all(dir);
     }
 

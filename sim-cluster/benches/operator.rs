@@ -303,9 +303,7 @@ async fn one_run(operator: &std::path::Path, spec: Value, idle: Duration) -> Run
         {
             continue;
         }
-        first_write
-            .entry(request.path.clone())
-            .or_insert(request.at);
+        first_write.entry(request.path.clone()).or_insert(request.at);
     }
     let objects_applied = first_write
         .values()
@@ -357,10 +355,7 @@ fn report(name: &str, runs: &[Run], idle: Duration) {
             .join(", ")
     );
     if ready.len() == runs.len() {
-        println!(
-            "  apply -> status Ready:          median {}",
-            ms(median(ready))
-        );
+        println!("  apply -> status Ready:          median {}", ms(median(ready)));
     } else {
         println!(
             "  apply -> status Ready:          not reached in {} of {} runs",
@@ -379,8 +374,7 @@ fn report(name: &str, runs: &[Run], idle: Duration) {
         "  idle CPU: median {} over {} s ({:.2} % of one core); RSS median {:.1} MiB, peak {:.1} MiB",
         ms(median(runs.iter().map(|r| r.idle_cpu).collect())),
         idle.as_secs(),
-        median(runs.iter().map(|r| r.idle_cpu).collect()).as_secs_f64() / idle.as_secs_f64()
-            * 100.0,
+        median(runs.iter().map(|r| r.idle_cpu).collect()).as_secs_f64() / idle.as_secs_f64() * 100.0,
         median(runs.iter().map(|r| r.rss_kib).collect()) as f64 / 1024.0,
         median(runs.iter().map(|r| r.peak_rss_kib).collect()) as f64 / 1024.0,
     );
