@@ -57,7 +57,8 @@ pub fn parse_uris(text: &str) -> std::result::Result<Vec<String>, String> {
             continue;
         }
         for uri in line.split(',').map(str::trim).filter(|u| !u.is_empty()) {
-            check_uri(uri).map_err(|_| format!("holds `{uri}`, not a turn:, turns: or stun: URI"))?;
+            check_uri(uri)
+                .map_err(|_| format!("holds `{uri}`, not a turn:, turns: or stun: URI"))?;
             uris.push(uri.to_string());
         }
     }

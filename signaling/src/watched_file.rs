@@ -94,8 +94,9 @@ fn read<T>(
     path: &Path,
     parse: &Parse<T>,
 ) -> Result<(T, Option<SystemTime>)> {
-    let cannot_read =
-        |e: std::io::Error| SignalingError::config(setting, format!("cannot read {}: {e}", path.display()));
+    let cannot_read = |e: std::io::Error| {
+        SignalingError::config(setting, format!("cannot read {}: {e}", path.display()))
+    };
     let size = std::fs::metadata(path).map_err(cannot_read)?.len();
     if size > MAX_FILE_BYTES {
         return Err(SignalingError::config(
