@@ -77,6 +77,7 @@ fn parse_key(algorithm: TokenAlgorithm, text: &str) -> std::result::Result<Decod
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::SignalingError;
 
     fn file_with(text: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("vc-key-{}", rand::random::<u64>()));
