@@ -265,7 +265,7 @@ mod tests {
         assert!(
             parse_uris("http://a")
                 .unwrap_err()
-                .contains("must start with turn:")
+                .contains("not a turn:, turns: or stun: URI")
         );
         let _ = std::fs::remove_dir_all(dir);
     }
