@@ -67,10 +67,11 @@ async fn first_reconcile_creates_everything_and_a_second_changes_nothing() {
     reconcile(&double, &ctx, "demo").await;
 
     let created = children(&double);
-    // Host-network TURN (the default): an address ConfigMap, no TURN Services.
+    // Host-network TURN (the default): an address ConfigMap, no TURN
+    // Services; signaling's TURN URIs in a ConfigMap of their own.
     assert_eq!(
         created.len(),
-        20,
+        21,
         "every child created: {:#?}",
         created
             .iter()

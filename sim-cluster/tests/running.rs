@@ -154,13 +154,28 @@ async fn wait_ready(
 
 /// `hello` then `join` over the WebSocket URL; the welcome message.
 async fn hello_and_join(url: &str, room: &str) -> Value {
-    let (mut socket, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    .expect("WebSocket connect in time")
-    .unwrap_or_else(|e| panic!("WebSocket connect to {url}: {e}"));
+    // Signaling holds each address to a connection rate (429 above it);
+    // every test client comes from this one host, so it backs off and
+    // tries again, as the page does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut socket = loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .expect("WebSocket connect in time");
+        match attempt {
+            Ok((socket, _)) => break socket,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response))
+                if response.status() == http::StatusCode::TOO_MANY_REQUESTS
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("WebSocket connect to {url}: {e}"),
+        }
+    };
     let next = async |socket: &mut tokio_tungstenite::WebSocketStream<_>| -> Value {
         loop {
             let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
@@ -915,13 +930,28 @@ async fn turn_secret_rotates_on_time_and_allocations_with_old_credentials_keep_r
 async fn connected_client(
     url: &str,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let (mut socket, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    .expect("WebSocket connect in time")
-    .unwrap_or_else(|e| panic!("WebSocket connect to {url}: {e}"));
+    // Signaling holds each address to a connection rate (429 above it);
+    // every test client comes from this one host, so it backs off and
+    // tries again, as the page does.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut socket = loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(url),
+        )
+        .await
+        .expect("WebSocket connect in time");
+        match attempt {
+            Ok((socket, _)) => break socket,
+            Err(tokio_tungstenite::tungstenite::Error::Http(response))
+                if response.status() == http::StatusCode::TOO_MANY_REQUESTS
+                    && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("WebSocket connect to {url}: {e}"),
+        }
+    };
     socket
         .send(Message::text(json!({"type": "hello"}).to_string()))
         .await
