@@ -901,6 +901,8 @@ fn endpoints_follow_service_types_and_bracket_ipv6() {
         ]
     );
     let mut service = json(find(&pending, "Service", "demo-signaling"));
+    // Client addresses are kept: signaling's per-address limits need them.
+    assert_eq!(service["spec"]["externalTrafficPolicy"], "Local");
     service["status"] = json!({"loadBalancer": {"ingress": [{"hostname": "lb.example.net"}]}});
     let observed = Observed::new([serde_json::from_value(service).expect("service")]);
     let addressed = plan_with(&cluster, &observed, "a", NOW);

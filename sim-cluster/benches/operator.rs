@@ -7,7 +7,8 @@
 //!   VideoChatCluster to the first write of the last object the operator
 //!   ends up owning;
 //! - apply → status Ready: with real pods (the default: the simulated
-//!   kubelet runs the debug binaries from `target/debug`, redis-server and
+//!   kubelet runs the binaries in `VIDEOCHAT_SIM_BIN_DIR`, `target/debug`
+//!   unless set (the pods' start time is not the operator's), redis-server and
 //!   the MongoDB wire server, which needs root and iproute2, as the
 //!   simulated-cluster tests do), or with `VIDEOCHAT_BENCH_RUN_PODS=0`
 //!   without processes, where pods never turn Ready and only the
@@ -15,7 +16,7 @@
 //! - over one idle minute after the operator settled: reconciles (from its
 //!   /metrics), writes it made, its CPU time and its RSS.
 //!
-//! Run: `cargo build --bins && cargo build --release -p videochat-operator && cargo bench -p videochat-sim-cluster --bench operator`
+//! Run: `cargo build --bins && cargo build --release -p videochat-operator && VIDEOCHAT_SIM_BIN_DIR=$PWD/target/debug cargo bench -p videochat-sim-cluster --bench operator`
 //! (`VIDEOCHAT_BENCH_IDLE_SECONDS` shortens the idle window for a quick look).
 
 use kube::Api;
@@ -32,7 +33,14 @@ use videochat_sim_cluster::{SimCluster, SimClusterOptions};
 const NAMESPACE: &str = "videochat";
 const CLUSTER: &str = "bench";
 const OPERATOR_FIELD_MANAGER: &str = "videochat-operator";
-const RUNS: usize = 3;
+/// Runs per spec (`VIDEOCHAT_BENCH_RUNS`, default 3).
+fn run_count() -> usize {
+    std::env::var("VIDEOCHAT_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(3)
+}
 /// No write for this long counts as settled.
 const QUIET: Duration = Duration::from_secs(5);
 const LIMIT: Duration = Duration::from_secs(120);
@@ -43,6 +51,8 @@ struct Run {
     objects: usize,
     idle_reconciles: u64,
     idle_writes: usize,
+    /// Who wrote what while idle: "METHOD path by manager" and a count.
+    idle_writers: BTreeMap<String, usize>,
     idle_cpu: Duration,
     rss_kib: u64,
     peak_rss_kib: u64,
@@ -50,6 +60,20 @@ struct Run {
 
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter.
+    // The pods run the servers from `VIDEOCHAT_SIM_BIN_DIR`; without it,
+    // from this benchmark's own profile directory (target/release).
+    if run_pods() {
+        let dir = videochat_sim_cluster::runtime::images::cargo_bin_dir();
+        for binary in ["videochat-signaling", "videochat-turn"] {
+            if !dir.join(binary).exists() {
+                eprintln!(
+                    "{} is missing: run `cargo build --bins` and set VIDEOCHAT_SIM_BIN_DIR=target/debug",
+                    dir.join(binary).display()
+                );
+                std::process::exit(2);
+            }
+        }
+    }
     let idle = std::env::var("VIDEOCHAT_BENCH_IDLE_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -64,7 +88,7 @@ fn main() {
     println!(
         "operator benchmark: {} ({} runs each, idle window {} s, {})",
         operator.display(),
-        RUNS,
+        run_count(),
         idle.as_secs(),
         if run_pods() {
             "pods run real processes"
@@ -81,7 +105,7 @@ fn main() {
     ];
     for (name, spec) in specs {
         let mut runs = Vec::new();
-        for _ in 0..RUNS {
+        for _ in 0..run_count() {
             runs.push(runtime.block_on(one_run(&operator, spec.clone(), idle)));
         }
         report(name, &runs, idle);
@@ -300,6 +324,20 @@ async fn one_run(operator: &std::path::Path, spec: Value, idle: Duration) -> Run
     .await
     .ok();
 
+    // With real pods, a Ready revision is recorded as good after its
+    // stabilization time (ControllerRevisions, status, an Event): one-time
+    // work that belongs to the install, not to idleness.
+    if run_pods() && ready_at.is_some() {
+        poll("every revision recorded as good", || async {
+            let object = clusters.get(CLUSTER).await.ok()?;
+            let components = object.data.pointer("/status/components")?.as_object()?;
+            components
+                .values()
+                .all(|c| c["revision"].is_string() && c["lastGoodRevision"] == c["revision"])
+                .then_some(())
+        })
+        .await;
+    }
     // Settled: no write by the operator for QUIET.
     poll("the operator settles", || async {
         let last = sim
@@ -341,11 +379,18 @@ async fn one_run(operator: &std::path::Path, spec: Value, idle: Duration) -> Run
     tokio::time::sleep(idle).await;
     let (cpu_after, rss_kib, peak_rss_kib) = process.usage();
     let idle_reconciles = process.reconciles().await.unwrap_or(0) - reconciles_before;
-    let idle_writes = sim
+    let idle_requests: Vec<_> = sim
         .requests()
-        .iter()
+        .into_iter()
         .filter(|r| r.at >= idle_from && r.is_write() && !r.path.contains("/leases"))
-        .count();
+        .collect();
+    let idle_writes = idle_requests.len();
+    let mut idle_writers = BTreeMap::new();
+    for r in &idle_requests {
+        *idle_writers
+            .entry(format!("{} {} by {}", r.method, r.path, r.field_manager))
+            .or_insert(0) += 1;
+    }
     drop(process);
     let _ = std::fs::remove_dir_all(&dir);
     Run {
@@ -354,6 +399,7 @@ async fn one_run(operator: &std::path::Path, spec: Value, idle: Duration) -> Run
         objects: first_write.len(),
         idle_reconciles,
         idle_writes,
+        idle_writers,
         idle_cpu: cpu_after.saturating_sub(cpu_before),
         rss_kib,
         peak_rss_kib,
@@ -397,6 +443,9 @@ fn report(name: &str, runs: &[Run], idle: Duration) {
         runs.iter().map(|r| r.idle_reconciles).collect::<Vec<_>>(),
         median(runs.iter().map(|r| r.idle_writes).collect()),
     );
+    for (what, count) in &runs[0].idle_writers {
+        println!("    first run, idle write: {count} x {what}");
+    }
     println!(
         "  idle CPU: median {} over {} s ({:.2} % of one core); RSS median {:.1} MiB, peak {:.1} MiB",
         ms(median(runs.iter().map(|r| r.idle_cpu).collect())),

@@ -7,7 +7,7 @@ use super::{pods, workload};
 use crate::error::Result;
 use crate::labels::{self, Component};
 use crate::objects::to_dynamic;
-use crate::resource::Endpoints;
+use crate::resource::{Endpoints, ServiceType};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource,
@@ -266,6 +266,11 @@ pub(crate) fn objects(
         metadata: ctx.meta(name.clone(), Some(component)),
         spec: Some(ServiceSpec {
             type_: Some(spec.service.type_.as_str().into()),
+            // Signaling limits connections and messages per client address:
+            // a balancer that SNATs through another node would make every
+            // client one address. Local keeps the client's own.
+            external_traffic_policy: (spec.service.type_ != ServiceType::ClusterIP)
+                .then(|| "Local".into()),
             selector: Some(labels::selector(&ctx.name, component)),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
