@@ -117,6 +117,13 @@ fn owner_gone(state_dir: &Path) -> bool {
 
 /// Removes every namespace, veth and the bridge of a cluster index.
 fn remove_index(index: u8) {
+    remove_namespaces(index);
+    ip_quiet(&["link", "del", &bridge_name(index)]);
+}
+
+/// Removes the namespaces (and with them their veths) of a cluster index,
+/// killing what still runs in them.
+fn remove_namespaces(index: u8) {
     let prefix = namespace_prefix(index);
     if let Ok(output) = Command::new(ip_tool()).args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&output.stdout).lines() {
@@ -136,7 +143,6 @@ fn remove_index(index: u8) {
             }
         }
     }
-    ip_quiet(&["link", "del", &bridge_name(index)]);
 }
 
 /// Creates a namespace named `namespace` with `address/24` on its eth0,
@@ -218,6 +224,10 @@ impl ClusterNetwork {
         let (index, bridge, state_dir) = taken.ok_or_else(|| {
             SimError::Runtime("no free cluster network (250 bridges vcs*br in use)".into())
         })?;
+        // The bridge is the index's lock: whoever held it is gone, so any
+        // namespace still named for this index (a run killed after its
+        // bridge was removed) is a leftover that would collide.
+        remove_namespaces(index);
         let _ = std::fs::remove_dir_all(&state_dir);
         std::fs::create_dir_all(&state_dir).map_err(|e| {
             SimError::Runtime(format!("cannot create {}: {e}", state_dir.display()))
