@@ -162,8 +162,21 @@ fn rollouts_are_decided_from_the_desired_revision_and_the_observed_workload() {
             .is_none()
     );
 
-    // TURN with a Service per relay runs as a StatefulSet: not tracked.
+    // TURN with a Service per relay runs as a StatefulSet and is tracked
+    // like the others: a StatefulSet of another revision is rolling.
     cluster.spec.turn.exposure.mode = TurnExposureMode::LoadBalancer;
+    let relays = json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "demo-turn", "namespace": "videochat", "generation": 1},
+        "spec": {"replicas": 2, "selector": {}, "serviceName": "demo-turn", "template": {
+            "metadata": {"annotations": {"videochat.dev/revision": "aaa"}}}},
+        "status": {"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2,
+                   "currentRevision": "r1", "updateRevision": "r1"},
+    });
+    let seen = observed(&[relays]);
     let decisions = decide_at(&cluster, &seen, &[(Component::Turn, "ccc")], NOW);
-    assert!(!decisions.rollout.decisions.contains_key(&Component::Turn));
+    let turn = &decisions.rollout.decisions[&Component::Turn];
+    assert_eq!(turn.template, TemplateChoice::Desired);
+    assert_eq!(turn.desired_revision, "ccc");
+    assert!(turn.health.is_some(), "the relays' StatefulSet is judged");
 }

@@ -244,3 +244,106 @@ fn a_crash_looping_database_is_rolled_back_and_its_stuck_pod_replaced() {
     let restored = json(find(&plan, "StatefulSet", "demo-redis"));
     assert_ne!(image_of(&restored), Some("redis:7.4-broken"));
 }
+
+#[test]
+fn a_relay_revision_that_never_runs_is_rolled_back_when_each_relay_has_its_own_load_balancer() {
+    // TURN with a LoadBalancer Service per relay pod runs as a StatefulSet;
+    // its rollouts are judged and rolled back like the Deployments'.
+    let mut cluster: VideoChatCluster = sample("minimal");
+    cluster.spec.rollout.stabilization_seconds = 0;
+    cluster.spec.turn.exposure.mode = videochat_operator::resource::TurnExposureMode::LoadBalancer;
+    let (good, mut observed) = run_first_generation(&mut cluster);
+    assert!(
+        good.objects
+            .iter()
+            .any(|o| kind_of(o) == "ControllerRevision"
+                && o.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("demo-turn-"))),
+        "the relays' good revision is kept as a rollback target"
+    );
+    let good_image = image_of(&json(find(&good, "StatefulSet", "demo-turn")))
+        .expect("image")
+        .to_owned();
+
+    // Generation 2: a relay image that cannot be pulled.
+    cluster.spec.turn.image = "ghcr.io/videochat-dev/videochat-turn:0.1.1-missing".into();
+    cluster.metadata.generation = Some(2);
+    let rollout = plan_with(&cluster, &observed, "a", "2026-01-01T00:02:00Z");
+    cluster.status = Some(rollout.status.clone());
+    let set = find(&rollout, "StatefulSet", "demo-turn");
+    assert_eq!(
+        image_of(&json(set)),
+        Some("ghcr.io/videochat-dev/videochat-turn:0.1.1-missing")
+    );
+    let bad = json(set)
+        .pointer("/spec/template/metadata/annotations/videochat.dev~1revision")
+        .and_then(Value::as_str)
+        .expect("revision")
+        .to_owned();
+    observed.insert(with_status(
+        set,
+        json!({"observedGeneration": 2, "replicas": 1, "readyReplicas": 0, "updatedReplicas": 1,
+               "currentRevision": "r1", "updateRevision": "r2"}),
+    ));
+    let pod: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "demo-turn-0",
+            "namespace": "videochat",
+            "labels": {"app.kubernetes.io/name": "videochat", "app.kubernetes.io/instance": "demo",
+                       "app.kubernetes.io/component": "turn"},
+            "annotations": {"videochat.dev/revision": bad},
+        },
+        "status": {
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [{"name": "turn", "image": "ghcr.io/videochat-dev/videochat-turn:0.1.1-missing",
+                                   "imageID": "", "ready": false, "restartCount": 0,
+                                   "state": {"waiting": {"reason": "ImagePullBackOff"}}}],
+        },
+    }))
+    .expect("pod");
+    observed.insert(pod);
+
+    // Past the progress deadline with no relay of the revision ready.
+    let deadline = cluster.spec.rollout.progress_deadline_seconds;
+    let after = k8s_openapi::jiff::Timestamp::from_second(
+        "2026-01-01T00:02:00Z"
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .expect("time")
+            .as_second()
+            + i64::from(deadline)
+            + 1,
+    )
+    .expect("time")
+    .strftime("%Y-%m-%dT%H:%M:%SZ")
+    .to_string();
+    let plan = plan_with(&cluster, &observed, "a", &after);
+    let rollback = plan
+        .actions
+        .iter()
+        .find_map(|a| match a {
+            videochat_operator::plan::Action::Rollback {
+                component,
+                from_revision,
+                ..
+            } => Some((component.clone(), from_revision.clone())),
+            _ => None,
+        })
+        .expect("a rollback of the relays");
+    assert_eq!(rollback, ("turn".to_owned(), bad));
+    // The StatefulSet does not replace a pod that never became ready by
+    // itself: the stuck relay pod is deleted so the good template runs.
+    assert!(
+        plan.actions.iter().any(|a| matches!(
+            a,
+            videochat_operator::plan::Action::DeletePod { component, pod, .. } if component == "turn" && pod == "demo-turn-0"
+        )),
+        "{:?}",
+        plan.actions
+    );
+    let restored = json(find(&plan, "StatefulSet", "demo-turn"));
+    assert_eq!(image_of(&restored), Some(good_image.as_str()));
+}

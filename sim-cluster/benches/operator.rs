@@ -159,7 +159,11 @@ impl OperatorProcess {
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", NAMESPACE)
             .env("POD_NAME", "operator-0")
-            .env("VIDEOCHAT_LOG", "warn")
+            // VIDEOCHAT_BENCH_OPERATOR_LOG=info shows what each idle write was.
+            .env(
+                "VIDEOCHAT_LOG",
+                std::env::var("VIDEOCHAT_BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -333,7 +337,11 @@ async fn one_run(operator: &std::path::Path, spec: Value, idle: Duration) -> Run
             let components = object.data.pointer("/status/components")?.as_object()?;
             components
                 .values()
-                .all(|c| c["revision"].is_string() && c["lastGoodRevision"] == c["revision"])
+                // The rollback target (kept in a ControllerRevision after the
+                // stabilization time), not the component's newest ready revision.
+                .all(|c| {
+                    c["revision"].is_string() && c["rollout"]["lastGoodRevision"] == c["revision"]
+                })
                 .then_some(())
         })
         .await;
@@ -360,6 +368,9 @@ async fn one_run(operator: &std::path::Path, spec: Value, idle: Duration) -> Run
             || request.path.contains("/videochatclusters/")
             || request.path.contains("/leases")
             || request.path.contains("/events")
+            // Recorded once a revision has been good for its stabilization
+            // time: history, not the install.
+            || request.path.contains("/controllerrevisions/")
         {
             continue;
         }

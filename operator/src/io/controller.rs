@@ -403,6 +403,7 @@ async fn reconcile_inner(cluster: &VideoChatCluster, ctx: &Context) -> Result<Ac
             action: planned.action.clone(),
             secondary: None,
         };
+        tracing::info!(cluster = %name, %namespace, type_ = %planned.type_, reason = %planned.reason, note = %planned.note, "event");
         // An event that cannot be written is not worth failing the reconcile.
         if let Err(error) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(cluster = %name, %namespace, %error, "cannot publish event");

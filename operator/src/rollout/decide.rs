@@ -70,10 +70,12 @@ pub fn policy_of(spec: &RolloutSpec) -> RolloutPolicy {
     }
 }
 
-/// The kind of workload whose rollout is tracked for a component.
-pub fn workload_kind(component: Component) -> &'static str {
+/// The kind of workload a component runs as: TURN with a Service per relay
+/// pod is a StatefulSet (stable pod names for the Services' selectors).
+pub fn workload_kind(component: Component, cluster: &VideoChatCluster) -> &'static str {
     match component {
-        Component::Signaling | Component::Turn => "Deployment",
+        Component::Signaling => "Deployment",
+        Component::Turn => cluster.spec.turn.exposure.mode.workload_kind(),
         Component::Redis | Component::MongoDb => "StatefulSet",
     }
 }
@@ -81,11 +83,12 @@ pub fn workload_kind(component: Component) -> &'static str {
 fn observe_workload(
     observed: &Observed,
     name: &str,
+    kind: &str,
     component: Component,
     pods: &[Pod],
 ) -> Option<WorkloadObservation> {
     let workload = component.workload_name(name);
-    match workload_kind(component) {
+    match kind {
         "Deployment" => observed
             .typed::<Deployment>("Deployment", &workload)
             .map(|d| WorkloadObservation::from_deployment(&d, pods)),
@@ -109,18 +112,12 @@ pub fn decide_rollouts(input: &RolloutsInput<'_>) -> RolloutDecisions {
     let mut records = BTreeMap::new();
     let mut all_pods = BTreeMap::new();
     for component in ROLLOUT_ORDER {
-        // Only workloads of the tracked kind: TURN with a Service per relay
-        // runs as a StatefulSet and is not tracked.
-        if component == Component::Turn
-            && cluster.spec.turn.exposure.mode.workload_kind() != workload_kind(component)
-        {
-            continue;
-        }
         let Some(desired) = input.desired_revisions.get(&component) else {
             continue;
         };
         let pods = input.observed.component_pods(input.name, component);
-        let observed = observe_workload(input.observed, input.name, component, &pods);
+        let kind = workload_kind(component, cluster);
+        let observed = observe_workload(input.observed, input.name, kind, component, &pods);
         all_pods.insert(component, pods);
         let tracking: RolloutTracking = previous
             .get(component)
@@ -150,7 +147,7 @@ pub fn decide_rollouts(input: &RolloutsInput<'_>) -> RolloutDecisions {
         let (TemplateChoice::LastGood { .. }, Some(bad), "StatefulSet") = (
             &decision.template,
             decision.tracking.failed_revision.as_deref(),
-            workload_kind(*component),
+            workload_kind(*component, cluster),
         ) else {
             continue;
         };
