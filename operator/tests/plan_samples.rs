@@ -396,6 +396,11 @@ fn full_sample_has_ingress_per_relay_load_balancers_and_autoscaled_replicas() {
         signaling_config["data"]["VIDEOCHAT_PUBLIC_ORIGINS"],
         json!("https://chat.example.com")
     );
+    // Behind the Ingress, limits key on the client the controller names.
+    assert_eq!(
+        signaling_config["data"]["VIDEOCHAT_TRUSTED_PROXIES"],
+        json!("10.244.0.0/16")
+    );
 
     let turn_config = json(find(&plan, "ConfigMap", "prod-turn-config"));
     assert_eq!(
@@ -778,6 +783,11 @@ fn bad_resources_are_refused_by_the_schema_rules_and_reported_degraded() {
             json!({"turn": {"exposure": {"advertisedAddress": "turn.example.com"}}}),
             "advertisedAddress must be an IP address",
         ),
+        (
+            "trusted proxy by name",
+            json!({"signaling": {"trustedProxies": ["10.0.0.0/8", "ingress-nginx"]}}),
+            "trustedProxies entries are networks in CIDR form",
+        ),
     ];
     for (what, patch, message) in cases {
         let cluster = with_spec(patch);
@@ -810,6 +820,13 @@ fn bad_resources_are_refused_by_the_schema_rules_and_reported_degraded() {
             "{what}"
         );
     }
+    let proxies = with_spec(
+        json!({"signaling": {"trustedProxies": ["192.0.2.10", "10.244.0.0/16", "fd00::/8"]}}),
+    );
+    assert!(
+        videochat_operator::resource::validation_errors(&proxies).is_empty(),
+        "addresses and networks of both families are trusted proxies"
+    );
     for sample_name in ["minimal", "full", "external-databases"] {
         let errors = videochat_operator::resource::validation_errors(&sample(sample_name));
         assert!(errors.is_empty(), "{sample_name}: {errors:?}");

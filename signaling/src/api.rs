@@ -147,20 +147,26 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// The peer's IP (unspecified when served without connect info, as in `oneshot` tests).
+/// The client's IP: through trusted proxies, the one they name (see
+/// [`crate::client_address`]); else the peer's; unspecified when served
+/// without connect info, as in `oneshot` tests.
 pub struct ClientIp(pub IpAddr);
 
 impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(
+        let resolved = parts
+            .extensions
+            .get::<crate::http_server::ClientAddress>()
+            .map(|c| c.0);
+        Ok(ClientIp(resolved.unwrap_or_else(|| {
             parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
                 .map(|c| c.0.ip())
-                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        ))
+                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        })))
     }
 }
 

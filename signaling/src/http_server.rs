@@ -20,8 +20,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use crate::client_address::client_ip;
 use crate::rate_limit::PerIpSlot;
 use crate::state::AppState;
+
+/// The client's address of a request (behind trusted proxies, from their
+/// X-Forwarded-For; else the TCP peer's).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddress(pub std::net::IpAddr);
 
 /// Accepts until `stop`, serving each connection on its own task.
 pub async fn serve(
@@ -43,11 +49,18 @@ pub async fn serve(
                 }
             },
         };
-        let Some(slot) = state.handshakes_per_ip.try_acquire(addr.ip()) else {
-            state.metrics.refused("handshakes_per_ip");
-            tracing::debug!(ip = %addr.ip(), "connection closed: too many unfinished requests from this address");
-            drop(tcp);
-            continue;
+        // A trusted proxy carries many clients' requests; the header timeout
+        // still bounds it, and the limits after the headers key on the client.
+        let slot = if crate::client_address::is_trusted(&state.config.trusted_proxies, addr.ip()) {
+            None
+        } else {
+            let Some(slot) = state.handshakes_per_ip.try_acquire(addr.ip()) else {
+                state.metrics.refused("handshakes_per_ip");
+                tracing::debug!(ip = %addr.ip(), "connection closed: too many unfinished requests from this address");
+                drop(tcp);
+                continue;
+            };
+            Some(slot)
         };
         // Small frames go out at once: with Nagle's algorithm a frame can wait
         // for the peer's delayed ACK (40 ms on Linux).
@@ -68,16 +81,19 @@ pub async fn serve(
 async fn serve_connection(
     tcp: tokio::net::TcpStream,
     addr: SocketAddr,
-    slot: PerIpSlot,
+    slot: Option<PerIpSlot>,
     router: Router,
     state: AppState,
     stop: CancellationToken,
 ) {
     // Held until the first response is ready (or the connection ends).
-    let unanswered = Arc::new(Mutex::new(Some(slot)));
+    let unanswered = Arc::new(Mutex::new(slot));
     let pending = unanswered.clone();
+    let trusted_proxies = state.config.trusted_proxies.clone();
     let service = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
+        let client = client_ip(&trusted_proxies, addr.ip(), req.headers());
         req.extensions_mut().insert(ConnectInfo(addr));
+        req.extensions_mut().insert(ClientAddress(client));
         let router = router.clone();
         let pending = pending.clone();
         async move {

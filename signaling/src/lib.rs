@@ -9,6 +9,7 @@ pub mod auth;
 pub mod backends;
 pub mod bus;
 pub mod chat;
+pub mod client_address;
 pub mod config;
 pub mod connection;
 pub mod dead_letters;

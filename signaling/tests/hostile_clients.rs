@@ -1032,3 +1032,109 @@ async fn a_slow_consumer_is_closed_and_catches_up_by_resuming() {
     assert_eq!(joined["last_seq"], sent);
     server.shutdown().await;
 }
+
+/// A WebSocket through a reverse proxy at `proxy` that forwards for
+/// `forwarded_for`.
+async fn connect_through(
+    proxy: &str,
+    forwarded_for: &str,
+    server: &videochat_signaling::server::RunningServer,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let tcp = tcp_from(proxy, server.local_addr()).await?;
+    let mut request = ws_url(server).into_client_request()?;
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", forwarded_for.parse().unwrap());
+    let (ws, _) =
+        tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+            .await?;
+    drop(ws);
+    Ok(())
+}
+
+fn status_of(result: Result<(), tokio_tungstenite::tungstenite::Error>) -> u16 {
+    match result {
+        Ok(()) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(other) => panic!("connect: {other}"),
+    }
+}
+
+// Behind an Ingress every client arrives from the controller's address.
+// With the controller trusted, the per-address limits key on the client it
+// forwards for: one client reconnecting too fast is refused, the others
+// behind the same proxy are not; and a client that is not a trusted proxy
+// cannot dodge its limit by sending the header itself.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_limits_key_on_the_forwarded_client() {
+    const PROXY: &str = "127.0.0.5";
+    const DIRECT: &str = "127.0.0.6";
+    let server = start(videochat_signaling::Config {
+        // Burst of one, then one every 2 s: a slow machine cannot refill it
+        // within the test.
+        connect_rate_per_ip: 0.5,
+        max_handshakes_per_ip: 2,
+        trusted_proxies: vec!["127.0.0.5/32".parse().unwrap()],
+        ..test_config()
+    })
+    .await;
+    // The proxy holds more unfinished requests than one address may: it
+    // carries many clients, so they are not closed.
+    let mut unfinished = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = tcp_from(PROXY, server.local_addr()).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        unfinished.push(tcp);
+    }
+    // One forwarded client: its burst, then 429.
+    let statuses: Vec<u16> = {
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            out.push(status_of(
+                connect_through(PROXY, "198.51.100.1", &server).await,
+            ));
+        }
+        out
+    };
+    assert_eq!(statuses, [101, 429], "one client held to its rate");
+    // Another client behind the same proxy is not held back; an entry the
+    // client wrote itself, left of what the proxy appended, changes nothing.
+    assert_eq!(
+        status_of(connect_through(PROXY, "198.51.100.2", &server).await),
+        101
+    );
+    assert_eq!(
+        status_of(connect_through(PROXY, "198.51.100.2, 198.51.100.1", &server).await),
+        429,
+        "the proxy's rightmost entry is the client, whatever the client put left of it"
+    );
+    // Not a trusted proxy: the header is ignored, the limit is the peer's.
+    let direct: Vec<u16> = {
+        let mut out = Vec::new();
+        for i in 0..2 {
+            out.push(status_of(
+                connect_through(DIRECT, &format!("203.0.113.{i}"), &server).await,
+            ));
+        }
+        out
+    };
+    assert_eq!(
+        direct,
+        [101, 429],
+        "a forged header does not dodge the limit"
+    );
+    // The unfinished requests from the proxy were held, not closed.
+    for tcp in &mut unfinished {
+        tcp.write_all(b"\r\n").await.unwrap();
+        let mut head = [0u8; 12];
+        tokio::time::timeout(WAIT, tcp.read_exact(&mut head))
+            .await
+            .expect("answered")
+            .expect("read");
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    server.shutdown().await;
+}

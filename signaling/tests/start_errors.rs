@@ -213,3 +213,16 @@ fn room_token_settings_that_do_not_fit_together_name_the_setting() {
     let line = refused(&output);
     assert!(line.contains("--auth-algorithm"), "{line}");
 }
+
+#[test]
+fn a_trusted_proxy_that_is_not_a_network_names_the_setting() {
+    let output = signaling()
+        .env("VIDEOCHAT_TRUSTED_PROXIES", "10.0.0.0/8,ingress-nginx")
+        .output()
+        .expect("run");
+    let line = refused(&output);
+    assert!(
+        line.contains("VIDEOCHAT_TRUSTED_PROXIES") && line.contains("ingress-nginx"),
+        "{line}"
+    );
+}

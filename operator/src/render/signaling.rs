@@ -127,6 +127,12 @@ pub(crate) fn config(ctx: &Ctx<'_>, secrets: &SecretRefs) -> BTreeMap<String, St
             format!("{AUTH_DIR}/secret"),
         );
     }
+    if !spec.signaling.trusted_proxies.is_empty() {
+        env.insert(
+            "VIDEOCHAT_TRUSTED_PROXIES".into(),
+            spec.signaling.trusted_proxies.join(","),
+        );
+    }
     // The demo page served through the Ingress opens its WebSocket from the
     // Ingress origin; the service decides same-origin from this setting,
     // never from the Host header.

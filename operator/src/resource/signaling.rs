@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// The WebSocket signaling service (HTTP + WebSocket on port 8080 in the pod).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.trustedProxies) || self.trustedProxies.all(p, isCIDR(p) || isIP(p))").message("signaling.trustedProxies entries are networks in CIDR form (10.0.0.0/8) or single addresses"))]
 pub struct SignalingSpec {
     /// Container image.
     #[serde(default = "default_image")]
@@ -29,6 +30,14 @@ pub struct SignalingSpec {
     /// Limits passed to the server.
     #[serde(default)]
     pub limits: SignalingLimitsSpec,
+    /// Reverse proxies in front of signaling (networks in CIDR form or
+    /// addresses): the Ingress controller's pods, a cloud L7 balancer. Their
+    /// X-Forwarded-For names the client, so per-address limits apply per
+    /// client. Empty: the header is ignored, and behind an Ingress every
+    /// client shares the controller's address for those limits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 64)))]
+    pub trusted_proxies: Vec<String>,
     /// Optional HS256 secret for room tokens (JWT); without it rooms are open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_secret_ref: Option<SecretKeyRef>,
@@ -51,6 +60,7 @@ impl Default for SignalingSpec {
             ingress: None,
             limits: SignalingLimitsSpec::default(),
             auth_secret_ref: None,
+            trusted_proxies: Vec::new(),
             placement: super::placement::PodPlacementSpec::default(),
         }
     }

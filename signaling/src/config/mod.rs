@@ -174,6 +174,18 @@ pub struct Config {
     #[arg(long, env = "VIDEOCHAT_CONNECT_RATE_PER_IP", default_value_t = 10.0)]
     pub connect_rate_per_ip: f64,
 
+    /// Reverse proxies (networks or addresses, comma-separated) whose
+    /// X-Forwarded-For names the client: the Ingress controller's pods, a
+    /// cloud L7 balancer. Per-address limits then key on the client, not on
+    /// the proxy. Empty: the header is ignored.
+    #[arg(
+        long,
+        env = "VIDEOCHAT_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_parser = crate::client_address::parse_trusted_proxy
+    )]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Peers per room, unless the room was created with its own max_peers.
     #[arg(long, env = "VIDEOCHAT_MAX_PEERS_PER_ROOM", default_value_t = 16)]
     pub max_peers_per_room: u32,
