@@ -168,6 +168,80 @@ fn plan_prints_the_rollback_of_a_failed_rollout() {
     );
 }
 
+/// The revision annotation of a workload's pod template.
+fn template_revision(workload: &DynamicObject) -> String {
+    json(workload)
+        .pointer("/spec/template/metadata/annotations/videochat.dev~1revision")
+        .and_then(Value::as_str)
+        .expect("revision")
+        .to_owned()
+}
+
+/// The StatefulSet `set` rolling to its new template (observed at
+/// `observed_generation`), with pod `<set>-0` of that revision not ready:
+/// its container `waiting` for `reason` after `restarts` restarts.
+fn observe_stuck_stateful_set(
+    observed: &mut Observed,
+    set: &DynamicObject,
+    observed_generation: i64,
+    component: &str,
+    image: &str,
+    reason: &str,
+    restarts: i64,
+) {
+    let revision = template_revision(set);
+    observed.insert(with_status(
+        set,
+        json!({"observedGeneration": observed_generation, "replicas": 1, "readyReplicas": 0,
+               "updatedReplicas": 1, "currentRevision": "r1", "updateRevision": "r2"}),
+    ));
+    let name = set.metadata.name.clone().expect("name");
+    let pod: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": format!("{name}-0"),
+            "namespace": "videochat",
+            "labels": {"app.kubernetes.io/name": "videochat", "app.kubernetes.io/instance": "demo",
+                       "app.kubernetes.io/component": component},
+            "annotations": {"videochat.dev/revision": revision},
+        },
+        "status": {
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [{"name": component, "image": image, "imageID": "", "ready": false,
+                                   "restartCount": restarts, "state": {"waiting": {"reason": reason}}}],
+        },
+    }))
+    .expect("pod");
+    observed.insert(pod);
+}
+
+/// The plan's rollback: (component, reason, from revision).
+fn rollback_of(plan: &Plan) -> (String, String, String) {
+    plan.actions
+        .iter()
+        .find_map(|a| match a {
+            videochat_operator::plan::Action::Rollback {
+                component,
+                reason,
+                from_revision,
+                ..
+            } => Some((component.clone(), reason.clone(), from_revision.clone())),
+            _ => None,
+        })
+        .expect("a rollback")
+}
+
+/// Whether the plan deletes `pod` of `component` (a stuck StatefulSet pod).
+fn deletes_pod(plan: &Plan, component: &str, pod: &str) -> bool {
+    plan.actions.iter().any(|a| {
+        matches!(
+            a,
+            videochat_operator::plan::Action::DeletePod { component: c, pod: p, .. } if c == component && p == pod
+        )
+    })
+}
+
 #[test]
 fn a_crash_looping_database_is_rolled_back_and_its_stuck_pod_replaced() {
     let mut cluster: VideoChatCluster = sample("minimal");
@@ -182,49 +256,18 @@ fn a_crash_looping_database_is_rolled_back_and_its_stuck_pod_replaced() {
     let rollout = plan_with(&cluster, &observed, "a", "2026-01-01T00:02:00Z");
     cluster.status = Some(rollout.status.clone());
     let set = find(&rollout, "StatefulSet", "demo-redis");
-    let bad = json(set)
-        .pointer("/spec/template/metadata/annotations/videochat.dev~1revision")
-        .and_then(Value::as_str)
-        .expect("revision")
-        .to_owned();
-    observed.insert(with_status(
+    let bad = template_revision(set);
+    observe_stuck_stateful_set(
+        &mut observed,
         set,
-        json!({"observedGeneration": 1, "replicas": 1, "readyReplicas": 0, "updatedReplicas": 1,
-               "currentRevision": "r1", "updateRevision": "r2"}),
-    ));
-    let pod: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "demo-redis-0",
-            "namespace": "videochat",
-            "labels": {"app.kubernetes.io/name": "videochat", "app.kubernetes.io/instance": "demo",
-                       "app.kubernetes.io/component": "redis"},
-            "annotations": {"videochat.dev/revision": bad},
-        },
-        "status": {
-            "conditions": [{"type": "Ready", "status": "False"}],
-            "containerStatuses": [{"name": "redis", "image": "redis:7.4-broken", "imageID": "", "ready": false,
-                                   "restartCount": 5, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}],
-        },
-    }))
-    .expect("pod");
-    observed.insert(pod);
+        1,
+        "redis",
+        "redis:7.4-broken",
+        "CrashLoopBackOff",
+        5,
+    );
 
     let plan = plan_with(&cluster, &observed, "a", "2026-01-01T00:03:00Z");
-    let rollback = plan
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            videochat_operator::plan::Action::Rollback {
-                component,
-                reason,
-                from_revision,
-                ..
-            } => Some((component.clone(), reason.clone(), from_revision.clone())),
-            _ => None,
-        })
-        .expect("a rollback");
     // The plan's revision annotation is the rollout module's revision hash.
     let template: k8s_openapi::api::apps::v1::StatefulSet =
         serde_json::from_value(json(set)).expect("StatefulSet");
@@ -232,12 +275,12 @@ fn a_crash_looping_database_is_rolled_back_and_its_stuck_pod_replaced() {
         videochat_operator::rollout::revision_hash(&template.spec.template),
         bad
     );
-    assert_eq!(rollback, ("redis".to_owned(), "CrashLoop".to_owned(), bad));
+    assert_eq!(
+        rollback_of(&plan),
+        ("redis".to_owned(), "CrashLoop".to_owned(), bad)
+    );
     assert!(
-        plan.actions.iter().any(|a| matches!(
-            a,
-            videochat_operator::plan::Action::DeletePod { component, pod, .. } if component == "redis" && pod == "demo-redis-0"
-        )),
+        deletes_pod(&plan, "redis", "demo-redis-0"),
         "{:?}",
         plan.actions
     );
@@ -277,35 +320,16 @@ fn a_relay_revision_that_never_runs_is_rolled_back_when_each_relay_has_its_own_l
         image_of(&json(set)),
         Some("ghcr.io/videochat-dev/videochat-turn:0.1.1-missing")
     );
-    let bad = json(set)
-        .pointer("/spec/template/metadata/annotations/videochat.dev~1revision")
-        .and_then(Value::as_str)
-        .expect("revision")
-        .to_owned();
-    observed.insert(with_status(
+    let bad = template_revision(set);
+    observe_stuck_stateful_set(
+        &mut observed,
         set,
-        json!({"observedGeneration": 2, "replicas": 1, "readyReplicas": 0, "updatedReplicas": 1,
-               "currentRevision": "r1", "updateRevision": "r2"}),
-    ));
-    let pod: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": "demo-turn-0",
-            "namespace": "videochat",
-            "labels": {"app.kubernetes.io/name": "videochat", "app.kubernetes.io/instance": "demo",
-                       "app.kubernetes.io/component": "turn"},
-            "annotations": {"videochat.dev/revision": bad},
-        },
-        "status": {
-            "conditions": [{"type": "Ready", "status": "False"}],
-            "containerStatuses": [{"name": "turn", "image": "ghcr.io/videochat-dev/videochat-turn:0.1.1-missing",
-                                   "imageID": "", "ready": false, "restartCount": 0,
-                                   "state": {"waiting": {"reason": "ImagePullBackOff"}}}],
-        },
-    }))
-    .expect("pod");
-    observed.insert(pod);
+        2,
+        "turn",
+        "ghcr.io/videochat-dev/videochat-turn:0.1.1-missing",
+        "ImagePullBackOff",
+        0,
+    );
 
     // Past the progress deadline with no relay of the revision ready.
     let deadline = cluster.spec.rollout.progress_deadline_seconds;
@@ -321,26 +345,12 @@ fn a_relay_revision_that_never_runs_is_rolled_back_when_each_relay_has_its_own_l
     .strftime("%Y-%m-%dT%H:%M:%SZ")
     .to_string();
     let plan = plan_with(&cluster, &observed, "a", &after);
-    let rollback = plan
-        .actions
-        .iter()
-        .find_map(|a| match a {
-            videochat_operator::plan::Action::Rollback {
-                component,
-                from_revision,
-                ..
-            } => Some((component.clone(), from_revision.clone())),
-            _ => None,
-        })
-        .expect("a rollback of the relays");
-    assert_eq!(rollback, ("turn".to_owned(), bad));
+    let (component, _, from_revision) = rollback_of(&plan);
+    assert_eq!((component.as_str(), from_revision), ("turn", bad));
     // The StatefulSet does not replace a pod that never became ready by
     // itself: the stuck relay pod is deleted so the good template runs.
     assert!(
-        plan.actions.iter().any(|a| matches!(
-            a,
-            videochat_operator::plan::Action::DeletePod { component, pod, .. } if component == "turn" && pod == "demo-turn-0"
-        )),
+        deletes_pod(&plan, "turn", "demo-turn-0"),
         "{:?}",
         plan.actions
     );
