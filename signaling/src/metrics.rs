@@ -26,6 +26,8 @@ pub struct Metrics {
     pub resume_failures: Counter,
     pub slow_consumers: Counter,
     pub gap_fills: Counter,
+    pub gap_read_failures: Counter,
+    pub gap_resumes: Counter,
     pub draining: Gauge,
     pub store_up: Gauge,
     pub bus_up: Gauge,
@@ -54,6 +56,8 @@ impl Metrics {
         let resume_failures = Counter::default();
         let slow_consumers = Counter::default();
         let gap_fills = Counter::default();
+        let gap_read_failures = Counter::default();
+        let gap_resumes = Counter::default();
         let draining = Gauge::default();
         let store_up = Gauge::default();
         let bus_up = Gauge::default();
@@ -118,6 +122,16 @@ impl Metrics {
             gap_fills.clone(),
         );
         registry.register(
+            format!("{p}gap_read_failures"),
+            "Gap reads the store failed (tried again with back-off; nothing skipped)",
+            gap_read_failures.clone(),
+        );
+        registry.register(
+            format!("{p}gap_resumes"),
+            "Connections closed (1013) to resume because a gap stayed unreadable while chat piled up behind it",
+            gap_resumes.clone(),
+        );
+        registry.register(
             format!("{p}draining"),
             "1 while this instance drains",
             draining.clone(),
@@ -151,6 +165,8 @@ impl Metrics {
             resume_failures,
             slow_consumers,
             gap_fills,
+            gap_read_failures,
+            gap_resumes,
             draining,
             store_up,
             bus_up,

@@ -13,6 +13,8 @@ pub(super) const CLOSE_NORMAL: u16 = 1000;
 pub(super) const CLOSE_GOING_AWAY: u16 = 1001;
 pub(super) const CLOSE_POLICY: u16 = 1008;
 pub(super) const CLOSE_TOO_BIG: u16 = 1009;
+/// Try again later: resume after a moment (the store could not be read).
+pub(super) const CLOSE_TRY_AGAIN: u16 = 1013;
 
 /// Sends a close frame and waits for the client's, reading (and dropping)
 /// what it still sends: closing a socket with unread input resets it, and

@@ -2,7 +2,11 @@
 //! in `seq` order, each message once, whatever order the bus delivers it in
 //! (pub/sub across instances, the chat sweep, a replay racing live chat).
 //! A gap waits a moment for the missing message, then is read from the
-//! store; what the store cannot give is skipped so a room never stalls.
+//! store; what a working store does not have is skipped so a room never
+//! stalls. A read that fails (the store is down) skips nothing: the gap is
+//! read again with back-off, and if the chat held behind it outgrows its
+//! bound first, the connection is closed to be resumed, whose replay brings
+//! the missing messages once the store is back.
 //! No I/O and no clock here: the writer passes `now` and does the sending
 //! and the store reads this type asks for.
 
@@ -14,6 +18,10 @@ use std::time::{Duration, Instant};
 pub const GAP_WAIT: Duration = Duration::from_millis(50);
 /// Out-of-order chat held per room; one more and the gap is filled at once.
 pub const MAX_PENDING: usize = 1024;
+/// First wait before a failed gap read is tried again; doubles per failure.
+pub const RETRY_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between gap reads of a store that keeps failing.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// One room's position.
 #[derive(Debug)]
@@ -24,6 +32,10 @@ struct Cursor<F> {
     pending: BTreeMap<u64, F>,
     /// When the current gap was first seen.
     gap_since: Option<Instant>,
+    /// Store reads for the current gap that failed in a row.
+    failed_reads: u32,
+    /// When the next read is due after a failed one.
+    retry_at: Option<Instant>,
 }
 
 impl<F> Default for Cursor<F> {
@@ -32,6 +44,8 @@ impl<F> Default for Cursor<F> {
             delivered: None,
             pending: BTreeMap::new(),
             gap_since: None,
+            failed_reads: 0,
+            retry_at: None,
         }
     }
 }
@@ -55,11 +69,18 @@ impl<F> Cursor<F> {
             }
         }
         self.delivered = Some(d);
-        self.gap_since = if self.pending.is_empty() {
-            None
+        if self.pending.is_empty() {
+            self.gap_since = None;
+            self.failed_reads = 0;
+            self.retry_at = None;
         } else {
-            self.gap_since.or(Some(now))
-        };
+            self.gap_since = self.gap_since.or(Some(now));
+        }
+    }
+
+    /// When this room's gap is due for a store read.
+    fn due_at(&self) -> Option<Instant> {
+        self.retry_at.or(self.gap_since.map(|t| t + GAP_WAIT))
     }
 }
 
@@ -70,6 +91,9 @@ pub struct Offered<F> {
     pub send: Vec<F>,
     /// The room holds more out-of-order chat than it may: fill its gap now.
     pub fill_now: bool,
+    /// The room holds more than it may while the store cannot be read: close
+    /// the connection for the client to resume (the replay fills the gap).
+    pub resume: bool,
 }
 
 /// The store read that fills a room's gap: `want` messages after `after`.
@@ -128,6 +152,7 @@ impl<F> RoomOrder<F> {
         let mut offered = Offered {
             send: Vec::new(),
             fill_now: false,
+            resume: false,
         };
         let Some(c) = self.rooms.get_mut(room) else {
             // Not (or no longer) in the room.
@@ -142,7 +167,9 @@ impl<F> RoomOrder<F> {
             _ => {
                 c.pending.insert(seq, frame);
                 if c.pending.len() > MAX_PENDING {
-                    if c.delivered.is_some() {
+                    if c.failed_reads > 0 {
+                        offered.resume = true;
+                    } else if c.delivered.is_some() {
                         offered.fill_now = true;
                     } else {
                         // Still joining: nothing to fill from yet. The oldest
@@ -201,24 +228,35 @@ impl<F> RoomOrder<F> {
             d = first - 1;
         }
         c.delivered = Some(d);
+        c.failed_reads = 0;
+        c.retry_at = None;
         c.drain(now, &mut filled.send);
         filled
     }
 
-    /// When the earliest waiting gap is due for a store read.
-    pub fn next_gap_deadline(&self) -> Option<Instant> {
-        self.rooms
-            .values()
-            .filter_map(|c| c.gap_since)
-            .min()
-            .map(|t| t + GAP_WAIT)
+    /// The store read for `room`'s gap failed: nothing is skipped, the gap
+    /// is read again after a back-off (100 ms doubling to 5 s).
+    pub fn read_failed(&mut self, room: &str, now: Instant) {
+        let Some(c) = self.rooms.get_mut(room) else {
+            return;
+        };
+        c.failed_reads = c.failed_reads.saturating_add(1);
+        let wait = RETRY_MIN
+            .saturating_mul(1 << (c.failed_reads - 1).min(6))
+            .min(RETRY_MAX);
+        c.retry_at = Some(now + wait);
     }
 
-    /// Rooms whose gap has waited [`GAP_WAIT`] by `now`.
+    /// When the earliest waiting gap is due for a store read.
+    pub fn next_gap_deadline(&self) -> Option<Instant> {
+        self.rooms.values().filter_map(Cursor::due_at).min()
+    }
+
+    /// Rooms whose gap has waited [`GAP_WAIT`] (or its retry back-off) by `now`.
     pub fn due_gaps(&self, now: Instant) -> Vec<Arc<str>> {
         self.rooms
             .iter()
-            .filter(|(_, c)| c.gap_since.is_some_and(|t| t + GAP_WAIT <= now))
+            .filter(|(_, c)| c.due_at().is_some_and(|t| t <= now))
             .map(|(r, _)| r.clone())
             .collect()
     }
@@ -311,12 +349,69 @@ mod tests {
         let filled = order.fill("r", [(1, 1), (3, 3)], now);
         assert_eq!(filled.send, vec![1, 5]);
         assert_eq!(filled.skipped, Some((2, 4)));
-        // A failed read (nothing fetched) skips the whole gap.
+        // A read that answered without them skips the whole gap.
         order.offer(&room(), 9, 9, now);
         let filled = order.fill("r", std::iter::empty(), now);
         assert_eq!(filled.send, vec![9]);
         assert_eq!(filled.skipped, Some((6, 8)));
         assert_eq!(order.into_delivered()[&room()], 9);
+    }
+
+    #[test]
+    fn a_failed_read_skips_nothing_and_is_tried_again_with_back_off() {
+        let t0 = Instant::now();
+        let mut order = joined_at(10, t0);
+        order.offer(&room(), 12, 12, t0);
+        let due = t0 + GAP_WAIT;
+        assert_eq!(order.due_gaps(due), vec![room()]);
+        // The store is down: the gap stays, due again after the back-off.
+        order.read_failed("r", due);
+        assert!(order.due_gaps(due).is_empty());
+        assert_eq!(order.next_gap_deadline(), Some(due + RETRY_MIN));
+        order.read_failed("r", due + RETRY_MIN);
+        assert_eq!(
+            order.next_gap_deadline(),
+            Some(due + RETRY_MIN + 2 * RETRY_MIN),
+            "the wait doubles"
+        );
+        for _ in 0..20 {
+            order.read_failed("r", due);
+        }
+        assert_eq!(order.next_gap_deadline(), Some(due + RETRY_MAX), "capped");
+        // Still waiting for 11, nothing given up on.
+        assert_eq!(order.gap("r"), Some(GapRead { after: 10, want: 1 }));
+        // The store is back: 11 comes from it, then the held 12.
+        let filled = order.fill("r", [(11, 11)], due + RETRY_MAX);
+        assert_eq!(filled.send, vec![11, 12]);
+        assert_eq!(filled.skipped, None);
+        assert_eq!(order.next_gap_deadline(), None);
+        // A later gap starts with the short wait again.
+        order.offer(&room(), 14, 14, due + RETRY_MAX);
+        assert_eq!(order.next_gap_deadline(), Some(due + RETRY_MAX + GAP_WAIT));
+    }
+
+    #[test]
+    fn a_gap_the_store_cannot_fill_closes_the_connection_when_held_chat_outgrows_its_bound() {
+        let now = Instant::now();
+        let mut order = joined_at(0, now);
+        order.offer(&room(), 2, 2, now);
+        order.read_failed("r", now);
+        let mut resume = false;
+        for seq in 3..=(MAX_PENDING as u64 + 2) {
+            let offered = order.offer(&room(), seq, seq, now);
+            assert!(offered.send.is_empty());
+            assert!(
+                !offered.fill_now,
+                "no store read per message while it fails"
+            );
+            resume |= offered.resume;
+        }
+        assert!(
+            resume,
+            "past {MAX_PENDING} held messages the client resumes"
+        );
+        // What was delivered stays the resume position: nothing skipped.
+        assert_eq!(order.into_delivered()[&room()], 0);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use futures::SinkExt;
 use futures::stream::SplitSink;
 use tokio_util::sync::CancellationToken;
 
+use super::closing::CLOSE_TRY_AGAIN;
 use super::room_order::RoomOrder;
 use crate::bus::{Delivery, JoinedRoom, OutboxReceiver};
 use crate::protocol::ServerMessage;
@@ -48,6 +49,20 @@ impl Writer {
             Delivery::Chat { room, seq, frame } => {
                 let offered = self.order.offer(&room, seq, frame, Instant::now());
                 self.feed_chat(offered.send).await?;
+                if offered.resume {
+                    // The gap cannot be read and the chat behind it is at
+                    // its bound: the client resumes, and the replay from
+                    // its last seq fills the gap once the store answers.
+                    self.state.metrics.gap_resumes.inc();
+                    tracing::warn!(%room, "chat gap unreadable while the store is down; closing for the client to resume");
+                    self.sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CLOSE_TRY_AGAIN,
+                            reason: "store unavailable; resume".into(),
+                        })))
+                        .await?;
+                    return Ok(false);
+                }
                 if offered.fill_now {
                     Box::pin(self.fill_gap(&room)).await?;
                 }
@@ -81,7 +96,8 @@ impl Writer {
     }
 
     /// Reads a room's missing `seq`s from the store and sends what follows;
-    /// what cannot be had is skipped (the client can ask `history`).
+    /// what a working store does not have is skipped (the client can ask
+    /// `history`); a failed read is tried again later.
     async fn fill_gap(&mut self, room: &str) -> Result<(), axum::Error> {
         let Some(read) = self.order.gap(room) else {
             return Ok(());
@@ -91,10 +107,12 @@ impl Writer {
             Ok(messages) => messages
                 .iter()
                 .map(|m| (m.seq, Utf8Bytes::from(ServerMessage::Chat(m).to_json())))
-                .collect(),
+                .collect::<Vec<_>>(),
             Err(e) => {
-                tracing::warn!(error = %e, %room, "gap fill failed");
-                Vec::new()
+                self.state.metrics.gap_read_failures.inc();
+                tracing::warn!(error = %e, %room, "gap fill failed; trying again");
+                self.order.read_failed(room, Instant::now());
+                return Ok(());
             }
         };
         let filled = self.order.fill(room, fetched, Instant::now());
