@@ -65,6 +65,7 @@ fn minimal_sample_plans_every_child_with_owner_and_labels() {
         "Secret/demo-mongodb-credentials",
         "ConfigMap/demo-signaling-config",
         "ConfigMap/demo-signaling-turn-uris",
+        "ConfigMap/demo-signaling-public-origins",
         "ConfigMap/demo-turn-config",
         "ConfigMap/demo-turn-addresses",
         "Deployment/demo-signaling",

@@ -68,10 +68,11 @@ async fn first_reconcile_creates_everything_and_a_second_changes_nothing() {
 
     let created = children(&double);
     // Host-network TURN (the default): an address ConfigMap, no TURN
-    // Services; signaling's TURN URIs in a ConfigMap of their own.
+    // Services; signaling's TURN URIs and its public origins in
+    // ConfigMaps of their own.
     assert_eq!(
         created.len(),
-        21,
+        22,
         "every child created: {:#?}",
         created
             .iter()

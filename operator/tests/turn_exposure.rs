@@ -660,3 +660,77 @@ fn relays_that_come_and_go_change_the_uris_file_not_the_signaling_template() {
         .any(|v| v["configMap"]["name"] == "demo-signaling-turn-uris");
     assert!(mounted);
 }
+
+#[test]
+fn the_public_origins_file_follows_the_signaling_address_not_the_template() {
+    // Without an Ingress the demo page is served at signaling's own
+    // published address: its origin reaches signaling as a mounted file,
+    // so the load balancer's first address, or a new one, changes a file
+    // and does not roll (and drain) signaling.
+    let mut value = serde_json::to_value(sample("minimal")).expect("json");
+    value["spec"]["signaling"] = json!({"service": {"type": "LoadBalancer", "port": 8080}});
+    let cluster: VideoChatCluster = serde_json::from_value(value).expect("cluster");
+    let pending = plan_of(&cluster, vec![]);
+    let first = plan_of(
+        &cluster,
+        vec![load_balancer("demo-signaling", "198.18.0.10")],
+    );
+    let moved = plan_of(
+        &cluster,
+        vec![load_balancer("demo-signaling", "198.18.0.11")],
+    );
+
+    let template =
+        |plan: &Plan| json(find(plan, "Deployment", "demo-signaling"))["spec"]["template"].clone();
+    let file = |plan: &Plan| {
+        json(find(plan, "ConfigMap", "demo-signaling-public-origins"))["data"]["origins"]
+            .as_str()
+            .expect("origins key")
+            .to_owned()
+    };
+    assert_eq!(file(&pending), "", "no load-balancer address yet");
+    assert_eq!(file(&first), "http://198.18.0.10:8080\n");
+    assert_eq!(file(&moved), "http://198.18.0.11:8080\n");
+    assert_eq!(template(&pending), template(&first));
+    assert_eq!(template(&first), template(&moved));
+    let config = json(find(&first, "ConfigMap", "demo-signaling-config"));
+    assert_eq!(
+        config["data"]["VIDEOCHAT_PUBLIC_ORIGINS_FILE"],
+        "/etc/videochat/public-origins/origins"
+    );
+    assert!(
+        config["data"].get("VIDEOCHAT_PUBLIC_ORIGINS").is_none(),
+        "no Ingress, no configured origin"
+    );
+    let pod = &template(&first)["spec"];
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .any(|v| v["configMap"]["name"] == "demo-signaling-public-origins"),
+        "{pod}"
+    );
+    assert!(
+        pod["containers"][0]["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .any(|m| m["mountPath"] == "/etc/videochat/public-origins"),
+        "{pod}"
+    );
+
+    // With an Ingress the spec's origin stays in the configuration and the
+    // file carries the same published origin: the two are merged.
+    let full = sample("full");
+    let plan = plan_with(&full, &Observed::default(), "a", NOW);
+    let config = json(find(&plan, "ConfigMap", "prod-signaling-config"));
+    assert_eq!(
+        config["data"]["VIDEOCHAT_PUBLIC_ORIGINS"],
+        "https://chat.example.com"
+    );
+    assert_eq!(
+        json(find(&plan, "ConfigMap", "prod-signaling-public-origins"))["data"]["origins"],
+        "https://chat.example.com\n"
+    );
+}

@@ -6,8 +6,13 @@
 //! origin": a DNS-rebinding page sends its own Host.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use axum::http::Uri;
+
+use crate::error::Result;
+use crate::watched_file::WatchedFile;
 
 /// `scheme://host:port`, lower-cased, with the scheme's default port filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,11 +45,36 @@ impl Origin {
     }
 }
 
-/// The allow-list plus the service's own origins.
-#[derive(Debug, Clone)]
+/// The allow-list plus the service's own origins, some of which may come
+/// from a file that is re-read when it changes.
+#[derive(Clone)]
 pub struct OriginPolicy {
     any: bool,
     allowed: Vec<Origin>,
+    /// Public origins kept in a file (the operator writes the address the
+    /// Service is published under, which can change without a restart).
+    file: Option<Arc<WatchedFile<Vec<Origin>>>>,
+}
+
+impl std::fmt::Debug for OriginPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OriginPolicy")
+            .field("any", &self.any)
+            .field("allowed", &self.allowed)
+            .field("file", &self.file.is_some())
+            .finish()
+    }
+}
+
+/// Origins in a file: comma-, space- or line-separated, `#` starts a comment.
+/// An empty file is no origin yet (the address is not published).
+pub fn parse_origins(text: &str) -> std::result::Result<Vec<Origin>, String> {
+    text.lines()
+        .map(|line| line.split('#').next().unwrap_or(""))
+        .flat_map(|line| line.split([',', ' ', '\t']))
+        .filter(|word| !word.is_empty())
+        .map(|word| Origin::parse(word).map_err(|why| format!("holds {why}")))
+        .collect()
 }
 
 impl OriginPolicy {
@@ -75,7 +105,17 @@ impl OriginPolicy {
         Self {
             any,
             allowed: origins,
+            file: None,
         }
+    }
+
+    /// Also allows the origins in `path` (`--public-origins-file`), re-read
+    /// when it changes; a file that cannot be read or parsed at start is a
+    /// configuration error.
+    pub fn with_public_origins_file(mut self, path: PathBuf) -> Result<Self> {
+        let file = WatchedFile::open("--public-origins-file", path, parse_origins)?;
+        self.file = Some(Arc::new(file));
+        Ok(self)
     }
 
     /// Whether a request with this `Origin` header (None: not a browser) may go on.
@@ -87,7 +127,13 @@ impl OriginPolicy {
             return true;
         }
         match Origin::parse(origin) {
-            Ok(o) => self.allowed.contains(&o),
+            Ok(o) => {
+                self.allowed.contains(&o)
+                    || self
+                        .file
+                        .as_ref()
+                        .is_some_and(|file| file.get().contains(&o))
+            }
             // `null` (sandboxed frames, file://) and anything unparsable.
             Err(_) => false,
         }
@@ -129,6 +175,19 @@ mod tests {
         assert!(p.allows(Some("https://chat.example.com")));
         assert!(!p.allows(Some("http://localhost:18080")));
         assert!(policy(&["*"], &[]).allows(Some("https://anything.example")));
+    }
+
+    #[test]
+    fn an_origins_file_lists_origins_and_refuses_anything_else() {
+        let parsed = parse_origins(
+            "# published\nhttp://198.18.0.10:8080\n\nhttps://a.example, https://b.example\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(parsed[0], Origin::parse("http://198.18.0.10:8080").unwrap());
+        assert!(parse_origins("").unwrap().is_empty());
+        let error = parse_origins("http://ok.example\nchat.example.com\n").unwrap_err();
+        assert!(error.contains("chat.example.com"), "{error}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::connection::end_session;
 use crate::error::{Result, SignalingError};
 use crate::ice::{IceConfig, turn_uris};
 use crate::ids::random_id;
+use crate::origin::OriginPolicy;
 use crate::state::AppState;
 
 /// A started server.
@@ -185,7 +186,12 @@ async fn start_serving(
     let addr = listener.local_addr()?;
     let reap_every =
         (config.resume_window / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let state = AppState::new(config, backends, ice, auth, admin_token, addr);
+    let origins = OriginPolicy::new(&config.allowed_origins, &config.public_origins, addr);
+    let origins = match &config.public_origins_file {
+        Some(path) => origins.with_public_origins_file(path.clone())?,
+        None => origins,
+    };
+    let state = AppState::new(config, backends, ice, auth, admin_token, origins);
     if let Some(r) = &relay {
         // POST /api/admin/drain drains the in-process relay as SIGTERM does.
         let handle = r.handle();

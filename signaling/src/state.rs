@@ -69,9 +69,8 @@ impl AppState {
         ice: IceConfig,
         auth: Option<TokenVerifier>,
         admin_token: Option<String>,
-        listen: std::net::SocketAddr,
+        origins: OriginPolicy,
     ) -> Self {
-        let origins = OriginPolicy::new(&config.allowed_origins, &config.public_origins, listen);
         let connections_per_ip = PerIpCap::new(config.max_connections_per_ip);
         let handshakes_per_ip = PerIpCap::new(config.max_handshakes_per_ip);
         let ip_limiter = IpRateLimiter::new(config.rate_per_ip, config.rate_per_ip * 2.0);

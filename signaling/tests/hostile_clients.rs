@@ -332,6 +332,91 @@ async fn origin_check_compares_scheme_host_and_port_not_the_host_header() {
     assert!(err.contains("--allowed-origins"), "{err}");
 }
 
+// The operator keeps the published address in a mounted file: an origin
+// written there later is accepted without a restart, one that is not stays
+// refused, and the configured ones keep working beside it.
+#[tokio::test]
+async fn an_origin_written_later_into_the_origins_file_is_accepted_without_a_restart() {
+    let dir = temp_dir("origins");
+    let mount = dir.join("mount");
+    // As the kubelet swaps a ConfigMap volume: a new ..data directory.
+    let version = |n: u32, text: &str| {
+        let data = mount.join(format!("..v{n}"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("origins"), text).unwrap();
+        let link = mount.join(format!("..data_tmp{n}"));
+        std::os::unix::fs::symlink(format!("..v{n}"), &link).unwrap();
+        std::fs::rename(&link, mount.join("..data")).unwrap();
+    };
+    // The load balancer has no address yet.
+    version(1, "");
+    std::os::unix::fs::symlink("..data/origins", mount.join("origins")).unwrap();
+    let server = start(videochat_signaling::Config {
+        public_origins: vec!["https://chat.example.com".into()],
+        public_origins_file: Some(mount.join("origins")),
+        ..test_config()
+    })
+    .await;
+    let url = ws_url(&server);
+    let published = "http://198.18.0.10:8080";
+    assert!(
+        connect_with_headers(&url, &[("Origin", published)])
+            .await
+            .is_err(),
+        "not published yet"
+    );
+    version(2, &format!("{published}\n"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut client = loop {
+        match connect_with_headers(&url, &[("Origin", published)]).await {
+            Ok(client) => break client,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("the published origin was never accepted: {e}"),
+        }
+    };
+    client.hello(json!({"type":"hello"})).await;
+    let mut configured = connect_with_headers(&url, &[("Origin", "https://chat.example.com")])
+        .await
+        .expect("the configured origin still counts");
+    configured.hello(json!({"type":"hello"})).await;
+    for foreign in [
+        "http://198.18.0.11:8080",
+        "http://198.18.0.10:8081",
+        "https://198.18.0.10:8080",
+        "http://evil.example",
+    ] {
+        match connect_with_headers(&url, &[("Origin", foreign)]).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 403, "{foreign}")
+            }
+            other => panic!("{foreign}: expected 403, got {:?}", other.map(|_| ())),
+        }
+    }
+    // A bad version keeps the last good list.
+    version(3, "not an origin\n");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    connect_with_headers(&url, &[("Origin", published)])
+        .await
+        .expect("a bad file keeps the last good origins");
+    server.shutdown().await;
+
+    // A file that does not parse at start stops the start, naming the setting.
+    let bad = dir.join("bad");
+    std::fs::write(&bad, "chat.example.com\n").unwrap();
+    let err = videochat_signaling::start(videochat_signaling::Config {
+        public_origins_file: Some(bad),
+        ..test_config()
+    })
+    .await
+    .err()
+    .expect("bad origins file refused")
+    .to_string();
+    assert!(err.contains("--public-origins-file"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 // Attack 10: an abuser is closed with every error it was sent, then a close
 // frame 1008 with a reason, after a finished close handshake (no reset),
 // even while it keeps sending.

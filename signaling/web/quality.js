@@ -11,6 +11,10 @@ export async function readStats(pc) {
     rttMs: null,
     localCandidateType: null,
     remoteCandidateType: null,
+    // For a relay candidate: its relayed address and the TURN server it came from.
+    localCandidateAddress: null,
+    localCandidateUrl: null,
+    remoteCandidateAddress: null,
     framesDecoded: 0,
     framesPerSecond: 0,
     bytesReceived: 0,
@@ -37,6 +41,9 @@ export async function readStats(pc) {
     const remote = report.get(pair.remoteCandidateId);
     out.localCandidateType = local ? local.candidateType : null;
     out.remoteCandidateType = remote ? remote.candidateType : null;
+    out.localCandidateAddress = local ? local.address || local.ip || null : null;
+    out.localCandidateUrl = local ? local.url || null : null;
+    out.remoteCandidateAddress = remote ? remote.address || remote.ip || null : null;
   }
   report.forEach((s) => {
     if (s.type === "inbound-rtp") {

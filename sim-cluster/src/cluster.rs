@@ -190,6 +190,14 @@ impl SimCluster {
             .unwrap_or_default()
     }
 
+    /// The namespace of external clients (with `run_pods`): reaches only
+    /// the nodes' external addresses and the load balancers, as a user
+    /// outside the cluster does. Run a client there with
+    /// `ip netns exec NAMESPACE ...`.
+    pub fn external_client(&self) -> Option<&crate::network::ExternalClientNetwork> {
+        self.network.as_ref()?.external_client.as_ref()
+    }
+
     pub fn resource(&self, group: &str, plural: &str) -> Option<ResourceType> {
         self.store.resource(group, plural).cloned()
     }

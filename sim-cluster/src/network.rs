@@ -67,6 +67,18 @@ pub struct NodeNetwork {
     pub external_address: String,
 }
 
+/// The namespace of the test's external clients (browsers, TURN clients):
+/// outside the cluster, it reaches only what a user on the internet would,
+/// the nodes' external addresses and the load balancers' addresses.
+#[derive(Clone, Debug)]
+pub struct ExternalClientNetwork {
+    pub namespace: String,
+    pub address: String,
+    /// The host's address on that link: where connections from the host
+    /// to a server in the namespace (a browser's driver) come from.
+    pub host_address: String,
+}
+
 /// A pod's own namespace and address, released when dropped.
 #[derive(Debug)]
 pub struct PodNetwork {
@@ -82,6 +94,7 @@ pub struct ClusterNetwork {
     bridge: String,
     pub state_dir: PathBuf,
     pub nodes: Vec<NodeNetwork>,
+    pub external_client: Option<ExternalClientNetwork>,
     free_pod_octets: Mutex<BTreeSet<u8>>,
     load_balancers: Mutex<BTreeSet<String>>,
     removed: std::sync::atomic::AtomicBool,
@@ -188,6 +201,48 @@ fn plug_namespace(
     Ok(())
 }
 
+/// The external client namespace: an address beside the nodes' external
+/// ones (on-link to them, as the internet is to a public address), and a
+/// route to the load balancers' block through the host, where the
+/// balancers listen. No route to node internal, pod or host addresses.
+fn external_client(index: u8, bridge: &str) -> Result<ExternalClientNetwork> {
+    let namespace = format!("{}client", namespace_prefix(index));
+    let address = format!("198.18.{index}.250");
+    let host_side = format!("vcs{index}c");
+    ip(&["netns", "add", &namespace])?;
+    ip(&[
+        "link", "add", &host_side, "type", "veth", "peer", "name", "eth0", "netns", &namespace,
+    ])?;
+    ip(&["link", "set", &host_side, "master", bridge, "up"])?;
+    ip(&["-n", &namespace, "link", "set", "lo", "up"])?;
+    ip(&["-n", &namespace, "link", "set", "eth0", "up"])?;
+    ip(&[
+        "-n",
+        &namespace,
+        "addr",
+        "add",
+        &format!("{address}/24"),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&[
+        "-n",
+        &namespace,
+        "route",
+        "add",
+        &format!("10.210.{index}.0/24"),
+        "via",
+        &format!("198.18.{index}.1"),
+        "dev",
+        "eth0",
+    ])?;
+    Ok(ExternalClientNetwork {
+        namespace,
+        address,
+        host_address: format!("198.18.{index}.1"),
+    })
+}
+
 /// The cluster's /24s as their first three octets: nodes, pods, load
 /// balancers, node external addresses.
 fn subnets(index: u8) -> [String; 4] {
@@ -239,6 +294,7 @@ impl ClusterNetwork {
             bridge: bridge.clone(),
             state_dir,
             nodes: Vec::new(),
+            external_client: None,
             free_pod_octets: Mutex::new((2..=254).collect()),
             load_balancers: Mutex::new(BTreeSet::new()),
             removed: std::sync::atomic::AtomicBool::new(false),
@@ -289,6 +345,7 @@ impl ClusterNetwork {
                 external_address,
             });
         }
+        network.external_client = Some(external_client(index, &bridge)?);
         tracing::info!(index, bridge, "cluster network created");
         Ok(network)
     }

@@ -12,145 +12,20 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::api::{ListParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::eventually;
 use support::operator::OperatorReplica;
-use support::{eventually, init_tracing};
+use support::running::{
+    CLUSTER, NAMESPACE, READY_LIMIT, apply, condition, running_cluster, wait_ready,
+};
 use tokio_tungstenite::tungstenite::Message;
 use videochat_operator::VideoChatCluster;
-use videochat_sim_cluster::{SimCluster, SimClusterOptions};
-
-const NAMESPACE: &str = "videochat";
-const CLUSTER: &str = "demo";
-/// Bound on reaching Ready from nothing on two busy cores (processes
-/// start, probes pass every 5 s, signaling waits for both databases).
-const READY_LIMIT: Duration = Duration::from_secs(120);
-
-async fn running_cluster() -> SimCluster {
-    init_tracing();
-    let bin_dir = videochat_sim_cluster::runtime::images::cargo_bin_dir();
-    for binary in ["videochat-signaling", "videochat-turn"] {
-        assert!(
-            bin_dir.join(binary).is_file(),
-            "{} is missing: run `cargo build -p videochat-signaling -p videochat-turn` first",
-            bin_dir.join(binary).display()
-        );
-    }
-    SimCluster::start(SimClusterOptions {
-        run_pods: true,
-        restart_backoff: Duration::from_secs(1),
-        ..SimClusterOptions::default()
-    })
-    .await
-    .expect("the simulated cluster with a kubelet starts (root and iproute2 needed)")
-}
-
-async fn apply(client: &Client, spec: Value) -> VideoChatCluster {
-    let clusters: Api<VideoChatCluster> = Api::namespaced(client.clone(), NAMESPACE);
-    let object = json!({
-        "apiVersion": "videochat.dev/v1alpha1",
-        "kind": "VideoChatCluster",
-        "metadata": {"name": CLUSTER, "namespace": NAMESPACE},
-        "spec": spec,
-    });
-    clusters
-        .patch(
-            CLUSTER,
-            &PatchParams::apply("kubectl").force(),
-            &Patch::Apply(object),
-        )
-        .await
-        .expect("kubectl apply")
-}
-
-/// A status condition of the resource, as JSON (what `kubectl get -o yaml` shows).
-fn condition(cluster: &VideoChatCluster, type_: &str) -> Option<Value> {
-    let status = serde_json::to_value(cluster.status.as_ref()?).ok()?;
-    status
-        .get("conditions")?
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
-}
-
-/// Every pod with its phase, readiness and container states, for messages.
-async fn pod_summary(sim: &SimCluster, client: &Client) -> String {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let mut lines = Vec::new();
-    for pod in pods
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        let status = pod.status.clone().unwrap_or_default();
-        let containers = serde_json::to_string(&status.container_statuses).unwrap_or_default();
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let mut logs = String::new();
-        for container in pod
-            .spec
-            .as_ref()
-            .map(|s| s.containers.clone())
-            .unwrap_or_default()
-        {
-            let log = sim.container_log(&uid, &container.name);
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            logs.push_str(&format!("\n    {} log tail: {:?}", container.name, tail));
-        }
-        lines.push(format!(
-            "{} on {:?} ip {:?}: {:?} {containers}{logs}",
-            pod.metadata.name.unwrap_or_default(),
-            pod.spec.and_then(|s| s.node_name),
-            status.pod_ip,
-            status.phase,
-        ));
-    }
-    lines.join("\n")
-}
-
-/// Waits until the cluster reports Ready with its endpoints; the time it took.
-async fn wait_ready(
-    sim: &SimCluster,
-    client: &Client,
-    limit: Duration,
-) -> (VideoChatCluster, Duration) {
-    let clusters: Api<VideoChatCluster> = Api::namespaced(client.clone(), NAMESPACE);
-    let started = Instant::now();
-    loop {
-        if let Ok(cluster) = clusters.get(CLUSTER).await {
-            let ready = condition(&cluster, "Ready").is_some_and(|c| c["status"] == "True");
-            let endpoints = cluster
-                .status
-                .as_ref()
-                .map(|s| s.endpoints.clone())
-                .unwrap_or_default();
-            let current = cluster.status.as_ref().and_then(|s| s.observed_generation)
-                == cluster.metadata.generation;
-            if ready
-                && current
-                && endpoints.signaling_url.is_some()
-                && !endpoints.turn_uris.is_empty()
-            {
-                return (cluster, started.elapsed());
-            }
-        }
-        if started.elapsed() > limit {
-            let cluster = clusters.get(CLUSTER).await.ok();
-            panic!(
-                "not Ready within {limit:?}: status {}\npods:\n{}",
-                serde_json::to_string_pretty(&cluster.and_then(|c| c.status)).unwrap_or_default(),
-                pod_summary(sim, client).await
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 /// `hello` then `join` over the WebSocket URL; the welcome message.
 async fn hello_and_join(url: &str, room: &str) -> Value {
@@ -1527,5 +1402,297 @@ async fn turn_scales_up_with_allocations_within_its_bounds_and_drains_before_sca
     assert!(
         most_replicas.load(std::sync::atomic::Ordering::SeqCst) <= max_replicas,
         "never past maxReplicas"
+    );
+}
+
+/// Events about the resource so far: (name, reason, note).
+async fn cluster_events(client: &Client) -> Vec<(String, String, String)> {
+    let events: Api<Event> = Api::namespaced(client.clone(), NAMESPACE);
+    events
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(CLUSTER))
+        .map(|e| {
+            (
+                e.metadata.name.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// The signaling pod template hash of each live signaling pod, with readiness.
+async fn signaling_pods(client: &Client) -> Vec<(String, String, bool)> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let selector =
+        format!("app.kubernetes.io/instance={CLUSTER},app.kubernetes.io/component=signaling");
+    pods.list(&ListParams::default().labels(&selector))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let hash = p
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("pod-template-hash").cloned())
+                .unwrap_or_default();
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            (p.metadata.name.unwrap_or_default(), hash, ready)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_leader_killed_mid_rollout_hands_over_and_the_rollout_finishes_once() {
+    use k8s_openapi::api::apps::v1::{ControllerRevision, ReplicaSet};
+    use k8s_openapi::api::coordination::v1::Lease;
+    use support::helm_operator::HelmOperator;
+    let sim = running_cluster().await;
+    let client = sim.client().expect("client");
+    // The chart's two replicas as real processes, with the shortest Lease
+    // the chart allows a test to wait for.
+    let mut operator =
+        HelmOperator::install(&sim, NAMESPACE, &["leaderElection.leaseDurationSeconds=4"]);
+    assert_eq!(
+        operator.replicas.len(),
+        2,
+        "the chart runs two operator replicas"
+    );
+    let spec = |max_peers: i32| {
+        json!({
+            "autoscaling": {"enabled": false},
+            "rollout": {"progressDeadlineSeconds": 120, "stabilizationSeconds": 0},
+            "signaling": {"replicas": 2, "service": {"type": "LoadBalancer"},
+                "limits": {"maxPeersPerRoom": max_peers}},
+            "turn": {"replicas": 1},
+        })
+    };
+    apply(&client, spec(8)).await;
+    let (installed, _) = wait_ready(&sim, &client, READY_LIMIT).await;
+    let old_revision = installed
+        .status
+        .clone()
+        .expect("status")
+        .components
+        .signaling
+        .expect("signaling")
+        .revision;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let holder_and_transitions = || async {
+        let spec = leases.get("videochat-operator").await.ok()?.spec?;
+        Some((spec.holder_identity?, spec.lease_transitions.unwrap_or(0)))
+    };
+    let (leader, transitions) = eventually(
+        "a replica holds the Lease",
+        Duration::from_secs(30),
+        holder_and_transitions,
+    )
+    .await;
+    // The installed revision is on record as good before the edit.
+    let clusters: Api<VideoChatCluster> = Api::namespaced(client.clone(), NAMESPACE);
+    let good = |c: &VideoChatCluster| {
+        c.status
+            .as_ref()
+            .and_then(|s| s.components.signaling.as_ref())
+            .and_then(|s| s.last_good_revision.clone())
+    };
+    eventually(
+        "the installed revision recorded good",
+        Duration::from_secs(60),
+        || async {
+            let c = clusters.get(CLUSTER).await.ok()?;
+            (good(&c).as_deref() == Some(old_revision.as_str())).then_some(())
+        },
+    )
+    .await;
+    let events_before: BTreeSet<String> = cluster_events(&client)
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let signaling = format!("{CLUSTER}-signaling");
+    let old_template = deployments
+        .get(&signaling)
+        .await
+        .expect("signaling")
+        .spec
+        .template;
+
+    // A new revision that runs; the leader dies once it has applied it and
+    // said so, while the Deployment is still replacing pods.
+    let edited = apply(&client, spec(7)).await;
+    let generation = edited.metadata.generation.expect("generation");
+    let new_events = || async {
+        cluster_events(&client)
+            .await
+            .into_iter()
+            .filter(|e| !events_before.contains(&e.0))
+            .collect::<Vec<_>>()
+    };
+    eventually(
+        "the leader applies the new revision mid-rollout",
+        Duration::from_secs(60),
+        || async {
+            let d = deployments.get(&signaling).await.ok()?;
+            let applied = d.spec.template != old_template;
+            let announced = new_events()
+                .await
+                .iter()
+                .any(|e| e.1 == "Updated" && e.2.contains(&format!("Deployment/{signaling}")));
+            let pods = signaling_pods(&client).await;
+            let hashes: BTreeSet<&String> = pods.iter().map(|p| &p.1).collect();
+            // Old pods still run: the rollout is under way, not done.
+            let under_way = hashes.len() > 1 || pods.iter().any(|p| !p.2);
+            (applied && announced && under_way).then_some(())
+        },
+    )
+    .await;
+    let status = operator.replica(&leader).kill();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the leader was SIGKILLed"
+    );
+
+    let (new_leader, new_transitions) = eventually(
+        "the other replica takes the Lease",
+        Duration::from_secs(30),
+        || async {
+            let (holder, transitions) = holder_and_transitions().await?;
+            (holder != leader).then_some((holder, transitions))
+        },
+    )
+    .await;
+    assert!(
+        operator.replica(&new_leader).running(),
+        "the new leader is the other, live replica"
+    );
+    assert_eq!(
+        new_transitions,
+        transitions + 1,
+        "one takeover, no flapping"
+    );
+
+    // The new leader finishes: Ready on the new revision, recorded good,
+    // every signaling pod of the new template and Ready.
+    let finished = eventually(
+        "the rollout finished and reported by the new leader",
+        READY_LIMIT,
+        || async {
+            let c = clusters.get(CLUSTER).await.ok()?;
+            let status = c.status.clone()?;
+            let ready = condition(&c, "Ready").is_some_and(|c| c["status"] == "True");
+            let component = status.components.signaling.clone()?;
+            let pods = signaling_pods(&client).await;
+            let hashes: BTreeSet<&String> = pods.iter().map(|p| &p.1).collect();
+            (ready
+                && status.observed_generation == Some(generation)
+                && component.revision != old_revision
+                && component.last_good_revision.as_deref() == Some(component.revision.as_str())
+                && pods.len() == 2
+                && hashes.len() == 1
+                && pods.iter().all(|p| p.2))
+            .then_some(c)
+        },
+    )
+    .await;
+    let new_revision = finished
+        .status
+        .expect("status")
+        .components
+        .signaling
+        .expect("signaling")
+        .revision;
+
+    // No duplicate step: one ReplicaSet for the new template, one
+    // announcement of the update, and one ControllerRevision per good
+    // revision, the new one from the edited generation.
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), NAMESPACE);
+    let new_template = deployments
+        .get(&signaling)
+        .await
+        .expect("signaling")
+        .spec
+        .template;
+    let with_new = sets
+        .list(&ListParams::default())
+        .await
+        .expect("replica sets")
+        .items
+        .into_iter()
+        .filter(|rs| {
+            // A ReplicaSet's template is the Deployment's plus its hash label.
+            rs.spec.template.clone().is_some_and(|mut t| {
+                if let Some(labels) = t.metadata.as_mut().and_then(|m| m.labels.as_mut()) {
+                    labels.remove("pod-template-hash");
+                }
+                t == new_template
+            })
+        })
+        .count();
+    assert_eq!(with_new, 1, "exactly one ReplicaSet runs the new revision");
+    let events = new_events().await;
+    let updates = events
+        .iter()
+        .filter(|e| e.1 == "Updated" && e.2.contains(&format!("Deployment/{signaling}")))
+        .count();
+    assert_eq!(
+        updates,
+        1,
+        "the update is announced once: {events:?}\n{}",
+        operator.logs()
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.1 == "Draining" || e.1.contains("Rollback")),
+        "a rollout drains nothing and rolls nothing back: {events:?}"
+    );
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), NAMESPACE);
+    let signaling_revisions: Vec<(String, i64)> = revisions
+        .list(&ListParams::default().labels("app.kubernetes.io/component=signaling"))
+        .await
+        .expect("controller revisions")
+        .items
+        .into_iter()
+        .map(|r| {
+            (
+                r.metadata
+                    .labels
+                    .and_then(|l| l.get("videochat.dev/revision").cloned())
+                    .unwrap_or_default(),
+                r.revision.unwrap_or_default(),
+            )
+        })
+        .collect();
+    let recorded: Vec<&String> = signaling_revisions.iter().map(|r| &r.0).collect();
+    assert_eq!(
+        recorded.iter().filter(|r| **r == &new_revision).count(),
+        1,
+        "the new revision is recorded once: {signaling_revisions:?}"
+    );
+    assert!(
+        recorded.contains(&&old_revision),
+        "the old good revision is kept: {signaling_revisions:?}"
+    );
+    assert_eq!(
+        signaling_revisions
+            .iter()
+            .find(|r| r.0 == new_revision)
+            .map(|r| r.1),
+        Some(generation),
+        "recorded from the edited generation: {signaling_revisions:?}"
     );
 }

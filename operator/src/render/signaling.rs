@@ -33,6 +33,8 @@ const MONGODB_DIR: &str = "/etc/videochat/mongodb";
 const AUTH_DIR: &str = "/etc/videochat/auth";
 const TURN_URIS_DIR: &str = "/etc/videochat/turn-uris";
 const TURN_URIS_KEY: &str = "uris";
+const PUBLIC_ORIGINS_DIR: &str = "/etc/videochat/public-origins";
+const PUBLIC_ORIGINS_KEY: &str = "origins";
 
 /// The ConfigMap holding the TURN URIs signaling hands to clients.
 pub fn turn_uris_config_map_name(cluster: &str) -> String {
@@ -55,6 +57,45 @@ fn turn_uris_config_map(ctx: &Ctx<'_>, endpoints: &Endpoints) -> ConfigMap {
             Some(Component::Signaling),
         ),
         data: Some(BTreeMap::from([(TURN_URIS_KEY.to_string(), text)])),
+        ..ConfigMap::default()
+    }
+}
+
+/// The ConfigMap holding the origins signaling is published under.
+pub fn public_origins_config_map_name(cluster: &str) -> String {
+    format!("{cluster}-signaling-public-origins")
+}
+
+/// The origin of the demo page served at a published signaling WebSocket
+/// URL (`ws://host:port/ws` gives `http://host:port`).
+fn page_origin(signaling_url: &str) -> Option<String> {
+    let (scheme, rest) = signaling_url.split_once("://")?;
+    let scheme = match scheme {
+        "ws" => "http",
+        "wss" => "https",
+        _ => return None,
+    };
+    let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
+    Some(format!("{scheme}://{authority}"))
+}
+
+/// The public origins ConfigMap: the origin of the page served at the
+/// published signaling address, one per line, empty while the load balancer
+/// has none. A file, not part of the pod template, so an address that comes
+/// or changes reaches signaling's origin check without rolling it.
+fn public_origins_config_map(ctx: &Ctx<'_>, endpoints: &Endpoints) -> ConfigMap {
+    let text = endpoints
+        .signaling_url
+        .as_deref()
+        .and_then(page_origin)
+        .map(|origin| format!("{origin}\n"))
+        .unwrap_or_default();
+    ConfigMap {
+        metadata: ctx.meta(
+            public_origins_config_map_name(&ctx.name),
+            Some(Component::Signaling),
+        ),
+        data: Some(BTreeMap::from([(PUBLIC_ORIGINS_KEY.to_string(), text)])),
         ..ConfigMap::default()
     }
 }
@@ -121,6 +162,11 @@ pub(crate) fn config(ctx: &Ctx<'_>, secrets: &SecretRefs) -> BTreeMap<String, St
         "VIDEOCHAT_TURN_URIS_FILE".into(),
         format!("{TURN_URIS_DIR}/{TURN_URIS_KEY}"),
     );
+    // The published address's origin, merged with the Ingress one below.
+    env.insert(
+        "VIDEOCHAT_PUBLIC_ORIGINS_FILE".into(),
+        format!("{PUBLIC_ORIGINS_DIR}/{PUBLIC_ORIGINS_KEY}"),
+    );
     if secrets.auth_ref.is_some() {
         env.insert(
             "VIDEOCHAT_AUTH_SECRET_FILE".into(),
@@ -177,6 +223,19 @@ pub(crate) fn template(ctx: &Ctx<'_>, secrets: &SecretRefs) -> SpecTemplate {
             }),
             ..Volume::default()
         },
+        Volume {
+            name: "public-origins".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: public_origins_config_map_name(&ctx.name),
+                items: Some(vec![KeyToPath {
+                    key: PUBLIC_ORIGINS_KEY.into(),
+                    path: PUBLIC_ORIGINS_KEY.into(),
+                    ..KeyToPath::default()
+                }]),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
     ];
     let mut mounts = vec![
         pods::mount("turn-secret", TURN_SECRET_DIR, true),
@@ -185,6 +244,7 @@ pub(crate) fn template(ctx: &Ctx<'_>, secrets: &SecretRefs) -> SpecTemplate {
         pods::mount("mongodb", MONGODB_DIR, true),
         pods::mount("tmp", "/tmp", false),
         pods::mount("turn-uris", TURN_URIS_DIR, true),
+        pods::mount("public-origins", PUBLIC_ORIGINS_DIR, true),
     ];
     if let Some(auth) = &secrets.auth_ref {
         volumes.push(pods::secret_volume("auth", auth, "secret"));
@@ -293,6 +353,7 @@ pub(crate) fn objects(
     let mut objects = vec![
         to_dynamic(&config_map)?,
         to_dynamic(&turn_uris_config_map(ctx, endpoints))?,
+        to_dynamic(&public_origins_config_map(ctx, endpoints))?,
         to_dynamic(&deployment)?,
         to_dynamic(&service)?,
     ];
@@ -345,4 +406,27 @@ pub(crate) fn objects(
         objects.push(to_dynamic(&ingress)?);
     }
     Ok(objects)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_origin;
+
+    #[test]
+    fn the_page_origin_is_the_websocket_url_s_scheme_host_and_port() {
+        assert_eq!(
+            page_origin("ws://198.18.0.10:8080/ws").as_deref(),
+            Some("http://198.18.0.10:8080")
+        );
+        assert_eq!(
+            page_origin("wss://chat.example.com/ws").as_deref(),
+            Some("https://chat.example.com")
+        );
+        assert_eq!(
+            page_origin("ws://[2001:db8::1]:80/ws").as_deref(),
+            Some("http://[2001:db8::1]:80")
+        );
+        assert_eq!(page_origin("http://x/ws"), None);
+        assert_eq!(page_origin("ws:///ws"), None);
+    }
 }

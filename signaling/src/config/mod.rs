@@ -133,6 +133,13 @@ pub struct Config {
     )]
     pub public_origins: Vec<String>,
 
+    /// File of more public origins (comma- or line-separated, `#` comments),
+    /// re-read when it changes and merged with --public-origin: the operator
+    /// keeps the address the Service is published under there, so a new
+    /// load-balancer address reaches signaling without a restart.
+    #[arg(long, env = "VIDEOCHAT_PUBLIC_ORIGINS_FILE")]
+    pub public_origins_file: Option<PathBuf>,
+
     /// Largest WebSocket frame, in bytes; larger ones get `too_large` and close 1009.
     #[arg(long, env = "VIDEOCHAT_MAX_FRAME_BYTES", default_value_t = 64 * 1024)]
     pub max_frame_bytes: usize,

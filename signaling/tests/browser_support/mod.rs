@@ -1,8 +1,11 @@
-//! Helpers shared by the browser tests (browser_call.rs, browser_turns.rs):
+//! Helpers shared by the browser tests (browser_call.rs, browser_turns.rs,
+//! and the simulated cluster's browsers.rs):
 //! the Chromium flags, child processes with their output kept for failure
 //! messages, finding chromium and chromedriver, free ports and scratch
 //! folders.
 #![allow(dead_code)]
+
+pub mod page;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;

@@ -37,4 +37,6 @@ where
     }
 }
 
+pub mod helm_operator;
 pub mod operator;
+pub mod running;
