@@ -142,7 +142,7 @@ impl SimCluster {
         .await?;
         let mut tasks = vec![server_task, crate::gc::spawn(store.clone())];
         if options.controllers {
-            tasks.extend(crate::controllers::spawn_all(
+            tasks.extend(crate::control_loop::spawn(
                 store.clone(),
                 options.images.clone(),
             ));

@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod cluster;
+pub mod control_loop;
 pub mod controllers;
 pub mod error;
 pub mod fields;

@@ -2,8 +2,7 @@
 //! ReplicaSet, StatefulSet, the scheduler, Service endpoints and a
 //! load-balancer allocator. They read and write the store directly (as
 //! kube-controller-manager does through its informers), under their own
-//! field managers, and run one pass on every change plus a short tick for
-//! deadlines.
+//! field managers; [`crate::control_loop`] runs their passes.
 
 pub mod deployment;
 pub mod endpoints;
@@ -15,35 +14,9 @@ use crate::resources::ResourceType;
 use crate::store::Store;
 use serde_json::{Value, json};
 use sha2::Digest;
-use std::sync::Arc;
-use std::time::Duration;
 
-/// Pause between passes when nothing changed (deadline checks).
-const TICK: Duration = Duration::from_millis(250);
 /// The controller-manager's field manager.
 pub const MANAGER: &str = "kube-controller-manager";
-
-/// Starts the controllers and, with `images`, the node agent's image pulls.
-pub fn spawn_all(store: Arc<Store>, images: Vec<String>) -> Vec<tokio::task::JoinHandle<()>> {
-    let task = tokio::spawn(async move {
-        let mut changes = store.subscribe();
-        loop {
-            tokio::select! {
-                received = changes.recv() => {
-                    if matches!(received, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
-                        return;
-                    }
-                    // Coalesce a burst of changes into one pass.
-                    while changes.try_recv().is_ok() {}
-                }
-                _ = tokio::time::sleep(TICK) => {}
-            }
-            run_pass(&store);
-            crate::kubelet::pass(&store, &images);
-        }
-    });
-    vec![task]
-}
 
 /// One pass of every controller.
 pub fn run_pass(store: &Store) {
