@@ -8,7 +8,6 @@
 use std::sync::Arc;
 
 use crate::advertised::AdvertisedAddress;
-use crate::state::Shared;
 
 /// Readiness while draining (`--drain-readiness`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -38,28 +37,20 @@ pub(crate) struct ReadinessInputs {
 }
 
 /// Before start sets them: a fixed address, readiness kept while draining.
-static DEFAULT_INPUTS: ReadinessInputs = ReadinessInputs {
+pub(crate) static DEFAULT_INPUTS: ReadinessInputs = ReadinessInputs {
     advertised: None,
     drain_readiness: DrainReadiness::Ready,
 };
 
-impl Shared {
-    pub(crate) fn set_readiness_inputs(&self, inputs: ReadinessInputs) {
-        let _ = self.readiness.set(inputs);
-    }
-
-    fn readiness_inputs(&self) -> &ReadinessInputs {
-        self.readiness.get().unwrap_or(&DEFAULT_INPUTS)
-    }
-
-    pub fn readiness(&self) -> Readiness {
-        let inputs = self.readiness_inputs();
-        if let Some(address) = &inputs.advertised
+impl ReadinessInputs {
+    /// The answer to a probe, given whether the relay drains.
+    pub(crate) fn judge(&self, draining: bool) -> Readiness {
+        if let Some(address) = &self.advertised
             && address.get().is_none()
         {
             return Readiness::NotReady("no relay address yet");
         }
-        match (self.is_draining(), inputs.drain_readiness) {
+        match (draining, self.drain_readiness) {
             (false, _) => Readiness::Ready,
             (true, DrainReadiness::Ready) => Readiness::ReadyDraining,
             (true, DrainReadiness::NotReady) => Readiness::NotReady("draining"),

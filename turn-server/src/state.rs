@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::{BadPacket, Metrics, QuotaRefusal};
 use crate::peer_policy::PeerPolicy;
+use crate::readiness::{DEFAULT_INPUTS, Readiness, ReadinessInputs};
 use crate::secrets::SecretStore;
 
 /// Bound on remembered auth keys; they are taken on use, so the map only
@@ -33,7 +34,7 @@ pub(crate) struct Shared {
     pub max_total: u32,
     draining: AtomicBool,
     /// Set once at start (crate::readiness).
-    pub(crate) readiness: std::sync::OnceLock<crate::readiness::ReadinessInputs>,
+    pub(crate) readiness: std::sync::OnceLock<ReadinessInputs>,
     quotas: Mutex<Quotas>,
     auth_keys: Mutex<HashMap<(SocketAddr, String), Vec<u8>>>,
     /// (client, transaction id) -> the success response sent, so that a
@@ -79,6 +80,20 @@ struct Reservation {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn set_readiness_inputs(&self, inputs: ReadinessInputs) {
+        let _ = self.readiness.set(inputs);
+    }
+
+    /// What `/readyz` says now.
+    pub fn readiness(&self) -> Readiness {
+        self.readiness
+            .get()
+            .unwrap_or(&DEFAULT_INPUTS)
+            .judge(self.is_draining())
+    }
 }
 
 impl Shared {
