@@ -27,6 +27,57 @@ use support::running::{
 use tokio_tungstenite::tungstenite::Message;
 use videochat_operator::VideoChatCluster;
 
+/// The signaling URL the status publishes.
+fn signaling_url(cluster: &VideoChatCluster) -> String {
+    cluster
+        .status
+        .clone()
+        .expect("status")
+        .endpoints
+        .signaling_url
+        .expect("signaling URL")
+}
+
+/// The highest replica count a component's Deployment is given from now
+/// on, as a watch sees it; abort the task when done.
+async fn watch_most_replicas(
+    client: &Client,
+    component: &str,
+) -> (
+    Arc<std::sync::atomic::AtomicI32>,
+    tokio::task::JoinHandle<()>,
+) {
+    let name = format!("{CLUSTER}-{component}");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let listed = deployments
+        .list(&ListParams::default())
+        .await
+        .expect("list deployments");
+    let mut changes = deployments
+        .watch(
+            &WatchParams::default()
+                .fields(&format!("metadata.name={name}"))
+                .timeout(290),
+            &listed.metadata.resource_version.expect("resourceVersion"),
+        )
+        .await
+        .expect("watch the Deployment")
+        .boxed();
+    let most = Arc::new(std::sync::atomic::AtomicI32::new(1));
+    let recorded = most.clone();
+    let watcher = tokio::spawn(async move {
+        while let Some(Ok(change)) = changes.next().await {
+            if let WatchEvent::Added(d) | WatchEvent::Modified(d) = change
+                && d.metadata.name.as_deref() == Some(name.as_str())
+                && let Some(replicas) = d.spec.replicas
+            {
+                recorded.fetch_max(replicas, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    (most, watcher)
+}
+
 /// `hello` then `join` over the WebSocket URL; the welcome message.
 async fn hello_and_join(url: &str, room: &str) -> Value {
     // Signaling holds each address to a connection rate (429 above it);
@@ -665,13 +716,7 @@ async fn turn_secret_rotates_on_time_and_allocations_with_old_credentials_keep_r
     )
     .await;
     let (cluster, _) = wait_ready(&sim, &client, READY_LIMIT).await;
-    let url = cluster
-        .status
-        .clone()
-        .expect("status")
-        .endpoints
-        .signaling_url
-        .expect("signaling URL");
+    let url = signaling_url(&cluster);
     let relay = udp_relay(&cluster);
 
     // Credentials from before the rotation, and two allocations made with them.
@@ -885,13 +930,7 @@ async fn signaling_scales_up_with_connections_within_its_bounds_and_drains_befor
     )
     .await;
     let (cluster, _) = wait_ready(&sim, &client, READY_LIMIT).await;
-    let url = cluster
-        .status
-        .clone()
-        .expect("status")
-        .endpoints
-        .signaling_url
-        .expect("signaling URL");
+    let url = signaling_url(&cluster);
     let replicas_at_rest = eventually("signaling at its minimum", READY_LIMIT, || async {
         let replicas = signaling_replicas(&client).await?;
         (replicas == 1).then_some(replicas)
@@ -900,33 +939,7 @@ async fn signaling_scales_up_with_connections_within_its_bounds_and_drains_befor
     assert_eq!(replicas_at_rest, 1);
 
     // Every replica count the Deployment is given, as a watch sees it.
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
-    let listed = deployments
-        .list(&ListParams::default())
-        .await
-        .expect("list deployments");
-    let mut deployment_changes = deployments
-        .watch(
-            &WatchParams::default()
-                .fields(&format!("metadata.name={CLUSTER}-signaling"))
-                .timeout(290),
-            &listed.metadata.resource_version.expect("resourceVersion"),
-        )
-        .await
-        .expect("watch the Deployment")
-        .boxed();
-    let most_replicas = Arc::new(std::sync::atomic::AtomicI32::new(1));
-    let recorded = most_replicas.clone();
-    let watcher = tokio::spawn(async move {
-        while let Some(Ok(change)) = deployment_changes.next().await {
-            if let WatchEvent::Added(d) | WatchEvent::Modified(d) = change
-                && d.metadata.name.as_deref() == Some(&format!("{CLUSTER}-signaling"))
-                && let Some(replicas) = d.spec.replicas
-            {
-                recorded.fetch_max(replicas, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-    });
+    let (most_replicas, watcher) = watch_most_replicas(&client, "signaling").await;
 
     // Load up: six times the target of one pod.
     let clients = per_pod as usize * 6;
@@ -1145,13 +1158,7 @@ async fn turn_scales_up_with_allocations_within_its_bounds_and_drains_before_sca
     )
     .await;
     let (cluster, _) = wait_ready(&sim, &client, READY_LIMIT).await;
-    let url = cluster
-        .status
-        .clone()
-        .expect("status")
-        .endpoints
-        .signaling_url
-        .expect("signaling URL");
+    let url = signaling_url(&cluster);
     eventually("one relay at rest", READY_LIMIT, || async {
         (replicas_of(&client, "turn").await? == 1).then_some(())
     })
@@ -1159,32 +1166,7 @@ async fn turn_scales_up_with_allocations_within_its_bounds_and_drains_before_sca
     let clusters: Api<VideoChatCluster> = Api::namespaced(client.clone(), NAMESPACE);
     let relay = udp_relay(&clusters.get(CLUSTER).await.expect("cluster"));
 
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
-    let listed = deployments
-        .list(&ListParams::default())
-        .await
-        .expect("list deployments");
-    let mut deployment_changes = deployments
-        .watch(
-            &WatchParams::default()
-                .fields(&format!("metadata.name={CLUSTER}-turn"))
-                .timeout(290),
-            &listed.metadata.resource_version.expect("resourceVersion"),
-        )
-        .await
-        .expect("watch the Deployment")
-        .boxed();
-    let most_replicas = Arc::new(std::sync::atomic::AtomicI32::new(1));
-    let recorded = most_replicas.clone();
-    let watcher = tokio::spawn(async move {
-        while let Some(Ok(change)) = deployment_changes.next().await {
-            if let WatchEvent::Added(d) | WatchEvent::Modified(d) = change
-                && let Some(replicas) = d.spec.replicas
-            {
-                recorded.fetch_max(replicas, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-    });
+    let (most_replicas, watcher) = watch_most_replicas(&client, "turn").await;
 
     // Load up: three times the target of one relay, with the credential a
     // client gets from signaling.
