@@ -44,16 +44,25 @@ async fn poll(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) 
     }
 }
 
-#[tokio::test]
-async fn sessions_of_an_instance_whose_heartbeat_lapsed_are_taken_back_not_reaped() {
+/// Instances B and C on one Redis, C beating; a session attached on B
+/// whose heartbeat then stopped, already detached by C's scan.
+struct Lapsed {
+    redis: RedisServer,
+    b: std::sync::Arc<RedisSessions>,
+    c: std::sync::Arc<RedisSessions>,
+    c_beat: CancellationToken,
+    state: SessionState,
+}
+
+async fn lapsed_session(session: &str) -> Lapsed {
     let redis = RedisServer::start();
     let b = instance(&redis, "b");
     let c = instance(&redis, "c");
     let c_beat = CancellationToken::new();
     c.spawn_heartbeat(c_beat.clone());
     let state = SessionState {
-        session: "s-lapsed".into(),
-        peer: "p-lapsed".into(),
+        session: session.into(),
+        peer: session.replacen("s-", "p-", 1),
         resume_token: "token".into(),
         rooms: HashMap::new(),
         last_activity: 0,
@@ -72,6 +81,24 @@ async fn sessions_of_an_instance_whose_heartbeat_lapsed_are_taken_back_not_reape
         },
     )
     .await;
+    Lapsed {
+        redis,
+        b,
+        c,
+        c_beat,
+        state,
+    }
+}
+
+#[tokio::test]
+async fn sessions_of_an_instance_whose_heartbeat_lapsed_are_taken_back_not_reaped() {
+    let Lapsed {
+        redis,
+        b,
+        c,
+        c_beat,
+        state,
+    } = lapsed_session("s-lapsed").await;
 
     // B was only cut off: its heartbeat comes back, and so does its session.
     let b_beat = CancellationToken::new();
@@ -106,31 +133,13 @@ async fn sessions_of_an_instance_whose_heartbeat_lapsed_are_taken_back_not_reape
 
 #[tokio::test]
 async fn a_session_that_ended_on_its_instance_during_the_lapse_stays_detached() {
-    let redis = RedisServer::start();
-    let b = instance(&redis, "b");
-    let c = instance(&redis, "c");
-    let c_beat = CancellationToken::new();
-    c.spawn_heartbeat(c_beat.clone());
-    let state = SessionState {
-        session: "s-gone".into(),
-        peer: "p-gone".into(),
-        resume_token: "token".into(),
-        rooms: HashMap::new(),
-        last_activity: 0,
-    };
-    let lapsed = CancellationToken::new();
-    b.spawn_heartbeat(lapsed.clone());
-    b.create(state.clone(), 7).await.unwrap();
-    lapsed.cancel();
-    poll(
-        "C's scan detaches B's session",
-        Duration::from_secs(10),
-        async || {
-            c.take_expired().await.unwrap();
-            is_detached(&redis, &state.session).await
-        },
-    )
-    .await;
+    let Lapsed {
+        redis,
+        b,
+        c,
+        c_beat,
+        state,
+    } = lapsed_session("s-gone").await;
     // Its socket closed on B meanwhile: B's own detach wins over the revival.
     b.detach(&state, 7, WINDOW).await.unwrap();
     let b_beat = CancellationToken::new();
