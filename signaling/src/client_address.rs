@@ -43,15 +43,16 @@ pub fn client_ip(proxies: &[IpNet], peer: IpAddr, headers: &HeaderMap) -> IpAddr
     if !is_trusted(proxies, peer) {
         return peer;
     }
-    // Header lines in order, entries in order: the rightmost is the nearest.
-    let entries: Vec<&str> = headers
+    // From the last header line's last entry backwards: the nearest first.
+    // Nothing is collected, so a long header costs only the hops walked.
+    let entries = headers
         .get_all("x-forwarded-for")
         .iter()
+        .rev()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .collect();
+        .flat_map(|value| value.rsplit(','));
     let mut client = peer;
-    for entry in entries.iter().rev().take(MAX_HOPS) {
+    for entry in entries.take(MAX_HOPS) {
         let Some(ip) = parse_entry(entry) else {
             // Not an address: what the nearest trusted hop saw is the answer.
             return client;
