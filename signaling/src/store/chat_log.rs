@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::chat_tail::{ChatTail, TailEntry};
 use super::log_record;
-use super::tables::{CLIENT_IDS, MESSAGES, ROOM_SEQ};
+use super::tables::{CLIENT_KEYS, MESSAGES, ROOM_SEQ, client_key_hash};
 use super::{Appended, NewChat};
 use crate::error::{Result, SignalingError};
 use crate::protocol::ChatMessage;
@@ -38,9 +38,10 @@ const MAX_GROUP: usize = 8192;
 const SLOW_SYNC: Duration = Duration::from_millis(20);
 /// A checkpoint is asked for when the tail holds this many messages, this
 /// many bytes, or has waited this long.
-const CHECKPOINT_ENTRIES: usize = 8192;
-const CHECKPOINT_BYTES: usize = 4 << 20;
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+/// Larger checkpoints spread redb's cost per commit over more messages.
+const CHECKPOINT_ENTRIES: usize = 16_384;
+const CHECKPOINT_BYTES: usize = 8 << 20;
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// The writer waits while the tail holds more than this (redb fell behind):
 /// the memory of the tail is bounded by these, not by the traffic.
 const MAX_TAIL_ENTRIES: usize = 131_072;
@@ -193,6 +194,7 @@ impl ChatLog {
             last_seq: HashMap::new(),
             unapplied_ids: HashMap::new(),
             next_number: 1,
+            lookups: None,
         };
         std::thread::Builder::new()
             .name("chat-log-writer".into())
@@ -249,16 +251,23 @@ struct Segment {
     offset: u64,
 }
 
-/// The idempotency key `(room, peer, client id)` as one string.
-fn id_key(room: &str, peer: &str, client_id: &str) -> String {
+/// The idempotency key `(room, peer, client id)` as one byte string.
+fn id_key(room: &str, peer: &str, client_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + room.len() + peer.len() + client_id.len());
     // Lengths first, so no choice of strings makes two keys equal.
-    format!("{}:{}:{room}{peer}{client_id}", room.len(), peer.len())
+    key.extend_from_slice(&(room.len() as u32).to_le_bytes());
+    key.extend_from_slice(&(peer.len() as u32).to_le_bytes());
+    key.extend_from_slice(room.as_bytes());
+    key.extend_from_slice(peer.as_bytes());
+    key.extend_from_slice(client_id.as_bytes());
+    key
 }
 
-/// Lookups in redb for what the log's memory no longer holds: one read
-/// transaction per group, opened on the first miss.
+/// Lookups in redb for what the log's memory no longer holds. The tables
+/// the writer reads change only at checkpoints, so one read transaction
+/// serves every group until the next checkpoint is applied.
 struct RedbLookups {
-    ids: ReadOnlyTable<(&'static str, &'static str, &'static str), u64>,
+    keys: ReadOnlyTable<(u64, u64), ()>,
     messages: ReadOnlyTable<(&'static str, u64), &'static [u8]>,
     seqs: ReadOnlyTable<&'static str, u64>,
 }
@@ -267,7 +276,7 @@ impl RedbLookups {
     fn open(db: &Database) -> Result<Self> {
         let txn = db.begin_read().map_err(unavailable)?;
         Ok(Self {
-            ids: txn.open_table(CLIENT_IDS).map_err(unavailable)?,
+            keys: txn.open_table(CLIENT_KEYS).map_err(unavailable)?,
             messages: txn.open_table(MESSAGES).map_err(unavailable)?,
             seqs: txn.open_table(ROOM_SEQ).map_err(unavailable)?,
         })
@@ -293,9 +302,11 @@ struct LogWriter {
     /// in redb; redb has the others.
     last_seq: HashMap<Arc<str>, u64>,
     /// Idempotency keys of messages not yet in redb.
-    unapplied_ids: HashMap<String, Arc<ChatMessage>>,
+    unapplied_ids: HashMap<Vec<u8>, Arc<ChatMessage>>,
     /// The next record's number.
     next_number: u64,
+    /// Open until the next checkpoint is applied.
+    lookups: Option<RedbLookups>,
 }
 
 impl LogWriter {
@@ -337,6 +348,8 @@ impl LogWriter {
     /// Drops what redb now holds from the writer's memory.
     fn forget_applied(&mut self) {
         while let Ok(entries) = self.applied.try_recv() {
+            // redb changed: later lookups need a newer snapshot.
+            self.lookups = None;
             for entry in entries {
                 let m = &entry.message;
                 self.unapplied_ids.remove(&id_key(&m.room, &m.from, &m.id));
@@ -367,7 +380,6 @@ impl LogWriter {
         buf: &mut Vec<u8>,
     ) -> std::io::Result<()> {
         let now = crate::time::unix_now();
-        let mut lookups = None;
         let mut job = SyncJob {
             files: Vec::with_capacity(1),
             replies: Vec::with_capacity(group.len()),
@@ -375,7 +387,7 @@ impl LogWriter {
         };
         buf.clear();
         for request in group.drain(..) {
-            let assigned = match self.assign(&request.chat, &mut lookups) {
+            let assigned = match self.assign(&request.chat) {
                 Ok(assigned) => assigned,
                 Err(e) => {
                     job.replies.push((request.reply, Err(e)));
@@ -431,36 +443,34 @@ impl LogWriter {
     }
 
     /// The first copy of a resend, or the message with the room's next seq.
-    fn assign(&mut self, chat: &NewChat, lookups: &mut Option<RedbLookups>) -> Result<Assigned> {
+    fn assign(&mut self, chat: &NewChat) -> Result<Assigned> {
         let key = id_key(&chat.room, &chat.peer, &chat.client_id);
         if let Some(first) = self.unapplied_ids.get(&key) {
             return Ok(Assigned::Duplicate(ChatMessage::clone(first)));
         }
-        if lookups.is_none() {
-            *lookups = Some(RedbLookups::open(&self.db)?);
+        if self.lookups.is_none() {
+            self.lookups = Some(RedbLookups::open(&self.db)?);
         }
-        let Some(redb) = lookups.as_ref() else {
+        let Some(redb) = self.lookups.as_ref() else {
             return Err(unavailable("redb lookups"));
         };
         let room = chat.room.as_str();
-        if let Some(seq) = redb
-            .ids
-            .get((room, chat.peer.as_str(), chat.client_id.as_str()))
+        let hash = client_key_hash(room, &chat.peer, &chat.client_id);
+        for candidate in redb
+            .keys
+            .range((hash, 0)..=(hash, u64::MAX))
             .map_err(unavailable)?
         {
-            let seq = seq.value();
-            let bytes = redb
-                .messages
-                .get((room, seq))
-                .map_err(unavailable)?
-                .ok_or_else(|| {
-                    SignalingError::StoreCorrupt(format!(
-                        "message {seq} of an idempotency key is missing"
-                    ))
-                })?;
-            let message = serde_json::from_slice(bytes.value())
+            let seq = candidate.map_err(unavailable)?.0.value().1;
+            let Some(bytes) = redb.messages.get((room, seq)).map_err(unavailable)? else {
+                // Another room's key with the same hash.
+                continue;
+            };
+            let message: ChatMessage = serde_json::from_slice(bytes.value())
                 .map_err(|e| SignalingError::StoreCorrupt(e.to_string()))?;
-            return Ok(Assigned::Duplicate(message));
+            if message.from == chat.peer && message.id == chat.client_id {
+                return Ok(Assigned::Duplicate(message));
+            }
         }
         let last = match self.last_seq.get(room) {
             Some(last) => *last,

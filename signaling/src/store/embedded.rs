@@ -18,7 +18,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::chat_log::{self, ChatLog, CheckpointTrigger, LogSettings};
 use super::chat_tail::{ChatTail, TailEntry};
-use super::tables::{CLIENT_ID_TIMES, CLIENT_IDS, MESSAGES, ROOM_SEQ, ROOMS, SESSIONS};
+use super::tables::{
+    CLIENT_KEY_TIMES, CLIENT_KEYS, MESSAGES, OLD_CLIENT_ID_TIMES, OLD_CLIENT_IDS, ROOM_SEQ, ROOMS,
+    SESSIONS, client_key_hash,
+};
 use super::{Appended, NewChat, RoomRecord, Store};
 use crate::error::{Result, SignalingError};
 use crate::protocol::ChatMessage;
@@ -130,9 +133,10 @@ impl EmbeddedStore {
             txn.open_table(ROOMS).map_err(unavailable)?;
             txn.open_table(ROOM_SEQ).map_err(unavailable)?;
             txn.open_table(MESSAGES).map_err(unavailable)?;
-            txn.open_table(CLIENT_IDS).map_err(unavailable)?;
-            txn.open_table(CLIENT_ID_TIMES).map_err(unavailable)?;
+            txn.open_table(CLIENT_KEYS).map_err(unavailable)?;
+            txn.open_table(CLIENT_KEY_TIMES).map_err(unavailable)?;
             txn.open_table(SESSIONS).map_err(unavailable)?;
+            migrate_client_ids(&txn)?;
             txn.commit().map_err(unavailable)?;
         }
         // The redb lock above is held: no other instance uses this log.
@@ -232,6 +236,7 @@ fn replay_log(db: &Database, log_dir: &Path) -> Result<u64> {
             for record in &replayed.records {
                 tables.insert(&record.message, &record.json, record.written_at)?;
             }
+            tables.finish()?;
         }
         txn.commit().map_err(unavailable)?;
         tracing::info!(
@@ -249,12 +254,48 @@ fn replay_log(db: &Database, log_dir: &Path) -> Result<u64> {
     Ok(replayed.next_segment)
 }
 
+/// Moves idempotency keys stored by strings (earlier versions) into the
+/// hashed tables, once, so resends stay idempotent across the upgrade.
+fn migrate_client_ids(txn: &redb::WriteTransaction) -> Result<()> {
+    use redb::ReadableTableMetadata;
+    let old_ids = txn.open_table(OLD_CLIENT_IDS).map_err(unavailable)?;
+    let old_times = txn.open_table(OLD_CLIENT_ID_TIMES).map_err(unavailable)?;
+    if old_times.is_empty().map_err(unavailable)? && old_ids.is_empty().map_err(unavailable)? {
+        drop((old_ids, old_times));
+        txn.delete_table(OLD_CLIENT_IDS).map_err(unavailable)?;
+        txn.delete_table(OLD_CLIENT_ID_TIMES).map_err(unavailable)?;
+        return Ok(());
+    }
+    let mut keys = txn.open_table(CLIENT_KEYS).map_err(unavailable)?;
+    let mut times = txn.open_table(CLIENT_KEY_TIMES).map_err(unavailable)?;
+    let mut moved = 0usize;
+    for entry in old_times.iter().map_err(unavailable)? {
+        let (key, _) = entry.map_err(unavailable)?;
+        let (t, room, peer, id) = key.value();
+        let Some(seq) = old_ids.get((room, peer, id)).map_err(unavailable)? else {
+            continue;
+        };
+        let seq = seq.value();
+        let hash = client_key_hash(room, peer, id);
+        keys.insert((hash, seq), ()).map_err(unavailable)?;
+        times.insert((t, hash, seq), ()).map_err(unavailable)?;
+        moved += 1;
+    }
+    drop((old_ids, old_times, keys, times));
+    txn.delete_table(OLD_CLIENT_IDS).map_err(unavailable)?;
+    txn.delete_table(OLD_CLIENT_ID_TIMES).map_err(unavailable)?;
+    tracing::info!(keys = moved, "idempotency keys moved to hashed tables");
+    Ok(())
+}
+
 /// The chat tables of one write transaction.
 struct ChatTables<'txn> {
     seqs: redb::Table<'txn, &'static str, u64>,
     messages: redb::Table<'txn, (&'static str, u64), &'static [u8]>,
-    ids: redb::Table<'txn, (&'static str, &'static str, &'static str), u64>,
-    times: redb::Table<'txn, (u64, &'static str, &'static str, &'static str), ()>,
+    keys: redb::Table<'txn, (u64, u64), ()>,
+    times: redb::Table<'txn, (u64, u64, u64), ()>,
+    /// Each room's highest seq written, stored once by [`Self::finish`].
+    last_seqs: std::collections::HashMap<String, u64>,
 }
 
 impl<'txn> ChatTables<'txn> {
@@ -262,8 +303,9 @@ impl<'txn> ChatTables<'txn> {
         Ok(Self {
             seqs: txn.open_table(ROOM_SEQ).map_err(unavailable)?,
             messages: txn.open_table(MESSAGES).map_err(unavailable)?,
-            ids: txn.open_table(CLIENT_IDS).map_err(unavailable)?,
-            times: txn.open_table(CLIENT_ID_TIMES).map_err(unavailable)?,
+            keys: txn.open_table(CLIENT_KEYS).map_err(unavailable)?,
+            times: txn.open_table(CLIENT_KEY_TIMES).map_err(unavailable)?,
+            last_seqs: std::collections::HashMap::new(),
         })
     }
 
@@ -273,19 +315,34 @@ impl<'txn> ChatTables<'txn> {
         self.messages
             .insert((room, message.seq), json)
             .map_err(unavailable)?;
-        let last = self
-            .seqs
-            .get(room)
-            .map_err(unavailable)?
-            .map_or(0, |v| v.value());
-        if message.seq > last {
-            self.seqs.insert(room, message.seq).map_err(unavailable)?;
+        match self.last_seqs.get_mut(room) {
+            Some(last) => *last = (*last).max(message.seq),
+            None => {
+                self.last_seqs.insert(room.to_owned(), message.seq);
+            }
         }
-        let key = (room, message.from.as_str(), message.id.as_str());
-        self.ids.insert(key, message.seq).map_err(unavailable)?;
-        self.times
-            .insert((written_at, key.0, key.1, key.2), ())
+        let hash = client_key_hash(room, &message.from, &message.id);
+        self.keys
+            .insert((hash, message.seq), ())
             .map_err(unavailable)?;
+        self.times
+            .insert((written_at, hash, message.seq), ())
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Stores each room's last seq (never lowering it).
+    fn finish(mut self) -> Result<()> {
+        for (room, seq) in self.last_seqs.drain() {
+            let last = self
+                .seqs
+                .get(room.as_str())
+                .map_err(unavailable)?
+                .map_or(0, |v| v.value());
+            if seq > last {
+                self.seqs.insert(room.as_str(), seq).map_err(unavailable)?;
+            }
+        }
         Ok(())
     }
 }
@@ -426,13 +483,14 @@ fn commit_group(
         if let Some(entries) = checkpoint {
             let mut chat = ChatTables::open(&txn)?;
             expire_keys(
-                &mut chat.ids,
+                &mut chat.keys,
                 &mut chat.times,
                 now.saturating_sub(window.as_secs()),
             )?;
             for entry in entries {
                 chat.insert(&entry.message, &entry.json, entry.written_at)?;
             }
+            chat.finish()?;
         }
         for op in group.iter() {
             let result = match op {
@@ -459,25 +517,21 @@ fn commit_group(
 
 /// Drops idempotency keys written before `cutoff` (unix seconds), oldest first.
 fn expire_keys(
-    ids: &mut redb::Table<(&str, &str, &str), u64>,
-    times: &mut redb::Table<(u64, &str, &str, &str), ()>,
+    keys: &mut redb::Table<(u64, u64), ()>,
+    times: &mut redb::Table<(u64, u64, u64), ()>,
     cutoff: u64,
 ) -> Result<()> {
     let mut expired = Vec::new();
-    for entry in times.range(..(cutoff, "", "", "")).map_err(unavailable)? {
+    for entry in times.range(..(cutoff, 0, 0)).map_err(unavailable)? {
         let (key, _) = entry.map_err(unavailable)?;
-        let (t, room, peer, id) = key.value();
-        expired.push((t, room.to_owned(), peer.to_owned(), id.to_owned()));
+        expired.push(key.value());
         if expired.len() >= EXPIRE_PER_COMMIT {
             break;
         }
     }
-    for (t, room, peer, id) in &expired {
-        ids.remove((room.as_str(), peer.as_str(), id.as_str()))
-            .map_err(unavailable)?;
-        times
-            .remove((*t, room.as_str(), peer.as_str(), id.as_str()))
-            .map_err(unavailable)?;
+    for (t, hash, seq) in expired {
+        keys.remove((hash, seq)).map_err(unavailable)?;
+        times.remove((t, hash, seq)).map_err(unavailable)?;
     }
     Ok(())
 }
@@ -656,8 +710,8 @@ mod tests {
         let count = |store: &EmbeddedStore| {
             use redb::ReadableTableMetadata;
             let txn = store.db.begin_read().unwrap();
-            let ids = txn.open_table(CLIENT_IDS).unwrap().len().unwrap();
-            let times = txn.open_table(CLIENT_ID_TIMES).unwrap().len().unwrap();
+            let ids = txn.open_table(CLIENT_KEYS).unwrap().len().unwrap();
+            let times = txn.open_table(CLIENT_KEY_TIMES).unwrap().len().unwrap();
             (ids, times)
         };
         assert_eq!(count(&store), (1, 1), "only the newest key is left");
@@ -671,7 +725,7 @@ mod tests {
     /// The second the oldest idempotency key was written.
     async fn first_second(store: &EmbeddedStore) -> u64 {
         let txn = store.db.begin_read().unwrap();
-        let times = txn.open_table(CLIENT_ID_TIMES).unwrap();
+        let times = txn.open_table(CLIENT_KEY_TIMES).unwrap();
         let first = times.first().unwrap();
         first.map_or(0, |(k, _)| k.value().0)
     }
@@ -897,6 +951,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn idempotency_keys_of_an_earlier_version_still_dedupe_after_the_upgrade() {
+        let dir = tempdir();
+        let message = ChatMessage {
+            room: "r".into(),
+            seq: 1,
+            id: "c1".into(),
+            from: "p".into(),
+            name: "n".into(),
+            body: "body c1".into(),
+            ts: "t".into(),
+        };
+        {
+            // A store as the string-keyed version left it.
+            let db = Database::create(dir.join("signaling.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let json = serde_json::to_vec(&message).unwrap();
+                let mut messages = txn.open_table(MESSAGES).unwrap();
+                messages.insert(("r", 1), json.as_slice()).unwrap();
+                txn.open_table(ROOM_SEQ).unwrap().insert("r", 1).unwrap();
+                let mut ids = txn.open_table(OLD_CLIENT_IDS).unwrap();
+                ids.insert(("r", "p", "c1"), 1).unwrap();
+                let mut times = txn.open_table(OLD_CLIENT_ID_TIMES).unwrap();
+                times
+                    .insert((crate::time::unix_now(), "r", "p", "c1"), ())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(&dir).unwrap();
+        let again = store.append_chat(chat("r", "p", "c1")).await.unwrap();
+        assert!(again.duplicate, "the old key is honoured");
+        assert_eq!(again.message, message);
+        assert_eq!(
+            store
+                .append_chat(chat("r", "p", "c2"))
+                .await
+                .unwrap()
+                .message
+                .seq,
+            2
+        );
+        {
+            use redb::ReadableTableMetadata;
+            let txn = store.db.begin_read().unwrap();
+            assert_eq!(txn.open_table(CLIENT_KEYS).unwrap().len().unwrap(), 1);
+            assert!(
+                txn.open_table(OLD_CLIENT_IDS).is_err(),
+                "the old tables are gone"
+            );
+        }
+        close(store);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
     async fn segments_roll_over_and_checkpointed_ones_are_deleted() {
         let dir = tempdir();
         // Small segments: a few records each.
@@ -907,8 +1017,14 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let written = segment_files(&store).len();
-        assert!(written > 5, "{written} segments");
+        // Segment ids count up from 1 (periodic checkpoints may already
+        // have deleted some of them).
+        let newest = chat_log::segments(&store.log_dir)
+            .unwrap()
+            .last()
+            .unwrap()
+            .0;
+        assert!(newest > 5, "segment {newest} is the newest");
         store.checkpoint().await.unwrap();
         assert_eq!(store.tail.size(), (0, 0));
         let left = segment_files(&store).len();
