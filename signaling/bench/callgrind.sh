@@ -7,6 +7,7 @@
 # start-up, connecting and joining. Counts do not depend on the machine's
 # load, unlike times. Usage: signaling/bench/callgrind.sh [out-dir]
 #   CG_RATE=200  CG_SHORT=5s  CG_LONG=15s  (needs valgrind: apt-get install valgrind)
+#   CG_SERVER_BIN=<another build of videochat-signaling> to profile that one
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RATE=${CG_RATE:-200}
@@ -17,6 +18,7 @@ mkdir -p "$OUT_DIR"
 
 cargo build --release --locked -p videochat-signaling --bins >&2
 BIN=target/release
+SERVER_BIN=${CG_SERVER_BIN:-$BIN/videochat-signaling}
 WORK=$(mktemp -d /tmp/videochat-cg.XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
@@ -26,7 +28,7 @@ profile() { # name, duration
   local name=$1 duration=$2 port
   port=$(free_port)
   valgrind --tool=callgrind --callgrind-out-file="$OUT_DIR/callgrind.$name.out" \
-    "$BIN/videochat-signaling" --listen "127.0.0.1:$port" --data-dir "$WORK/data-$name" \
+    "$SERVER_BIN" --listen "127.0.0.1:$port" --data-dir "$WORK/data-$name" \
     --no-embedded-turn --rate-per-connection 100000 --rate-per-ip 10000000 \
     --connect-rate-per-ip 100000 --max-handshakes-per-ip 1000 --log warn \
     >/dev/null 2>"$OUT_DIR/valgrind.$name.log" &

@@ -34,7 +34,8 @@ start_ours() {
   rm -rf "$WORK/data"
   "$BIN/videochat-signaling" --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" \
     --no-embedded-turn --rate-per-connection 100000 --rate-per-ip 10000000 --connect-rate-per-ip 100000 \
-    --max-connections 100000 --log warn >/dev/null 2>&1 &
+    --max-connections 100000 --max-connections-per-ip 100000 --max-handshakes-per-ip 100000 \
+    --log warn >/dev/null 2>&1 &
   PID=$!
   sleep 1
 }

@@ -172,11 +172,12 @@ impl ChatLog {
         let failed = Arc::new(AtomicBool::new(false));
         let (appends, requests) = mpsc::channel(MAX_GROUP * 4);
         let (jobs, pending_jobs) = std_mpsc::channel();
-        let (spare_tx, spares) = std_mpsc::sync_channel(0);
+        let (spare_tx, spares) = std_mpsc::sync_channel(1);
+        let (want_spare, spare_wanted) = std_mpsc::channel();
         let spare_settings = settings.clone();
         std::thread::Builder::new()
             .name("chat-log-spare".into())
-            .spawn(move || prepare_spares(&spare_settings, &spare_tx))?;
+            .spawn(move || prepare_spares(&spare_settings, &spare_wanted, &spare_tx))?;
         let writer = LogWriter {
             settings,
             segment: Segment {
@@ -189,6 +190,8 @@ impl ChatLog {
             checkpoint: checkpoint.clone(),
             applied,
             spares,
+            want_spare,
+            spare_asked: false,
             jobs,
             failed: failed.clone(),
             last_seq: HashMap::new(),
@@ -224,20 +227,26 @@ impl ChatLog {
     }
 }
 
-/// Keeps one zero-filled spare segment ready, so that moving to the next
-/// segment is a rename, not 8 MiB of writes on the message path.
-fn prepare_spares(settings: &LogSettings, ready: &std_mpsc::SyncSender<PathBuf>) {
+/// Makes a zero-filled spare segment each time the writer asks (when its
+/// segment is half full), so that moving to the next segment is a rename,
+/// not 8 MiB of writes on the message path; an idle store has no spare.
+fn prepare_spares(
+    settings: &LogSettings,
+    wanted: &std_mpsc::Receiver<()>,
+    ready: &std_mpsc::SyncSender<PathBuf>,
+) {
     // A name of this run's own: a stopping run's thread removes its spare.
     let run: u64 = rand::random();
-    for n in 0u64.. {
+    let mut n = 0u64;
+    while wanted.recv().is_ok() {
+        n += 1;
         let path = settings.dir.join(format!("chat-spare-{run:016x}-{n}.tmp"));
         if let Err(e) = zero_filled(&path, settings.segment_bytes) {
+            // The writer makes the segment itself when no spare is ready.
             tracing::warn!(error = %e, path = %path.display(), "cannot prepare a chat log segment");
             let _ = std::fs::remove_file(&path);
-            std::thread::sleep(Duration::from_secs(1));
             continue;
         }
-        // Waits until the writer takes it; fails when the log stopped.
         if ready.send(path.clone()).is_err() {
             let _ = std::fs::remove_file(&path);
             return;
@@ -296,6 +305,9 @@ struct LogWriter {
     checkpoint: Arc<CheckpointTrigger>,
     applied: std_mpsc::Receiver<Vec<TailEntry>>,
     spares: std_mpsc::Receiver<PathBuf>,
+    want_spare: std_mpsc::Sender<()>,
+    /// Whether a spare was asked for since the last move to a new segment.
+    spare_asked: bool,
     jobs: std_mpsc::Sender<SyncJob>,
     failed: Arc<AtomicBool>,
     /// The last `seq` given out per room, for rooms with messages not yet
@@ -436,6 +448,11 @@ impl LogWriter {
             self.segment.file.write_all_at(buf, self.segment.offset)?;
             self.segment.offset += buf.len() as u64;
         }
+        if !self.spare_asked && self.segment.offset > self.settings.segment_bytes / 2 {
+            // The spare thread only stops when this writer does.
+            let _ = self.want_spare.send(());
+            self.spare_asked = true;
+        }
         job.files.push(self.segment.file.clone());
         // The sync thread only stops when this writer does.
         let _ = self.jobs.send(job);
@@ -508,6 +525,7 @@ impl LogWriter {
         // The name must be durable before any record in it is acked.
         sync_dir(&self.settings.dir)?;
         let file = OpenOptions::new().write(true).open(&path)?;
+        self.spare_asked = false;
         self.segment = Segment {
             id,
             file: Arc::new(file),
