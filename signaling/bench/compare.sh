@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Runs videochat-bench against videochat-signaling (embedded store, fsync per
-# commit group) and the Node.js reference server, same machine, same load.
+# Runs videochat-bench against videochat-signaling (embedded store: chat log,
+# one fdatasync per commit group) and the Node.js reference server, same
+# machine, same load, after measuring the disk's own 4 KiB write+fsync.
 # Prints one JSON line per run. Usage: signaling/bench/compare.sh [out.jsonl]
 #   BENCH_RATES="5000 15000 30000 60000"  BENCH_CLIENTS=400  BENCH_ROOM=4
 #   BENCH_IDLE=5000  BENCH_DURATION=10s  NODE_BASELINE=<dir of server.js>
+#   BENCH_ROUNDS=1 (rounds of everything; labels get "rN ")
+# signaling/bench/summarize.py out.jsonl prints medians and per-round ratios.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-/dev/stdout}
@@ -31,7 +34,8 @@ start_ours() {
   rm -rf "$WORK/data"
   "$BIN/videochat-signaling" --listen "127.0.0.1:$PORT" --data-dir "$WORK/data" \
     --no-embedded-turn --rate-per-connection 100000 --rate-per-ip 10000000 --connect-rate-per-ip 100000 \
-    --max-connections 100000 --log warn >/dev/null 2>&1 &
+    --max-connections 100000 --max-connections-per-ip 100000 --max-handshakes-per-ip 100000 \
+    --log warn >/dev/null 2>&1 &
   PID=$!
   sleep 1
 }
@@ -48,13 +52,34 @@ run() { # label, extra args...
   "$BIN/videochat-bench" --url "ws://127.0.0.1:$PORT/ws" --server-pid "$PID" --label "$label" "$@" | tee -a "$OUT"
 }
 
-for server in ours node; do
-  "start_$server"
-  run "$server idle" --clients "$IDLE" --room-size "$ROOM" --idle --connect-parallelism 128
-  kill "$PID"; wait "$PID" 2>/dev/null || true
-  for rate in $RATES; do
+# The disk under the data directory: 4 KiB appended and fsynced, 1,000 times.
+disk_sync() { # label
+  python3 - "$WORK/disk-probe" "$1" <<'PY' | tee -a "$OUT"
+import json, os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+block, took = b"x" * 4096, []
+for _ in range(1000):
+    t = time.perf_counter(); os.write(fd, block); os.fsync(fd); took.append(time.perf_counter() - t)
+os.close(fd); os.unlink(sys.argv[1]); took.sort()
+load = os.getloadavg()[0]
+print(json.dumps({"label": sys.argv[2], "disk_write_fsync_p50_ms": round(took[500] * 1e3, 3),
+                  "disk_write_fsync_p99_ms": round(took[990] * 1e3, 3), "load_avg_1m": load}))
+PY
+}
+
+for round in $(seq 1 "${BENCH_ROUNDS:-1}"); do
+  tag="r$round "
+  disk_sync "${tag}disk"
+  for server in ours node; do
     "start_$server"
-    run "$server $rate/s" --clients "$CLIENTS" --room-size "$ROOM" --rate "$rate" --duration "$DURATION"
+    run "${tag}$server idle" --clients "$IDLE" --room-size "$ROOM" --idle --connect-parallelism 128
     kill "$PID"; wait "$PID" 2>/dev/null || true
+    for rate in $RATES; do
+      "start_$server"
+      echo "{\"label\":\"${tag}load $server $rate/s\",\"load_avg_1m\":$(cut -d' ' -f1 /proc/loadavg)}" | tee -a "$OUT"
+      run "${tag}$server $rate/s" --clients "$CLIENTS" --room-size "$ROOM" --rate "$rate" --duration "$DURATION"
+      kill "$PID"; wait "$PID" 2>/dev/null || true
+    done
   done
+  disk_sync "${tag}disk after"
 done

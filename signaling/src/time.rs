@@ -23,12 +23,35 @@ pub fn rfc3339_millis(ms: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    // Every chat message gets one: digits by hand, not through `format!`,
+    // which cost more than the rest of the timestamp.
+    let mut out = [0u8; 24];
+    let mut put = |at: usize, value: u64, width: usize| {
+        let mut v = value;
+        for i in (0..width).rev() {
+            out[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, y.clamp(0, 9999) as u64, 4);
+    put(5, u64::from(m), 2);
+    put(8, u64::from(d), 2);
+    put(11, rem / 3600, 2);
+    put(14, (rem % 3600) / 60, 2);
+    put(17, rem % 60, 2);
+    put(20, millis, 3);
+    for (at, c) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ] {
+        out[at] = c;
+    }
+    out.iter().map(|b| char::from(*b)).collect()
 }
 
 pub fn now_rfc3339() -> String {

@@ -4,10 +4,14 @@
 //! idempotency key `(room, peer, client id)`, allocates the room's next `seq`
 //! and makes the message durable in one call, and returns only once it is
 //! durable — so an ack can never name a message that could be lost, and `seq`
-//! has no gaps. The embedded backend is [`EmbeddedStore`] (redb); a MongoDB
-//! backend implements the same trait.
+//! has no gaps. The embedded backend is [`EmbeddedStore`] (a chat log
+//! checkpointed into redb); a MongoDB backend implements the same trait.
 
+mod chat_log;
+mod chat_tail;
 mod embedded;
+mod log_record;
+mod tables;
 
 pub use embedded::EmbeddedStore;
 
