@@ -33,7 +33,7 @@ use crate::fast_path::{Change, ClientOut, parse_send_indication};
 use crate::metrics::{AuthFailure, BadPacket, QuotaRefusal};
 use crate::state::Shared;
 use crate::tcp::{TcpEvent, TcpMux};
-use crate::udp_batch::with_scratch;
+use crate::udp_batch::{BATCH, with_scratch};
 
 const CODE_ALLOC_QUOTA_REACHED: ErrorCode = ErrorCode(486);
 const CODE_WRONG_CREDENTIALS: ErrorCode = ErrorCode(441);
@@ -137,25 +137,29 @@ impl GuardedConn {
         }
     }
 
-    /// One datagram of a receive batch: the fast path, else the guard, and
-    /// what passes the guard is queued for the crate.
-    fn on_datagram(&self, sock: &UdpSocket, pkt: &[u8], from: SocketAddr) {
-        if self.fast_from_client(pkt, from) {
-            return;
-        }
-        match self.inspect(pkt, from) {
-            Verdict::Pass => {
-                self.slow
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_back((pkt.to_vec(), from));
+    /// Takes a receive batch through the fast path; the rest is queued for
+    /// the guard and the crate, which see it one datagram at a time, in
+    /// order, as before (the guard's checks and the crate's handling of one
+    /// request must not be separated by the guard's checks of the next).
+    /// Once a client has a datagram queued, its later datagrams in the batch
+    /// are queued behind it, so that nothing of it overtakes a request the
+    /// crate has not handled yet (a Refresh(0), a ChannelBind).
+    fn on_batch<'a>(&self, datagrams: impl Iterator<Item = (&'a [u8], SocketAddr)>) {
+        let mut queued_from = [None; BATCH];
+        let mut queued = 0;
+        for (pkt, from) in datagrams {
+            let waiting = queued_from[..queued].contains(&Some(from));
+            if !waiting && self.fast_from_client(pkt, from) {
+                continue;
             }
-            Verdict::Drop => {}
-            Verdict::Reply(msg) => {
-                if let Err(err) = sock.try_send_to(&msg, from) {
-                    tracing::debug!(error = %err, %from, "sending error response failed");
-                }
+            if !waiting && queued < BATCH {
+                queued_from[queued] = Some(from);
+                queued += 1;
             }
+            self.slow
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back((pkt.to_vec(), from));
         }
     }
 
@@ -690,18 +694,27 @@ impl Conn for GuardedConn {
                 .unwrap_or_else(|p| p.into_inner())
                 .pop_front();
             if let Some((pkt, from)) = queued {
-                let n = pkt.len().min(buf.len());
-                buf[..n].copy_from_slice(&pkt[..n]);
-                return Ok((n, from));
+                match self.inspect(&pkt, from) {
+                    Verdict::Pass => {
+                        let n = pkt.len().min(buf.len());
+                        buf[..n].copy_from_slice(&pkt[..n]);
+                        return Ok((n, from));
+                    }
+                    Verdict::Drop => {}
+                    Verdict::Reply(msg) => {
+                        if let Err(err) = self.send_raw(&msg, from).await {
+                            tracing::debug!(error = %err, %from, "sending error response failed");
+                        }
+                    }
+                }
+                continue;
             }
             let (n, from) = match &self.transport {
                 Transport::Udp(s) => {
                     let received = match s.readable().await {
                         Ok(()) => with_scratch(|sc| {
                             let n = sc.recv(s)?;
-                            for (pkt, from) in sc.received() {
-                                self.on_datagram(s, pkt, from);
-                            }
+                            self.on_batch(sc.received());
                             Ok(n)
                         }),
                         Err(err) => Err(err),

@@ -139,7 +139,12 @@ impl Conn for RelaySocket {
             match received {
                 Ok(_) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(err) => return Err(err.into()),
+                Err(err) => {
+                    // The crate drops the allocation on a receive error
+                    // without closing it; the fast path must stop too.
+                    self.entry.end();
+                    return Err(err.into());
+                }
             }
         }
     }

@@ -373,12 +373,25 @@ async fn refresh_zero(fast: bool) {
         "{mode}: the allocation quota holds"
     );
 
-    call.refresh(0).await;
+    // Refresh(0) and ChannelData right behind it, in one receive batch:
+    // the data must not overtake the request.
+    let end = call.turn.signed(METHOD_REFRESH, &call.alice, lifetime(0));
+    call.turn
+        .sock
+        .send_to(&end.raw, call.turn.server)
+        .await
+        .expect("send Refresh(0)");
+    call.send_channel(0x4001, b"behind").await;
+    assert_eq!(
+        error_code(&call.turn.response_to(&end).await),
+        None,
+        "{mode}"
+    );
     call.send_channel(0x4001, b"after").await;
     assert_eq!(
         peer_gets(&peer).await,
         None,
-        "{mode}: nothing reaches the peer after Refresh(0)"
+        "{mode}: nothing reaches the peer after Refresh(0), not even data sent right behind it"
     );
     peer.send_to(b"after", call.relayed).await.expect("send");
     assert_eq!(
@@ -490,4 +503,55 @@ async fn a_turn_client_over_udp_and_tcp_is_relayed_on_the_fast_path() {
         c.client.close().await.expect("close");
         relay.shutdown().await;
     }
+}
+
+/// Several signed requests from one client in one receive batch are each
+/// authenticated and handled (the guard checks one and the crate handles it
+/// before the guard checks the next).
+async fn requests_in_one_batch(fast: bool) {
+    let mode = fast_label(fast);
+    let call = call(fast, |_| {}).await;
+    let (peer, peer_addr) = peer_socket("127.0.0.1").await;
+    let (_other, other_addr) = peer_socket("127.0.0.1").await;
+    let requests = [
+        call.turn.signed(
+            METHOD_CREATE_PERMISSION,
+            &call.alice,
+            common::peer(other_addr),
+        ),
+        call.turn.signed(METHOD_CHANNEL_BIND, &call.alice, {
+            let mut a = common::peer(peer_addr);
+            a.push(Box::new(ChannelNumber(0x4002)));
+            a
+        }),
+        call.turn.signed(METHOD_REFRESH, &call.alice, lifetime(600)),
+    ];
+    for r in &requests {
+        call.turn
+            .sock
+            .send_to(&r.raw, call.turn.server)
+            .await
+            .expect("send");
+    }
+    call.send_channel(0x4002, b"right behind the bind").await;
+    for r in &requests {
+        assert_eq!(
+            error_code(&call.turn.response_to(r).await),
+            None,
+            "{mode}: each request of the batch succeeds"
+        );
+    }
+    assert_eq!(
+        peer_gets(&peer).await,
+        Some((b"right behind the bind".to_vec(), call.relayed)),
+        "{mode}: ChannelData sent right behind its ChannelBind is relayed"
+    );
+    call.relay.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_in_one_receive_batch_are_each_handled() {
+    start_ticker();
+    requests_in_one_batch(true).await;
+    requests_in_one_batch(false).await;
 }
