@@ -105,6 +105,7 @@ mod tests {
                 0,
                 Arc::new(crate::fast_path::FastPath::new(
                     true,
+                    None,
                     std::time::Duration::from_secs(600),
                     Arc::new(Metrics::default()),
                 )),

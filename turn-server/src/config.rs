@@ -39,6 +39,13 @@ pub struct RelayConfig {
     #[arg(long, env = "VIDEOCHAT_TURN_NO_FAST_PATH")]
     pub no_fast_path: bool,
 
+    /// Send datagrams from one allocation to another allocation's relay
+    /// address on this relay through the kernel, instead of handing them
+    /// over directly (only done when the relay address is the address the
+    /// relay sockets are bound to).
+    #[arg(long, env = "VIDEOCHAT_TURN_NO_LOCAL_DELIVERY")]
+    pub no_local_delivery: bool,
+
     /// UDP sockets sharing the listening port (SO_REUSEPORT), each with its own
     /// receive loop; 0 means one per CPU.
     #[arg(long, env = "VIDEOCHAT_TURN_UDP_LISTENERS", default_value_t = 0)]
@@ -204,6 +211,7 @@ impl Default for RelayConfig {
             tcp_port: None,
             no_tcp: false,
             no_fast_path: false,
+            no_local_delivery: false,
             udp_listeners: 0,
             relay_address: None,
             relay_bind_address: None,

@@ -22,7 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::tcp::TcpMux;
-use crate::udp_batch::Scratch;
+use crate::udp_batch::{OUT_SLOT, Scratch};
 
 /// The crate's permission lifetime (RFC 5766 8: 300 s; not configurable in
 /// the crate).
@@ -153,6 +153,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub(crate) struct FastPath {
     pub enabled: bool,
+    /// The relay sockets' own IP when it is also the advertised one: a
+    /// peer address with this IP and the port of one of our relay sockets
+    /// is that socket, and the kernel would hand a datagram sent there
+    /// straight back to it.
+    local_ip: Option<IpAddr>,
+    /// Claimed relay sockets by port, for that local delivery.
+    by_port: ArcSwap<HashMap<u16, Arc<RelayEntry>>>,
     base: Instant,
     channel_lifetime_ms: u64,
     metrics: Arc<Metrics>,
@@ -164,9 +171,16 @@ pub(crate) struct FastPath {
 }
 
 impl FastPath {
-    pub fn new(enabled: bool, channel_lifetime: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        enabled: bool,
+        local_ip: Option<IpAddr>,
+        channel_lifetime: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         FastPath {
             enabled,
+            local_ip,
+            by_port: ArcSwap::from_pointee(HashMap::new()),
             base: Instant::now(),
             channel_lifetime_ms: channel_lifetime.as_millis() as u64,
             metrics,
@@ -185,8 +199,12 @@ impl FastPath {
 
     /// A relay socket was bound for an allocation about to be created.
     pub fn new_relay(self: &Arc<Self>, sock: UdpSocket, port: u16) -> Arc<RelayEntry> {
+        let local = sock
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
         let entry = Arc::new(RelayEntry {
             sock,
+            local,
             fast: Arc::clone(self),
             route: OnceLock::new(),
             alive: AtomicBool::new(false),
@@ -196,6 +214,7 @@ impl FastPath {
             bindings: ArcSwap::from_pointee(Bindings::default()),
             write: Mutex::new(()),
             slow: Mutex::new(VecDeque::new()),
+            slow_len: AtomicUsize::new(0),
         });
         let mut unclaimed = lock(&self.unclaimed);
         unclaimed.retain(|_, w| w.strong_count() > 0);
@@ -319,6 +338,9 @@ impl FastPath {
         entry.expires.0.store(at + lifetime_ms, Ordering::Release);
         entry.alive.store(true, Ordering::Release);
         let _w = lock(&self.clients_write);
+        let mut ports = HashMap::clone(&self.by_port.load());
+        ports.insert(port, Arc::clone(&entry));
+        self.by_port.store(Arc::new(ports));
         let mut next = HashMap::clone(&self.clients.load());
         next.insert(five_tuple, entry);
         self.clients.store(Arc::new(next));
@@ -338,6 +360,15 @@ impl FastPath {
             let mut next = HashMap::clone(&current);
             next.remove(&route.five_tuple);
             self.clients.store(Arc::new(next));
+        }
+        let ports = self.by_port.load();
+        if ports
+            .get(&entry.local.port())
+            .is_some_and(|e| Arc::ptr_eq(e, entry))
+        {
+            let mut next = HashMap::clone(&ports);
+            next.remove(&entry.local.port());
+            self.by_port.store(Arc::new(next));
         }
     }
 
@@ -459,6 +490,8 @@ fn relayed_port(response: &[u8]) -> Option<u16> {
 /// An allocation's relay socket and the mirror of its crate state.
 pub(crate) struct RelayEntry {
     pub sock: UdpSocket,
+    /// The socket's own address (the source peers see).
+    local: SocketAddr,
     fast: Arc<FastPath>,
     route: OnceLock<Route>,
     /// Set once the Allocate succeeded, cleared when the allocation ends.
@@ -474,6 +507,8 @@ pub(crate) struct RelayEntry {
     write: Mutex<()>,
     /// Peer datagrams for the crate's path, handed over by `take_slow`.
     slow: Mutex<VecDeque<(Vec<u8>, SocketAddr)>>,
+    /// Length of `slow`, read without its lock on every wake-up.
+    slow_len: AtomicUsize,
 }
 
 impl RelayEntry {
@@ -502,6 +537,17 @@ impl RelayEntry {
     }
 
     fn send_to_peer(&self, data: &[u8], peer: SocketAddr) {
+        if self.fast.local_ip == Some(peer.ip()) {
+            let ports = self.fast.by_port.load();
+            if let Some(target) = ports.get(&peer.port())
+                && target.deliver_local(self.local, data)
+            {
+                self.fast.metrics.relayed_to_peer(data.len());
+                self.fast.metrics.fast_path_to_peer.inc();
+                self.fast.metrics.local_deliveries.inc();
+                return;
+            }
+        }
         match self.sock.try_send_to(data, peer) {
             Ok(n) => {
                 self.fast.metrics.relayed_to_peer(n);
@@ -515,14 +561,78 @@ impl RelayEntry {
 
     /// A datagram the crate's path is to handle, if one waits.
     pub fn take_slow(&self) -> Option<(Vec<u8>, SocketAddr)> {
-        lock(&self.slow).pop_front()
+        if self.slow_len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut q = lock(&self.slow);
+        let next = q.pop_front();
+        self.slow_len.store(q.len(), Ordering::Release);
+        next
     }
 
     fn queue_slow(&self, pkt: &[u8], from: SocketAddr) {
         let mut q = lock(&self.slow);
         if q.len() < MAX_SLOW_QUEUE {
             q.push_back((pkt.to_vec(), from));
+            self.slow_len.store(q.len(), Ordering::Release);
         }
+    }
+
+    /// How peer data from `from` goes to the client on the fast path, if it
+    /// may: ChannelData on a live channel, a Data indication on a live
+    /// permission when the peer has no channel (and no ChannelBind is with
+    /// the crate); None leaves it to the crate.
+    fn delivery(
+        bindings: &Bindings,
+        from: SocketAddr,
+        now: u64,
+        indications: bool,
+    ) -> Option<Delivery> {
+        match bindings.by_peer.get(&from) {
+            Some(c) if c.expires.live(now) => Some(Delivery::Channel(c.number)),
+            // A channel the crate may still hold: the crate decides.
+            Some(_) => None,
+            None if indications => bindings
+                .permissions
+                .get(&from.ip())
+                .filter(|d| d.live(now))
+                .map(|_| Delivery::Indication),
+            None => None,
+        }
+    }
+
+    /// A datagram from another of this relay's sockets, at `from`, handed
+    /// over without the kernel: relayed to the client as the kernel path
+    /// would, or false (nothing done) when the fast path may not, and the
+    /// sender then sends it through the kernel.
+    fn deliver_local(&self, from: SocketAddr, data: &[u8]) -> bool {
+        let now = self.fast.now_ms();
+        let Some(route) = self.route.get().filter(|_| self.live(now)) else {
+            return false;
+        };
+        let bindings = self.bindings.load();
+        let indications = self.binds_pending.load(Ordering::Acquire) == 0;
+        let Some(delivery) = Self::delivery(&bindings, from, now, indications) else {
+            return false;
+        };
+        let mut buf = [0u8; OUT_SLOT];
+        let n = delivery.write(&mut buf, from, data);
+        if n == 0 {
+            return false;
+        }
+        let client = route.five_tuple.0;
+        match &route.out {
+            ClientOut::Udp(sock) => {
+                // A full socket buffer drops it, as the kernel path would.
+                let _ = sock.try_send_to(&buf[..n], client);
+            }
+            ClientOut::Stream(mux) => {
+                mux.send(&buf[..n], client);
+            }
+        }
+        self.fast.metrics.relayed_from_peer(data.len());
+        self.fast.metrics.fast_path_from_peer.inc();
+        true
     }
 
     /// Handles the peer datagrams just received into `sc`: those for a live
@@ -540,27 +650,12 @@ impl RelayEntry {
         let indications = self.binds_pending.load(Ordering::Acquire) == 0;
         sc.for_each_received(|pkt, from, out| {
             metrics.relayed_from_peer(pkt.len());
-            if let Some(route) = route {
-                let client = route.five_tuple.0;
-                match bindings.by_peer.get(&from) {
-                    Some(c) if c.expires.live(now) => {
-                        out.push(client, |buf| write_channel_data(buf, c.number, pkt));
-                        metrics.fast_path_from_peer.inc();
-                        return;
-                    }
-                    // A channel the crate may still hold: the crate decides.
-                    Some(_) => {}
-                    None if indications => {
-                        if let Some(d) = bindings.permissions.get(&from.ip())
-                            && d.live(now)
-                        {
-                            out.push(client, |buf| write_data_indication(buf, from, pkt));
-                            metrics.fast_path_from_peer.inc();
-                            return;
-                        }
-                    }
-                    None => {}
-                }
+            if let Some(route) = route
+                && let Some(delivery) = Self::delivery(&bindings, from, now, indications)
+            {
+                out.push(route.five_tuple.0, |buf| delivery.write(buf, from, pkt));
+                metrics.fast_path_from_peer.inc();
+                return;
             }
             self.queue_slow(pkt, from);
         });
@@ -573,6 +668,22 @@ impl RelayEntry {
                 sc.out.clear();
             }
             None => sc.out.clear(),
+        }
+    }
+}
+
+/// How peer data reaches a client.
+#[derive(Clone, Copy)]
+enum Delivery {
+    Channel(u16),
+    Indication,
+}
+
+impl Delivery {
+    fn write(self, buf: &mut [u8], from: SocketAddr, data: &[u8]) -> usize {
+        match self {
+            Delivery::Channel(number) => write_channel_data(buf, number, data),
+            Delivery::Indication => write_data_indication(buf, from, data),
         }
     }
 }
@@ -833,6 +944,7 @@ mod tests {
     async fn the_mirror_follows_answers_only() {
         let fast = Arc::new(FastPath::new(
             true,
+            None,
             Duration::from_secs(600),
             Arc::new(Metrics::default()),
         ));

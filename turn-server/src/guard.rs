@@ -712,11 +712,9 @@ impl Conn for GuardedConn {
             let (n, from) = match &self.transport {
                 Transport::Udp(s) => {
                     let received = match s.readable().await {
-                        Ok(()) => with_scratch(|sc| {
-                            let n = sc.recv(s)?;
-                            self.on_batch(sc.received());
-                            Ok(n)
-                        }),
+                        Ok(()) => {
+                            with_scratch(|sc| sc.recv_with(s, |sc| self.on_batch(sc.received())))
+                        }
                         Err(err) => Err(err),
                     };
                     match received {

@@ -132,8 +132,19 @@ impl Relay {
             ));
         }
 
+        // Peers at this relay's own relay addresses are its own sockets when
+        // the address clients are given is the one the sockets are bound to.
+        let local_ip = match relay_ip {
+            RelayIp::Fixed(ip)
+                if ip == relay_bind_ip && !ip.is_unspecified() && !config.no_local_delivery =>
+            {
+                Some(ip)
+            }
+            _ => None,
+        };
         let fast = Arc::new(FastPath::new(
             !config.no_fast_path,
+            local_ip,
             CHANNEL_LIFETIME,
             Arc::clone(&metrics),
         ));

@@ -132,9 +132,7 @@ impl Conn for RelaySocket {
             }
             self.entry.sock.readable().await?;
             let received = with_scratch(|sc| {
-                let n = sc.recv(&self.entry.sock)?;
-                self.entry.relay_received(sc);
-                Ok::<_, std::io::Error>(n)
+                sc.recv_with(&self.entry.sock, |sc| self.entry.relay_received(sc))
             });
             match received {
                 Ok(_) => {}

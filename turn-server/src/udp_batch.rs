@@ -113,37 +113,53 @@ impl Scratch {
     }
 
     /// Takes up to [`BATCH`] datagrams off `sock` with one `recvmmsg`
-    /// without waiting; `WouldBlock` when none is queued.
-    pub fn recv(&mut self, sock: &UdpSocket) -> io::Result<usize> {
-        self.count = 0;
+    /// without waiting and hands them to `process` (through
+    /// [`Scratch::received`] or [`Scratch::for_each_received`]).
+    /// `WouldBlock` when none was queued, and also after processing a batch
+    /// that did not fill every slot: the queue was empty then, and telling
+    /// tokio so saves the `recvmmsg` that would only find it empty (tokio
+    /// keeps a readiness event that arrived meanwhile).
+    pub fn recv_with(
+        &mut self,
+        sock: &UdpSocket,
+        process: impl FnOnce(&mut Scratch),
+    ) -> io::Result<usize> {
         let fd = sock.as_raw_fd();
-        let Scratch {
-            recv_headers,
-            inbuf,
-            received,
-            ..
-        } = self;
-        let n = sock.try_io(Interest::READABLE, || {
-            let mut chunks = inbuf.chunks_exact_mut(SLOT);
-            let slices: [[IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
-                [IoSliceMut::new(
-                    chunks.next().expect("BATCH slots in the buffer"),
-                )]
-            });
-            let results = recvmmsg(fd, recv_headers, slices.iter(), MsgFlags::empty(), None)
-                .map_err(io::Error::from)?;
-            let mut n = 0;
-            for msg in results {
-                received[n] = (msg.bytes, msg.address.as_ref().and_then(storage_addr));
-                n += 1;
+        sock.try_io(Interest::READABLE, || {
+            self.count = 0;
+            let n = {
+                let Scratch {
+                    recv_headers,
+                    inbuf,
+                    received,
+                    ..
+                } = &mut *self;
+                let mut chunks = inbuf.chunks_exact_mut(SLOT);
+                let slices: [[IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
+                    [IoSliceMut::new(
+                        chunks.next().expect("BATCH slots in the buffer"),
+                    )]
+                });
+                let results = recvmmsg(fd, recv_headers, slices.iter(), MsgFlags::empty(), None)
+                    .map_err(io::Error::from)?;
+                let mut n = 0;
+                for msg in results {
+                    received[n] = (msg.bytes, msg.address.as_ref().and_then(storage_addr));
+                    n += 1;
+                }
+                n
+            };
+            self.count = n;
+            process(self);
+            if n < BATCH {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(n)
             }
-            Ok(n)
-        })?;
-        self.count = n;
-        Ok(n)
+        })
     }
 
-    /// Datagrams taken by the last [`Scratch::recv`], with their senders.
+    /// Datagrams taken by the last receive, with their senders.
     pub fn received(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> {
         (0..self.count).filter_map(|i| {
             let (len, from) = self.received[i];
