@@ -99,6 +99,9 @@ def start(kind, port, binary, extra=(), tls=None):
                "--secret", SECRET, "--realm", "videochat", "--allow-loopback-peers",
                "--relay-min-port", "20000", "--relay-max-port", "29999",
                "--max-allocations-per-user", "0", "--max-allocations", "0", "--no-admin",
+               # uclient opens every TCP/TLS session from one address; coturn
+               # has no per-address cap, so none here either.
+               "--max-connections-per-address", "0",
                "--log", "warn", *extra]
         if tls:
             cmd += ["--tls-cert-file", tls[0], "--tls-key-file", tls[1],
