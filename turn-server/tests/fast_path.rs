@@ -572,6 +572,8 @@ async fn between_own_allocations(fast: bool) {
     let mut relayed = RelayedAddress::default();
     relayed.get_from(&resp).expect("XOR-RELAYED-ADDRESS");
     let bob_relayed = SocketAddr::new(relayed.ip, relayed.port);
+    // Bob's calls go to alice's relay (his RawTurn talks to it); the relay
+    // in his Call is an idle one that only fills the struct.
     let mut bob = Call {
         relay: relay_with(|_| {}).await,
         turn: bob_turn,
