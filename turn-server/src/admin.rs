@@ -103,6 +103,12 @@ mod tests {
                 PeerPolicy::default(),
                 0,
                 0,
+                Arc::new(crate::fast_path::FastPath::new(
+                    true,
+                    None,
+                    std::time::Duration::from_secs(600),
+                    Arc::new(Metrics::default()),
+                )),
             )),
             drain_token: token.map(Arc::from),
         }

@@ -33,6 +33,19 @@ pub struct RelayConfig {
     #[arg(long, env = "VIDEOCHAT_TURN_NO_TCP")]
     pub no_tcp: bool,
 
+    /// Relay everything through the `turn` crate's own path instead of the
+    /// fast path for bound channels and permissions (for comparison and as
+    /// a fallback; the fast path is on by default).
+    #[arg(long, env = "VIDEOCHAT_TURN_NO_FAST_PATH")]
+    pub no_fast_path: bool,
+
+    /// Send datagrams from one allocation to another allocation's relay
+    /// address on this relay through the kernel, instead of handing them
+    /// over directly (only done when the relay address is the address the
+    /// relay sockets are bound to).
+    #[arg(long, env = "VIDEOCHAT_TURN_NO_LOCAL_DELIVERY")]
+    pub no_local_delivery: bool,
+
     /// UDP sockets sharing the listening port (SO_REUSEPORT), each with its own
     /// receive loop; 0 means one per CPU.
     #[arg(long, env = "VIDEOCHAT_TURN_UDP_LISTENERS", default_value_t = 0)]
@@ -197,6 +210,8 @@ impl Default for RelayConfig {
             listen_port: DEFAULT_PORT,
             tcp_port: None,
             no_tcp: false,
+            no_fast_path: false,
+            no_local_delivery: false,
             udp_listeners: 0,
             relay_address: None,
             relay_bind_address: None,

@@ -3,7 +3,7 @@
 //! credentials against several secrets, peer policy, quotas, draining, and
 //! form checks on malformed, unknown or oversized packets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,9 +29,11 @@ use webrtc_util::Conn;
 
 use crate::credentials::{check_username, password};
 use crate::error::TurnError;
+use crate::fast_path::{Change, ClientOut, parse_send_indication};
 use crate::metrics::{AuthFailure, BadPacket, QuotaRefusal};
 use crate::state::Shared;
 use crate::tcp::{TcpEvent, TcpMux};
+use crate::udp_batch::{BATCH, with_scratch};
 
 const CODE_ALLOC_QUOTA_REACHED: ErrorCode = ErrorCode(486);
 const CODE_WRONG_CREDENTIALS: ErrorCode = ErrorCode(441);
@@ -40,8 +42,8 @@ const CODE_WRONG_CREDENTIALS: ErrorCode = ErrorCode(441);
 const INBOUND_MTU: usize = 1500;
 
 pub(crate) enum Transport {
-    Udp(UdpSocket),
-    Tcp(TcpMux),
+    Udp(Arc<UdpSocket>),
+    Tcp(Arc<TcpMux>),
 }
 
 /// What the last authenticated request on a TCP connection carried, so the
@@ -66,6 +68,9 @@ pub(crate) struct GuardedConn {
     /// issues and never bounds that map, so a flood of unauthenticated
     /// requests would otherwise grow memory without limit.
     challenge_nonce: Mutex<Option<(String, Instant)>>,
+    /// Datagrams of the last receive batch that go the crate's way, handed
+    /// to it one per `recv_from` call.
+    slow: Mutex<VecDeque<(Vec<u8>, SocketAddr)>>,
 }
 
 /// How long a captured nonce is handed out; the crate accepts a nonce for an
@@ -91,11 +96,71 @@ impl GuardedConn {
             realm: realm.to_owned(),
             tcp_sessions: Mutex::new(HashMap::new()),
             challenge_nonce: Mutex::new(None),
+            slow: Mutex::new(VecDeque::new()),
         })
     }
 
     fn is_tcp(&self) -> bool {
         matches!(self.transport, Transport::Tcp(_))
+    }
+
+    fn client_out(&self) -> ClientOut {
+        match &self.transport {
+            Transport::Udp(s) => ClientOut::Udp(Arc::clone(s)),
+            Transport::Tcp(t) => ClientOut::Stream(Arc::clone(t)),
+        }
+    }
+
+    /// Relays a client's ChannelData or Send indication on the fast path
+    /// when its channel or permission is live; false leaves the packet to
+    /// the guard and the crate.
+    fn fast_from_client(&self, pkt: &[u8], from: SocketAddr) -> bool {
+        let fast = &self.shared.fast;
+        if !fast.enabled || pkt.len() < 4 {
+            return false;
+        }
+        let five_tuple = (from, self.local);
+        match pkt[0] >> 6 {
+            1 => {
+                let len = u16::from_be_bytes([pkt[2], pkt[3]]) as usize;
+                if 4 + len > pkt.len() {
+                    return false;
+                }
+                let number = u16::from_be_bytes([pkt[0], pkt[1]]);
+                fast.channel_to_peer(five_tuple, number, &pkt[4..4 + len])
+            }
+            0 => match parse_send_indication(pkt, |ip| self.shared.policy.check(ip).is_ok()) {
+                Some((peer, data)) => fast.indication_to_peer(five_tuple, peer, data),
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Takes a receive batch through the fast path; the rest is queued for
+    /// the guard and the crate, which see it one datagram at a time, in
+    /// order, as before (the guard's checks and the crate's handling of one
+    /// request must not be separated by the guard's checks of the next).
+    /// Once a client has a datagram queued, its later datagrams in the batch
+    /// are queued behind it, so that nothing of it overtakes a request the
+    /// crate has not handled yet (a Refresh(0), a ChannelBind).
+    fn on_batch<'a>(&self, datagrams: impl Iterator<Item = (&'a [u8], SocketAddr)>) {
+        let mut queued_from = [None; BATCH];
+        let mut queued = 0;
+        for (pkt, from) in datagrams {
+            let waiting = queued_from[..queued].contains(&Some(from));
+            if !waiting && self.fast_from_client(pkt, from) {
+                continue;
+            }
+            if !waiting && queued < BATCH {
+                queued_from[queued] = Some(from);
+                queued += 1;
+            }
+            self.slow
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back((pkt.to_vec(), from));
+        }
     }
 
     fn bad(&self, why: BadPacket, from: SocketAddr) -> Verdict {
@@ -307,6 +372,11 @@ impl GuardedConn {
             mux.mark_authenticated(from);
         }
         self.shared.put_key(from, &username.text, key);
+        if let Some(change) = requested_change(&m) {
+            self.shared
+                .fast
+                .record((from, self.local), m.transaction_id.0, change);
+        }
         Verdict::Pass
     }
 
@@ -415,7 +485,8 @@ impl GuardedConn {
     }
 
     /// Watches our own answers: settles quota reservations on Allocate
-    /// answers and captures challenge nonces from error responses.
+    /// answers, captures challenge nonces from error responses, and tells
+    /// the fast path what the crate accepted.
     fn outbound(&self, pkt: &[u8], to: SocketAddr) {
         if pkt.len() < 20 || pkt[0] >> 6 != 0 {
             return;
@@ -426,13 +497,21 @@ impl GuardedConn {
         if typ & 0x0110 == 0x0110 && pkt.len() > 20 {
             self.capture_nonce(pkt);
         }
+        let mut txid = [0u8; 12];
+        txid.copy_from_slice(&pkt[8..20]);
+        // Allocate, Refresh, CreatePermission, ChannelBind: success (0x01xx)
+        // or error (0x011x) responses.
+        if matches!(typ & !0x0110, 0x0003 | 0x0004 | 0x0008 | 0x0009) && typ & 0x0100 != 0 {
+            let success = typ & 0x0010 == 0;
+            self.shared
+                .fast
+                .answered((to, self.local), txid, success, pkt, self.client_out());
+        }
         let success = match typ {
             0x0103 => true,
             0x0113 => false,
             _ => return,
         };
-        let mut txid = [0u8; 12];
-        txid.copy_from_slice(&pkt[8..20]);
         if success {
             self.shared.remember_allocate_response(to, txid, pkt);
         }
@@ -482,6 +561,47 @@ impl GuardedConn {
 enum PeerCheck {
     Unparsable,
     Refused,
+}
+
+/// What an authenticated request asks the crate to change, read the way
+/// the crate reads it (first XOR-PEER-ADDRESS only; LIFETIME of an hour or
+/// more means the default), for the fast path's mirror.
+fn requested_change(m: &Message) -> Option<Change> {
+    use stun::message::Getter;
+    use turn::proto::channum::ChannelNumber;
+    use turn::proto::lifetime::{DEFAULT_LIFETIME, Lifetime};
+    use turn::proto::peeraddr::PeerAddress;
+    let lifetime_ms = || {
+        let mut l = Lifetime::default();
+        let d = if l.get_from(m).is_ok() && l.0 < Duration::from_secs(3600) {
+            l.0
+        } else {
+            DEFAULT_LIFETIME
+        };
+        d.as_millis() as u64
+    };
+    let peer = || {
+        let mut p = PeerAddress::default();
+        p.get_from(m).ok().map(|_| SocketAddr::new(p.ip, p.port))
+    };
+    match m.typ.method {
+        METHOD_ALLOCATE => Some(Change::Allocate {
+            lifetime_ms: lifetime_ms(),
+        }),
+        METHOD_REFRESH => Some(Change::Refresh {
+            lifetime_ms: lifetime_ms(),
+        }),
+        METHOD_CREATE_PERMISSION => Some(Change::Permission { ip: peer()?.ip() }),
+        METHOD_CHANNEL_BIND => {
+            let mut number = ChannelNumber::default();
+            number.get_from(m).ok()?;
+            Some(Change::Channel {
+                number: number.0,
+                peer: peer()?,
+            })
+        }
+        _ => None,
+    }
 }
 
 fn auth_reason(why: AuthFailure) -> &'static str {
@@ -563,21 +683,57 @@ impl Conn for GuardedConn {
         Err(io_err("use recv_from"))
     }
 
+    /// The listener's receive loop: batches of datagrams (one `recvmmsg`
+    /// each) go through the fast path and the guard; the crate gets back
+    /// only what is its to handle.
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         loop {
-            let (n, from) = match &self.transport {
-                Transport::Udp(s) => match s.recv_from(buf).await {
-                    Ok(v) => v,
-                    Err(err) => {
-                        // Transient (e.g. ICMP-reported) errors must not end the
-                        // crate's receive loop, which would stop the listener.
-                        tracing::debug!(error = %err, "udp receive error");
-                        tokio::task::yield_now().await;
-                        continue;
+            let queued = self
+                .slow
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            if let Some((pkt, from)) = queued {
+                match self.inspect(&pkt, from) {
+                    Verdict::Pass => {
+                        let n = pkt.len().min(buf.len());
+                        buf[..n].copy_from_slice(&pkt[..n]);
+                        return Ok((n, from));
                     }
-                },
+                    Verdict::Drop => {}
+                    Verdict::Reply(msg) => {
+                        if let Err(err) = self.send_raw(&msg, from).await {
+                            tracing::debug!(error = %err, %from, "sending error response failed");
+                        }
+                    }
+                }
+                continue;
+            }
+            let (n, from) = match &self.transport {
+                Transport::Udp(s) => {
+                    let received = match s.readable().await {
+                        Ok(()) => {
+                            with_scratch(|sc| sc.recv_with(s, |sc| self.on_batch(sc.received())))
+                        }
+                        Err(err) => Err(err),
+                    };
+                    match received {
+                        Ok(_) => {}
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(err) => {
+                            // Transient (e.g. ICMP-reported) errors must not end the
+                            // crate's receive loop, which would stop the listener.
+                            tracing::debug!(error = %err, "udp receive error");
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                    continue;
+                }
                 Transport::Tcp(t) => match t.next_event().await {
                     Some(TcpEvent::Frame(from, frame)) => {
+                        if self.fast_from_client(&frame, from) {
+                            continue;
+                        }
                         let n = frame.len().min(buf.len());
                         buf[..n].copy_from_slice(&frame[..n]);
                         (n, from)

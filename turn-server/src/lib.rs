@@ -8,6 +8,7 @@ mod advertised;
 pub mod config;
 pub mod credentials;
 mod error;
+mod fast_path;
 pub mod framing;
 mod guard;
 pub mod metrics;
@@ -19,6 +20,7 @@ pub mod secrets;
 mod state;
 mod tcp;
 pub mod tls;
+mod udp_batch;
 
 pub use config::RelayConfig;
 pub use error::TurnError;

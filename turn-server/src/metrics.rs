@@ -136,6 +136,12 @@ pub struct Metrics {
     relayed_bytes_from_peer: Counter,
     relayed_packets_to_peer: Counter,
     relayed_packets_from_peer: Counter,
+    fast_path_packets: Family<Label, Counter>,
+    /// Datagrams the fast path relayed, by direction (also counted in relayed_*).
+    pub fast_path_to_peer: Counter,
+    pub fast_path_from_peer: Counter,
+    /// Datagrams between two of this relay's own sockets handed over without the kernel.
+    pub local_deliveries: Counter,
     pub tcp_connections_active: Gauge,
     tcp_connections_refused: Family<Label, Counter>,
     tcp_connections_closed: Family<Label, Counter>,
@@ -167,7 +173,12 @@ impl Metrics {
     pub fn new() -> Self {
         let relayed_bytes = family("direction", &["to_peer", "from_peer"]);
         let relayed_packets = family("direction", &["to_peer", "from_peer"]);
+        let fast_path_packets = family("direction", &["to_peer", "from_peer"]);
         let m = Metrics {
+            fast_path_to_peer: Self::labelled(&fast_path_packets, "direction", "to_peer"),
+            fast_path_from_peer: Self::labelled(&fast_path_packets, "direction", "from_peer"),
+            fast_path_packets,
+            local_deliveries: Counter::default(),
             relayed_bytes_to_peer: Self::labelled(&relayed_bytes, "direction", "to_peer"),
             relayed_bytes_from_peer: Self::labelled(&relayed_bytes, "direction", "from_peer"),
             relayed_packets_to_peer: Self::labelled(&relayed_packets, "direction", "to_peer"),
@@ -246,6 +257,16 @@ impl Metrics {
             format!("{p}relayed_packets"),
             "Datagrams relayed, by direction",
             self.relayed_packets.clone(),
+        );
+        r.register(
+            format!("{p}fast_path_packets"),
+            "Datagrams relayed by the fast path (bound channels and permissions), by direction; a subset of relayed_packets",
+            self.fast_path_packets.clone(),
+        );
+        r.register(
+            format!("{p}local_deliveries"),
+            "Datagrams from one of this relay's allocations to another's relay address, handed over without the kernel (also counted in relayed_packets both ways)",
+            self.local_deliveries.clone(),
         );
         r.register(
             format!("{p}tcp_connections_active"),

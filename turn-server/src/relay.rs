@@ -16,6 +16,7 @@ use crate::admin::{AdminState, app};
 use crate::advertised::{AdvertisedAddress, watch_address_file};
 use crate::config::RelayConfig;
 use crate::error::TurnError;
+use crate::fast_path::FastPath;
 use crate::guard::{GuardedConn, Transport, VerifiedKeys};
 use crate::metrics::Metrics;
 use crate::readiness::ReadinessInputs;
@@ -24,6 +25,10 @@ use crate::secrets::{SecretStore, watch_secret_file};
 use crate::state::Shared;
 use crate::tcp::{StreamLimits, TcpMux};
 use crate::tls::{CertFiles, TlsServer, watch_cert_files};
+
+/// Channel binding lifetime (RFC 5766 11: 10 minutes), given to the crate
+/// and to the fast path's mirror alike.
+const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
 
 /// A running TURN relay.
 pub struct Relay {
@@ -127,12 +132,29 @@ impl Relay {
             ));
         }
 
+        // Peers at this relay's own relay addresses are its own sockets when
+        // the address clients are given is the one the sockets are bound to.
+        let local_ip = match relay_ip {
+            RelayIp::Fixed(ip)
+                if ip == relay_bind_ip && !ip.is_unspecified() && !config.no_local_delivery =>
+            {
+                Some(ip)
+            }
+            _ => None,
+        };
+        let fast = Arc::new(FastPath::new(
+            !config.no_fast_path,
+            local_ip,
+            CHANNEL_LIFETIME,
+            Arc::clone(&metrics),
+        ));
         let shared = Arc::new(Shared::new(
             Arc::clone(&metrics),
             Arc::clone(&secrets),
             config.peer_policy(),
             config.max_allocations_per_user,
             config.max_allocations,
+            Arc::clone(&fast),
         ));
         shared.set_readiness_inputs(ReadinessInputs {
             advertised: learned.clone(),
@@ -213,23 +235,23 @@ impl Relay {
             None => None,
         };
 
-        let ports = |metrics: &Arc<Metrics>| RelayPorts {
+        let ports = |fast: &Arc<FastPath>| RelayPorts {
             bind_ip: relay_bind_ip,
             advertised_ip: relay_ip.clone(),
             min_port: config.relay_min_port,
             max_port: config.relay_max_port,
             buffer_bytes: config.socket_buffer_bytes,
-            metrics: Arc::clone(metrics),
+            fast: Arc::clone(fast),
         };
         let mut conn_configs = Vec::new();
         for sock in udp_sockets {
             conn_configs.push(ConnConfig {
                 conn: Arc::new(GuardedConn::new(
-                    Transport::Udp(sock),
+                    Transport::Udp(Arc::new(sock)),
                     Arc::clone(&shared),
                     &config.realm,
                 )?),
-                relay_addr_generator: Box::new(ports(&metrics)),
+                relay_addr_generator: Box::new(ports(&fast)),
             });
         }
         let stream_limits = Arc::new(StreamLimits::new(
@@ -263,11 +285,11 @@ impl Relay {
             tasks.push(task);
             conn_configs.push(ConnConfig {
                 conn: Arc::new(GuardedConn::new(
-                    Transport::Tcp(mux),
+                    Transport::Tcp(Arc::new(mux)),
                     Arc::clone(&shared),
                     &config.realm,
                 )?),
-                relay_addr_generator: Box::new(ports(&metrics)),
+                relay_addr_generator: Box::new(ports(&fast)),
             });
         }
         if let (Some(server), Some(seen)) = (tls_server, tls_seen) {
@@ -289,7 +311,7 @@ impl Relay {
             conn_configs,
             realm: config.realm.clone(),
             auth_handler: Arc::new(VerifiedKeys(Arc::clone(&shared))),
-            channel_bind_timeout: Duration::from_secs(0),
+            channel_bind_timeout: CHANNEL_LIFETIME,
             alloc_close_notify: Some(closed_tx),
         })
         .await?;

@@ -10,7 +10,8 @@ use tokio::net::UdpSocket;
 use turn::relay::RelayAddressGenerator;
 use webrtc_util::Conn;
 
-use crate::metrics::Metrics;
+use crate::fast_path::{FastPath, RelayEntry};
+use crate::udp_batch::with_scratch;
 
 /// Ports tried before an Allocate is refused with 508 Insufficient Capacity.
 const MAX_TRIES: u32 = 128;
@@ -21,7 +22,7 @@ pub(crate) struct RelayPorts {
     pub min_port: u16,
     pub max_port: u16,
     pub buffer_bytes: usize,
-    pub metrics: Arc<Metrics>,
+    pub fast: Arc<FastPath>,
 }
 
 /// The address put in relayed transport addresses.
@@ -98,8 +99,7 @@ impl RelayAddressGenerator for RelayPorts {
                 continue;
             };
             let conn = RelaySocket {
-                sock,
-                metrics: Arc::clone(&self.metrics),
+                entry: self.fast.new_relay(sock, port),
             };
             return Ok((Arc::new(conn), SocketAddr::new(advertised_ip, port)));
         }
@@ -107,40 +107,63 @@ impl RelayAddressGenerator for RelayPorts {
     }
 }
 
-/// An allocation's relay socket; counts datagrams both ways.
+/// An allocation's relay socket as the crate sees it. Its receive side is
+/// the fast path's loop for peer datagrams: the crate's per-allocation task
+/// calls `recv_from`, which relays what the fast path may and returns only
+/// the rest to the crate.
 struct RelaySocket {
-    sock: UdpSocket,
-    metrics: Arc<Metrics>,
+    entry: Arc<RelayEntry>,
 }
 
 #[async_trait]
 impl Conn for RelaySocket {
     async fn connect(&self, addr: SocketAddr) -> webrtc_util::Result<()> {
-        Ok(self.sock.connect(addr).await?)
+        Ok(self.entry.sock.connect(addr).await?)
     }
     async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        Ok(self.sock.recv(buf).await?)
+        Ok(self.recv_from(buf).await?.0)
     }
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        let (n, from) = self.sock.recv_from(buf).await?;
-        self.metrics.relayed_from_peer(n);
-        Ok((n, from))
+        loop {
+            if let Some((pkt, from)) = self.entry.take_slow() {
+                let n = pkt.len().min(buf.len());
+                buf[..n].copy_from_slice(&pkt[..n]);
+                return Ok((n, from));
+            }
+            self.entry.sock.readable().await?;
+            let received = with_scratch(|sc| {
+                sc.recv_with(&self.entry.sock, |sc| self.entry.relay_received(sc))
+            });
+            match received {
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(err) => {
+                    // The crate drops the allocation on a receive error
+                    // without closing it; the fast path must stop too.
+                    self.entry.end();
+                    return Err(err.into());
+                }
+            }
+        }
     }
     async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        Ok(self.sock.send(buf).await?)
+        Ok(self.entry.sock.send(buf).await?)
     }
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        let n = self.sock.send_to(buf, target).await?;
-        self.metrics.relayed_to_peer(n);
+        let n = self.entry.sock.send_to(buf, target).await?;
+        self.entry.relayed_to_peer(n);
         Ok(n)
     }
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.sock.local_addr()?)
+        Ok(self.entry.sock.local_addr()?)
     }
     fn remote_addr(&self) -> Option<SocketAddr> {
         None
     }
+    /// The crate closes the relay socket when the allocation ends (Refresh
+    /// 0, expiry, shutdown): the fast path stops for it at once.
     async fn close(&self) -> webrtc_util::Result<()> {
+        self.entry.end();
         Ok(())
     }
     fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::fast_path::FastPath;
 use crate::metrics::{BadPacket, Metrics, QuotaRefusal};
 use crate::peer_policy::PeerPolicy;
 use crate::readiness::{DEFAULT_INPUTS, Readiness, ReadinessInputs};
@@ -32,6 +33,9 @@ pub(crate) struct Shared {
     pub policy: PeerPolicy,
     pub max_per_user: u32,
     pub max_total: u32,
+    /// The mirror of the crate's allocations, permissions and channels that
+    /// the fast path relays by.
+    pub fast: Arc<FastPath>,
     draining: AtomicBool,
     /// Set once at start (crate::readiness).
     pub(crate) readiness: std::sync::OnceLock<ReadinessInputs>,
@@ -103,8 +107,10 @@ impl Shared {
         policy: PeerPolicy,
         max_per_user: u32,
         max_total: u32,
+        fast: Arc<FastPath>,
     ) -> Self {
         Shared {
+            fast,
             metrics,
             secrets,
             policy,
@@ -247,6 +253,7 @@ impl Shared {
 
     /// A live allocation ended.
     pub fn allocation_closed(&self, five_tuple: FiveTuple, username: &str) {
+        self.fast.allocation_closed(five_tuple);
         self.owners
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -276,6 +283,7 @@ impl Shared {
     /// Releases reservations whose Allocate was never answered and forgets
     /// old Allocate responses.
     pub fn sweep_pending(&self) {
+        self.fast.sweep();
         lock(&self.allocate_responses).retain(|_, (_, at)| at.elapsed() < ALLOCATE_RESPONSE_TTL);
         let mut q = lock(&self.quotas);
         let now = Instant::now();

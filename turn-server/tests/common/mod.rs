@@ -209,6 +209,59 @@ impl RawTurn {
         panic!("no answer after three challenges");
     }
 
+    /// A request signed with `c` and the nonce of an earlier exchange,
+    /// built but not sent (to send several at once).
+    pub fn signed(
+        &self,
+        method: stun::message::Method,
+        c: &Credential,
+        attrs: Vec<Box<dyn stun::message::Setter>>,
+    ) -> stun::message::Message {
+        use stun::attributes::{ATTR_NONCE, ATTR_REALM, ATTR_USERNAME};
+        use stun::integrity::MessageIntegrity;
+        use stun::message::{CLASS_REQUEST, MessageType, Setter};
+        use stun::textattrs::TextAttribute;
+        let nonce = self.nonce.clone().expect("a nonce from an earlier request");
+        let mut setters: Vec<Box<dyn Setter>> = vec![
+            Box::new(stun::agent::TransactionId::new()),
+            Box::new(MessageType::new(method, CLASS_REQUEST)),
+        ];
+        setters.extend(attrs);
+        setters.push(Box::new(TextAttribute::new(
+            ATTR_USERNAME,
+            c.username.clone(),
+        )));
+        setters.push(Box::new(TextAttribute::new(ATTR_REALM, "videochat".into())));
+        setters.push(Box::new(TextAttribute::new(ATTR_NONCE, nonce)));
+        setters.push(Box::new(MessageIntegrity::new_long_term_integrity(
+            c.username.clone(),
+            "videochat".into(),
+            c.password.clone(),
+        )));
+        let mut m = stun::message::Message::new();
+        m.build(&setters).expect("build request");
+        m
+    }
+
+    /// The response to transaction `m`, skipping anything else.
+    pub async fn response_to(&self, m: &stun::message::Message) -> stun::message::Message {
+        let mut buf = [0u8; 1500];
+        loop {
+            let (n, _) =
+                tokio::time::timeout(Duration::from_secs(5), self.sock.recv_from(&mut buf))
+                    .await
+                    .expect("relay answers within 5s")
+                    .expect("recv");
+            let mut resp = stun::message::Message {
+                raw: buf[..n].to_vec(),
+                ..Default::default()
+            };
+            if resp.decode().is_ok() && resp.transaction_id == m.transaction_id {
+                return resp;
+            }
+        }
+    }
+
     async fn exchange(&self, m: &stun::message::Message) -> stun::message::Message {
         self.sock.send_to(&m.raw, self.server).await.expect("send");
         let mut buf = [0u8; 1500];
