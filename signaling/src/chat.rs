@@ -10,6 +10,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use crate::bus::{Bus, Delivery};
 use crate::error::Result;
+use crate::metrics::Metrics;
 use crate::protocol::{ChatMessage, ServerMessage};
 use crate::store::{Appended, NewChat, Store};
 
@@ -18,6 +19,7 @@ use crate::store::{Appended, NewChat, Store};
 pub struct ChatService {
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
 }
 
 /// A durable message not yet published: whoever committed it answers its
@@ -26,11 +28,16 @@ pub struct ChatService {
 pub struct Committed {
     pub appended: Appended,
     bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
 }
 
 impl ChatService {
-    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Self {
-        Self { store, bus }
+    pub fn new(store: Arc<dyn Store>, bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            bus,
+            metrics,
+        }
     }
 
     /// Makes `chat` durable. The future owns what it needs, so a connection
@@ -41,9 +48,18 @@ impl ChatService {
     ) -> impl std::future::Future<Output = Result<Committed>> + Send + 'static {
         let store = self.store.clone();
         let bus = self.bus.clone();
+        let metrics = self.metrics.clone();
         async move {
             let appended = store.append_chat(chat).await?;
-            Ok(Committed { appended, bus })
+            if let Some(timing) = appended.timing {
+                metrics.chat_stage("batch_wait", timing.batch_wait);
+                metrics.chat_stage("store_round_trip", timing.store_round_trip);
+            }
+            Ok(Committed {
+                appended,
+                bus,
+                metrics,
+            })
         }
     }
 }
@@ -56,11 +72,13 @@ impl Committed {
             return;
         }
         let room = self.appended.message.room.clone();
-        if let Err(e) = self
+        let started = std::time::Instant::now();
+        let published = self
             .bus
             .publish(&room, chat_delivery(&self.appended.message), None)
-            .await
-        {
+            .await;
+        self.metrics.chat_stage("publish", started.elapsed());
+        if let Err(e) = published {
             // Durable already; the receivers' gap fill repairs this.
             tracing::warn!(error = %e, %room, seq = self.appended.message.seq, "publish failed");
         }

@@ -22,6 +22,9 @@ pub struct Metrics {
     /// Connections and requests refused by a limit, by limit.
     pub refused: Family<Label, Counter>,
     pub ack_latency: Histogram,
+    /// Where a chat message's commit and publish spent their time, by stage
+    /// (`batch_wait`, `store_round_trip`, `publish`).
+    pub chat_stage: Family<Label, Histogram, fn() -> Histogram>,
     pub resumes: Counter,
     pub resume_failures: Counter,
     pub slow_consumers: Counter,
@@ -52,6 +55,8 @@ impl Metrics {
         let refused = Family::<Label, Counter>::default();
         // 0.1 ms .. ~3.3 s
         let ack_latency = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let chat_stage: Family<Label, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 16)));
         let resumes = Counter::default();
         let resume_failures = Counter::default();
         let slow_consumers = Counter::default();
@@ -94,6 +99,11 @@ impl Metrics {
             format!("{p}errors"),
             "Error replies, by code",
             errors.clone(),
+        );
+        registry.register(
+            format!("{p}chat_stage_seconds"),
+            "Time of a chat message's stages: waiting for its store batch, the batch's store round trip, the bus publish",
+            chat_stage.clone(),
         );
         registry.register(
             format!("{p}refused"),
@@ -161,6 +171,7 @@ impl Metrics {
             errors,
             refused,
             ack_latency,
+            chat_stage,
             resumes,
             resume_failures,
             slow_consumers,
@@ -184,6 +195,13 @@ impl Metrics {
 
     pub fn error(&self, code: &'static str) {
         self.errors.get_or_create(&[("code", code)]).inc();
+    }
+
+    /// A chat stage (a fixed name) took `elapsed`.
+    pub fn chat_stage(&self, stage: &'static str, elapsed: std::time::Duration) {
+        self.chat_stage
+            .get_or_create(&[("stage", stage)])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Something was refused by the limit named `limit` (a fixed name).

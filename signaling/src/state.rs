@@ -30,7 +30,7 @@ pub struct Shared {
     pub dead_letters: Arc<dyn DeadLetters>,
     /// Commit-then-publish of chat, for WebSocket and REST.
     pub chat: ChatService,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub ice: IceConfig,
     /// Room tokens, when required.
     pub auth: Option<TokenVerifier>,
@@ -77,10 +77,14 @@ impl AppState {
         let connect_limiter =
             IpRateLimiter::new(config.connect_rate_per_ip, config.connect_rate_per_ip * 2.0);
         let (draining, _) = watch::channel(false);
-        let metrics = Metrics::new();
+        let metrics = Arc::new(Metrics::new());
         metrics.store_up.set(1);
         metrics.bus_up.set(1);
-        let chat = ChatService::new(backends.store.clone(), backends.bus.clone());
+        let chat = ChatService::new(
+            backends.store.clone(),
+            backends.bus.clone(),
+            metrics.clone(),
+        );
         Self(Arc::new(Shared {
             config,
             store: backends.store,

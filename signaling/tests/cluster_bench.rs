@@ -13,7 +13,7 @@ mod support_backends;
 
 use std::time::Duration;
 
-use support_backends::cluster::{Instance, http};
+use support_backends::cluster::{Instance, http, http_text};
 use support_backends::{MongoServer, RedisServer, TempDir};
 /// Runs the `videochat-bench` binary for one load and returns its JSON report.
 fn run(urls: &str, rate: f64, pid: Option<u32>, label: &str) -> serde_json::Value {
@@ -61,6 +61,95 @@ async fn wait_ready(i: &Instance) {
     }
 }
 
+/// One histogram summed over instances: bucket bounds with cumulative
+/// counts, the sum and the count.
+#[derive(Default)]
+struct Summed {
+    buckets: std::collections::BTreeMap<u64, f64>,
+    sum: f64,
+    count: f64,
+}
+
+impl Summed {
+    /// The smallest bucket bound (ms) under which `q` of the samples fall.
+    fn quantile_ms(&self, q: f64) -> f64 {
+        let want = q * self.count;
+        self.buckets
+            .iter()
+            .find(|(_, c)| **c >= want)
+            .map_or(f64::INFINITY, |(nanos, _)| *nanos as f64 / 1e6)
+    }
+}
+
+/// Where the instances' chat time went: each stage's and the server-side
+/// ack's mean and bucketed p50/p99, from their `/metrics`.
+async fn stage_breakdown(instances: &[&Instance]) -> serde_json::Value {
+    let mut series: std::collections::BTreeMap<String, Summed> = Default::default();
+    for instance in instances {
+        let (_, text) = http_text(&instance.addr, "GET", "/metrics", None, None).await;
+        for line in text.lines() {
+            let Some((name_labels, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = name_labels.split_once('{').unwrap_or((name_labels, ""));
+            let label = |key: &str| {
+                labels
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
+                    .map(|v| v.trim_end_matches(['"', '}']).to_owned())
+            };
+            let (series_name, part) = if let Some(base) =
+                name.strip_prefix("videochat_signaling_chat_stage_seconds_")
+            {
+                (label("stage").unwrap_or_default(), base)
+            } else if let Some(base) = name.strip_prefix("videochat_signaling_ack_latency_seconds_")
+            {
+                ("ack_in_server".to_owned(), base)
+            } else {
+                continue;
+            };
+            let entry = series.entry(series_name).or_default();
+            match part {
+                "sum" => entry.sum += value,
+                "count" => entry.count += value,
+                "bucket" => {
+                    let le = label("le").unwrap_or_default();
+                    let nanos = if le == "+Inf" {
+                        u64::MAX
+                    } else {
+                        (le.parse::<f64>().unwrap_or(f64::MAX) * 1e9) as u64
+                    };
+                    *entry.buckets.entry(nanos).or_default() += value;
+                }
+                _ => {}
+            }
+        }
+    }
+    series
+        .iter()
+        .map(|(name, s)| {
+            let mean_ms = if s.count > 0.0 {
+                s.sum / s.count * 1e3
+            } else {
+                0.0
+            };
+            (
+                name.clone(),
+                serde_json::json!({
+                    "count": s.count,
+                    "mean_ms": (mean_ms * 100.0).round() / 100.0,
+                    "p50_ms_at_most": s.quantile_ms(0.5),
+                    "p99_ms_at_most": s.quantile_ms(0.99),
+                }),
+            )
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "benchmark: run with --ignored --nocapture in release mode"]
 async fn cross_instance_chat_fan_out() {
@@ -93,6 +182,11 @@ async fn cross_instance_chat_fan_out() {
         assert!(
             report["sent_per_sec"].as_f64() > Some(0.0),
             "no load offered: {report}"
+        );
+        let stages = stage_breakdown(&[&a, &b]).await;
+        println!(
+            "{}",
+            serde_json::json!({"label": "cluster-2x-stages", "rate": rate, "stages": stages})
         );
     }
 

@@ -184,6 +184,23 @@ async fn peers_on_different_instances_share_rooms_signals_chat_and_resume() {
         metrics.contains("videochat_signaling_connections 1"),
         "{metrics}"
     );
+    // Where the chat's time went, per stage: A committed and published
+    // every one of its ten messages.
+    let metrics = reqwest_text(&a.addr, "/metrics").await;
+    for stage in ["batch_wait", "store_round_trip", "publish"] {
+        let count = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "videochat_signaling_chat_stage_seconds_count{{stage=\"{stage}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(
+            count.is_some_and(|c| c >= 10.0),
+            "{stage}: {count:?}\n{metrics}"
+        );
+    }
 }
 
 /// Presence with expiry and Redis degraded mode: the peers of a killed

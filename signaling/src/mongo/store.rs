@@ -20,7 +20,7 @@ use crate::error::{Result, SignalingError};
 use crate::protocol::ChatMessage;
 use crate::redis::breaker::spawn_probe_loop;
 use crate::redis::{CircuitBreaker, redact_url};
-use crate::store::{Appended, NewChat, RoomRecord, Store};
+use crate::store::{Appended, CommitTiming, NewChat, RoomRecord, Store};
 
 const DUPLICATE_KEY: i32 = 11000;
 /// Attempts to win a `seq` against other instances before answering
@@ -33,10 +33,13 @@ struct PendingAppend {
     chat: NewChat,
     reply: tokio::sync::oneshot::Sender<Result<Appended>>,
     races: usize,
+    /// When it joined the pending list.
+    enqueued: std::time::Instant,
 }
 
-fn appended(chat: NewChat, seq: u64) -> Appended {
+fn appended(chat: NewChat, seq: u64, timing: CommitTiming) -> Appended {
     Appended {
+        timing: Some(timing),
         message: ChatMessage {
             room: chat.room,
             seq,
@@ -452,6 +455,7 @@ impl MongoStore {
             return;
         }
         while !batch.is_empty() {
+            let started = std::time::Instant::now();
             // Other instances may have appended to these rooms since we
             // last looked: one read brings every hint up to date, so the
             // insert rarely collides.
@@ -511,9 +515,14 @@ impl MongoStore {
                 },
             };
             let rest = batch.split_off(failed_at);
+            let store_round_trip = started.elapsed();
             for (p, seq) in batch.into_iter().zip(seqs) {
                 self.raise_hint(&p.chat.room, seq);
-                let _ = p.reply.send(Ok(appended(p.chat, seq)));
+                let timing = CommitTiming {
+                    batch_wait: started.saturating_duration_since(p.enqueued),
+                    store_round_trip,
+                };
+                let _ = p.reply.send(Ok(appended(p.chat, seq, timing)));
             }
             batch = rest;
             if batch.is_empty() {
@@ -528,6 +537,7 @@ impl MongoStore {
                     let _ = failed.reply.send(Ok(Appended {
                         message,
                         duplicate: true,
+                        timing: None,
                     }));
                 }
                 Ok(None) => {
@@ -614,6 +624,7 @@ impl Store for MongoStore {
                 chat,
                 reply,
                 races: 0,
+                enqueued: std::time::Instant::now(),
             });
         loop {
             let _writer = self.writer.lock().await;

@@ -415,6 +415,7 @@ impl LogWriter {
                     let appended = Appended {
                         message,
                         duplicate: true,
+                        timing: None,
                     };
                     job.replies.push((request.reply, Ok(appended)));
                     continue;
@@ -443,6 +444,7 @@ impl LogWriter {
                 Ok(Appended {
                     message: ChatMessage::clone(&message),
                     duplicate: false,
+                    timing: None,
                 }),
             ));
         }

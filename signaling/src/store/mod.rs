@@ -48,6 +48,16 @@ pub struct NewChat {
 pub struct Appended {
     pub message: ChatMessage,
     pub duplicate: bool,
+    /// Where a remote store's commit spent its time, when it knows.
+    pub timing: Option<CommitTiming>,
+}
+
+/// A group-committed append's time: waiting for its batch to start (behind
+/// the batch in flight), then the batch's round trips to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitTiming {
+    pub batch_wait: std::time::Duration,
+    pub store_round_trip: std::time::Duration,
 }
 
 #[async_trait]

@@ -141,6 +141,18 @@ pub async fn http(
     body: Option<&Value>,
     bearer: Option<&str>,
 ) -> (u16, Value) {
+    let (status, text) = http_text(addr, method, path, body, bearer).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// [`http`] with the body as text (`/metrics`).
+pub async fn http_text(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    bearer: Option<&str>,
+) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let body = body.map(|b| b.to_string()).unwrap_or_default();
@@ -172,7 +184,7 @@ pub async fn http(
     } else {
         rest.to_owned()
     };
-    (status, serde_json::from_str(&rest).unwrap_or(Value::Null))
+    (status, rest)
 }
 
 fn dechunk(mut s: &str) -> String {
