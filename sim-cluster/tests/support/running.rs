@@ -20,6 +20,13 @@ pub const READY_LIMIT: Duration = Duration::from_secs(120);
 pub async fn running_cluster() -> SimCluster {
     init_tracing();
     let bin_dir = videochat_sim_cluster::runtime::images::cargo_bin_dir();
+    // Signaling and TURN pods mount an emptyDir at /tmp, which hides the
+    // host's /tmp from them (docs/testing.md).
+    assert!(
+        !bin_dir.starts_with("/tmp"),
+        "{} is under /tmp, which the pods' own /tmp hides: use a checkout (or CARGO_TARGET_DIR) outside /tmp",
+        bin_dir.display()
+    );
     for binary in ["videochat-signaling", "videochat-turn"] {
         assert!(
             bin_dir.join(binary).is_file(),
