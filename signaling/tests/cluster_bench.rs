@@ -162,6 +162,11 @@ async fn cross_instance_chat_fan_out() {
         "1000000",
         "--rate-per-ip",
         "100000000",
+        // All 400 clients come from one address.
+        "--connect-rate-per-ip",
+        "100000",
+        "--max-connections-per-ip",
+        "100000",
         "--log",
         "error",
         // Production defaults, not the fault tests' short ones.
