@@ -167,6 +167,8 @@ async fn cross_instance_chat_fan_out() {
         "100000",
         "--max-connections-per-ip",
         "100000",
+        "--max-handshakes-per-ip",
+        "100000",
         "--log",
         "error",
         // Production defaults, not the fault tests' short ones.
