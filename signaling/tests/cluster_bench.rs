@@ -71,13 +71,15 @@ struct Summed {
 }
 
 impl Summed {
-    /// The smallest bucket bound (ms) under which `q` of the samples fall.
-    fn quantile_ms(&self, q: f64) -> f64 {
+    /// The smallest bucket bound (ms) under which `q` of the samples fall;
+    /// None above the last bound.
+    fn quantile_ms(&self, q: f64) -> Option<f64> {
         let want = q * self.count;
         self.buckets
             .iter()
             .find(|(_, c)| **c >= want)
-            .map_or(f64::INFINITY, |(nanos, _)| *nanos as f64 / 1e6)
+            .filter(|(nanos, _)| **nanos != u64::MAX)
+            .map(|(nanos, _)| *nanos as f64 / 1e6)
     }
 }
 
