@@ -12,6 +12,7 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::operator::OperatorReplica;
+use support::running::kubectl_apply;
 use support::{cluster, eventually};
 use videochat_operator::VideoChatCluster;
 use videochat_operator::labels::{self, Component};
@@ -21,24 +22,6 @@ const CLUSTER: &str = "demo";
 /// Bound on any single wait: generous for two shared cores, far below a
 /// default resync (300 s), so a missed watch shows as a failure.
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// `kubectl apply --server-side` of a VideoChatCluster with `spec`.
-async fn kubectl_apply(client: &Client, spec: Value) -> Result<VideoChatCluster, kube::Error> {
-    let clusters: Api<VideoChatCluster> = Api::namespaced(client.clone(), NAMESPACE);
-    let object = json!({
-        "apiVersion": "videochat.dev/v1alpha1",
-        "kind": "VideoChatCluster",
-        "metadata": {"name": CLUSTER, "namespace": NAMESPACE},
-        "spec": spec,
-    });
-    clusters
-        .patch(
-            CLUSTER,
-            &PatchParams::apply("kubectl").force(),
-            &Patch::Apply(object),
-        )
-        .await
-}
 
 fn kubectl() -> PatchParams {
     PatchParams {

@@ -43,7 +43,8 @@ pub async fn running_cluster() -> SimCluster {
     .expect("the simulated cluster with a kubelet starts (root and iproute2 needed)")
 }
 
-pub async fn apply(client: &Client, spec: Value) -> VideoChatCluster {
+/// `kubectl apply --server-side` of the VideoChatCluster with `spec`.
+pub async fn kubectl_apply(client: &Client, spec: Value) -> Result<VideoChatCluster, kube::Error> {
     let clusters: Api<VideoChatCluster> = Api::namespaced(client.clone(), NAMESPACE);
     let object = json!({
         "apiVersion": "videochat.dev/v1alpha1",
@@ -58,7 +59,11 @@ pub async fn apply(client: &Client, spec: Value) -> VideoChatCluster {
             &Patch::Apply(object),
         )
         .await
-        .expect("kubectl apply")
+}
+
+/// [`kubectl_apply`] that must be accepted.
+pub async fn apply(client: &Client, spec: Value) -> VideoChatCluster {
+    kubectl_apply(client, spec).await.expect("kubectl apply")
 }
 
 /// A status condition of the resource, as JSON (what `kubectl get -o yaml` shows).
