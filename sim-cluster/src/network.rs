@@ -156,6 +156,42 @@ fn remove_namespaces(index: u8) {
             }
         }
     }
+    remove_host_links(index);
+}
+
+/// Removes the host-side veths of a cluster index (nodes `vcs<i>n<k>`, pods
+/// `vcs<i>p<octet>`, the external client `vcs<i>c`). A namespace that a
+/// dying process still holds outlives its name for a moment, and with it
+/// its veth pair; deleting the host side ends the pair at once.
+fn remove_host_links(index: u8) {
+    let node = format!("vcs{index}n");
+    let pod = format!("vcs{index}p");
+    let client = format!("vcs{index}c");
+    let Ok(output) = Command::new(ip_tool())
+        .args(["-o", "link", "show"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        // "12: vcs1n0@if2: <BROADCAST,...> ..."
+        let Some(name) = line
+            .split(": ")
+            .nth(1)
+            .map(|n| n.split('@').next().unwrap_or(n))
+        else {
+            continue;
+        };
+        let ours = name == client
+            || [&node, &pod].iter().any(|prefix| {
+                name.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+                    !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())
+                })
+            });
+        if ours {
+            ip_quiet(&["link", "del", name]);
+        }
+    }
 }
 
 /// Creates a namespace named `namespace` with `address/24` on its eth0,
