@@ -26,6 +26,7 @@ use support::running::{
 };
 use tokio_tungstenite::tungstenite::Message;
 use videochat_operator::VideoChatCluster;
+use videochat_operator::rollout::health::pod_is_ready;
 
 /// The signaling URL the status publishes.
 fn signaling_url(cluster: &VideoChatCluster) -> String {
@@ -316,11 +317,7 @@ async fn component_images(client: &Client, component: &str) -> Vec<(String, Stri
                 .as_ref()
                 .and_then(|s| s.containers[0].image.clone())
                 .unwrap_or_default();
-            let ready = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let ready = pod_is_ready(&p);
             (p.metadata.name.unwrap_or_default(), image, ready)
         })
         .collect()
@@ -513,12 +510,7 @@ async fn a_scaled_down_signaling_pod_drains_and_goes_long_before_its_grace_perio
                     let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
                     terminating = Some((name.clone(), Instant::now(), grace));
                 }
-                let ready = pod
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                let ready = pod_is_ready(&pod);
                 unready_while_terminating |= !ready;
             }
             WatchEvent::Deleted(pod) => {
@@ -1425,11 +1417,7 @@ async fn signaling_pods(client: &Client) -> Vec<(String, String, bool)> {
                 .as_ref()
                 .and_then(|l| l.get("pod-template-hash").cloned())
                 .unwrap_or_default();
-            let ready = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let ready = pod_is_ready(&p);
             (p.metadata.name.unwrap_or_default(), hash, ready)
         })
         .collect()
