@@ -20,7 +20,7 @@ use browser_support::page::{call_problem, chat_problem, only_peer, page_logs, pa
 use browser_support::{CHROMIUM_FLAGS, Process, find_program, free_port, unique_dir};
 use fantoccini::{Client as Browser, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
-use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::{Value, json};
@@ -29,7 +29,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::eventually;
 use support::helm_operator::HelmOperator;
-use support::running::{NAMESPACE, READY_LIMIT, apply, pod_summary, running_cluster, wait_ready};
+use support::running::{
+    NAMESPACE, READY_LIMIT, apply, node_external_addresses, pod_summary, running_cluster,
+    wait_ready,
+};
 use videochat_sim_cluster::SimCluster;
 
 /// Bound on the call's set-up: page load, the origin file reaching
@@ -204,27 +207,6 @@ fn reachable_from_outside(sim: &SimCluster, address: &str, port: u16) -> bool {
         .expect("run bash in the external namespace")
         .status
         .success()
-}
-
-/// The nodes' external addresses: where the published relays must be.
-async fn node_external_addresses(client: &kube::Client) -> BTreeSet<String> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes
-        .list(&ListParams::default())
-        .await
-        .expect("nodes")
-        .items
-        .iter()
-        .flat_map(|n| {
-            n.status
-                .clone()
-                .unwrap_or_default()
-                .addresses
-                .unwrap_or_default()
-        })
-        .filter(|a| a.type_ == "ExternalIP")
-        .map(|a| a.address)
-        .collect()
 }
 
 /// Video frames the page decoded from its one peer so far.

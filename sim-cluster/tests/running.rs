@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use support::eventually;
 use support::operator::OperatorReplica;
 use support::running::{
-    CLUSTER, NAMESPACE, READY_LIMIT, apply, condition, running_cluster, wait_ready,
+    CLUSTER, NAMESPACE, READY_LIMIT, apply, condition, node_external_addresses, running_cluster,
+    wait_ready,
 };
 use tokio_tungstenite::tungstenite::Message;
 use videochat_operator::VideoChatCluster;
@@ -219,23 +220,7 @@ async fn install_runs_every_component_and_clients_use_the_published_endpoints() 
         );
         addresses.insert(status.pod_ip.clone().expect("pod IP"));
     }
-    let nodes: Api<Node> = Api::all(client.clone());
-    let node_addresses: BTreeSet<String> = nodes
-        .list(&ListParams::default())
-        .await
-        .expect("nodes")
-        .items
-        .iter()
-        .flat_map(|n| {
-            n.status
-                .clone()
-                .unwrap_or_default()
-                .addresses
-                .unwrap_or_default()
-        })
-        .filter(|a| a.type_ == "ExternalIP")
-        .map(|a| a.address)
-        .collect();
+    let node_addresses = node_external_addresses(&client).await;
     let relays: Vec<&Pod> = pods
         .iter()
         .filter(|p| {

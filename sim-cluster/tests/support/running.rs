@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 use videochat_operator::VideoChatCluster;
 use videochat_sim_cluster::{SimCluster, SimClusterOptions};
@@ -148,4 +149,25 @@ pub async fn wait_ready(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The nodes' external addresses: where the published relays must be.
+pub async fn node_external_addresses(client: &Client) -> BTreeSet<String> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    nodes
+        .list(&ListParams::default())
+        .await
+        .expect("nodes")
+        .items
+        .iter()
+        .flat_map(|n| {
+            n.status
+                .clone()
+                .unwrap_or_default()
+                .addresses
+                .unwrap_or_default()
+        })
+        .filter(|a| a.type_ == "ExternalIP")
+        .map(|a| a.address)
+        .collect()
 }
