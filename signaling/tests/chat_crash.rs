@@ -7,8 +7,7 @@
 mod service;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -25,35 +24,17 @@ const PER_SENDER: usize = 3000;
 const KILL_AFTER_ACKS: usize = 1500;
 
 fn spawn(data: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_videochat-signaling"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--no-embedded-turn",
-            "--log",
-            "warn",
+    spawn_binary(
+        data,
+        &[
             "--rate-per-connection",
             "100000",
             "--rate-per-ip",
             "1000000",
             "--connect-rate-per-ip",
             "1000",
-        ])
-        .arg("--data-dir")
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on http://")
-        .expect(&line)
-        .to_owned();
-    (child, addr)
+        ],
+    )
 }
 
 /// What one client was told before the server died.

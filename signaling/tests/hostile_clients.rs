@@ -854,31 +854,7 @@ struct Binary {
 
 impl Binary {
     fn start(args: &[&str]) -> Binary {
-        use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_videochat-signaling"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--no-embedded-turn",
-                "--log",
-                "warn",
-            ])
-            .arg("--data-dir")
-            .arg(temp_dir("binary"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .expect(&line)
-            .to_owned();
+        let (child, addr) = spawn_binary(&temp_dir("binary"), args);
         Binary { child, addr }
     }
 

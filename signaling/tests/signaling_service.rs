@@ -1151,36 +1151,8 @@ async fn random_garbage_frames_always_get_an_error_reply() {
 /// every acked message is in history exactly once, in order.
 #[tokio::test]
 async fn acked_chat_survives_kill_9_and_restart() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
     let data = temp_dir("restart");
-    let spawn = || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_videochat-signaling"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--no-embedded-turn",
-                "--log",
-                "warn",
-                "--rate-per-connection",
-                "100000",
-            ])
-            .arg("--data-dir")
-            .arg(&data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on http://")
-            .expect(&line)
-            .to_owned();
-        (child, addr)
-    };
+    let spawn = || spawn_binary(&data, &["--rate-per-connection", "100000"]);
     let (mut child, addr) = spawn();
     let url = format!("ws://{addr}/ws");
     const SENT: usize = 300;

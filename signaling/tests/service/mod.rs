@@ -308,3 +308,35 @@ pub async fn metric(server: &RunningServer, line_start: &str) -> f64 {
         .find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// The real binary on loopback with `data` as its data dir and `args`
+/// after the test defaults; its child and `host:port`, read from the line
+/// it prints when it listens.
+pub fn spawn_binary(data: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_videochat-signaling"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-embedded-turn",
+            "--log",
+            "warn",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .expect(&line)
+        .to_owned();
+    (child, addr)
+}
